@@ -1,0 +1,1 @@
+"""A chunked-Jacobian nonlinear least-squares solver in JAX."""
