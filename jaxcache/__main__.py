@@ -1,0 +1,6 @@
+"""``python -m jaxcache``."""
+
+from jaxcache.cli import main
+
+if __name__ == "__main__":
+    main()

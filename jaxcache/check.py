@@ -1,0 +1,216 @@
+"""Integrity findings for a cache folder, and repairs for the ones that are safe to fix."""
+
+from __future__ import annotations
+
+import os
+import stat as statmod
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from jaxcache import jaxformat
+from jaxcache.locking import BATCH_SIZE, folder_lock
+from jaxcache.scan import CacheEntry, CacheInfo
+
+Kind = Literal[
+    "corrupt",  # truncated or garbage: JAX warns and recompiles every run, and never replaces it
+    "missing-atime",  # -cache without -atime in a capped cache: every later JAX write fails
+    "orphan-atime",  # -atime without its -cache
+    "foreign-path",  # written for another folder path: its key can never be looked up here
+    "writable",  # others can write to the folder: they can run code in every JAX process using it
+    "symlink",  # an entry-named symlink: never followed, never deleted
+    "unverifiable",  # zstd entry without the zstandard package here
+]
+Severity = Literal["error", "warning", "info"]
+_SEVERITY: dict[str, Severity] = {
+    "corrupt": "error",
+    "missing-atime": "error",
+    "orphan-atime": "warning",
+    "foreign-path": "warning",
+    "writable": "error",
+    "symlink": "warning",
+    "unverifiable": "info",
+}
+_REPAIRABLE = frozenset({"corrupt", "missing-atime", "orphan-atime", "foreign-path", "writable"})
+
+# JAX writes an entry with a plain write_bytes: a file younger than this may be
+# mid-write, so it is neither reported as truncated nor repaired.
+IN_PROGRESS_SECS = 10.0
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem found by :func:`check`."""
+
+    kind: Kind
+    path: Path
+    message: str
+    key: str | None = None
+
+    @property
+    def severity(self) -> Severity:
+        return _SEVERITY[self.kind]
+
+    @property
+    def repairable(self) -> bool:
+        return self.kind in _REPAIRABLE
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What :func:`check` found."""
+
+    root: Path
+    entries_checked: int
+    findings: tuple[Finding, ...]
+
+    @property
+    def problems(self) -> tuple[Finding, ...]:
+        """Findings that need attention (not merely informational)."""
+        return tuple(f for f in self.findings if f.severity != "info")
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class RepairResult:
+    repaired: tuple[Finding, ...]
+    failed: tuple[tuple[Finding, str], ...]
+
+
+def writable_by_others(folder: Path) -> list[str]:
+    """Why others could write to this folder or replace it through a parent, if they can."""
+    problems = []
+    for path in (folder, *folder.parents):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        sticky = bool(st.st_mode & statmod.S_ISVTX)
+        if path == folder and st.st_mode & (statmod.S_IWGRP | statmod.S_IWOTH):
+            who = "everyone" if st.st_mode & statmod.S_IWOTH else "its group"
+            problems.append(f"{path} is writable by {who}: whoever can write to a JAX cache can run code in every process using it")
+        elif path != folder and st.st_mode & statmod.S_IWOTH and not sticky:
+            problems.append(f"parent folder {path} is writable by everyone (no sticky bit): the cache can be replaced")
+    return problems
+
+
+def check(info: CacheInfo, *, capped: bool = False, now: float | None = None) -> CheckReport:
+    """Checks every entry of a scanned cache.
+
+    Args:
+        info: the scan to check.
+        capped: the cache is used with ``jax_compilation_cache_max_size`` set, so
+            every entry needs its ``-atime``. Also assumed for a folder that has
+            a ``.lockfile`` or any ``-atime`` file.
+        now: the current time (for tests).
+    """
+    now = time.time() if now is None else now
+    findings: list[Finding] = []
+    for problem in writable_by_others(info.root):
+        findings.append(Finding("writable", info.root, problem))
+    for folder in info.folders:
+        if folder.path != info.root:
+            for problem in writable_by_others(folder.path)[:1]:
+                findings.append(Finding("writable", folder.path, problem))
+    needs_atime = {
+        f.path for f in info.folders if capped or f.has_lockfile or any(e.has_atime for e in info.entries if e.folder == f.path)
+    }
+    for entry in info.entries:
+        if now - entry.written < IN_PROGRESS_SECS:
+            continue
+        findings.extend(_check_entry(entry, needs_atime=entry.folder in needs_atime))
+    for path in info.orphan_atimes:
+        findings.append(Finding("orphan-atime", path, "-atime file without its -cache entry", key=path.name[:-6]))
+    for path in info.symlinks:
+        findings.append(Finding("symlink", path, "entry-named symlink (never followed)"))
+    return CheckReport(root=info.root, entries_checked=len(info.entries), findings=tuple(findings))
+
+
+def _check_entry(entry: CacheEntry, *, needs_atime: bool) -> Iterable[Finding]:
+    try:
+        with open(entry.path, "rb", opener=_nofollow) as f:
+            data = f.read()
+    except FileNotFoundError:
+        return  # evicted since the scan
+    except OSError as e:
+        yield Finding("corrupt", entry.path, f"unreadable: {e.strerror}", key=entry.key)
+        return
+    try:
+        executable = jaxformat.decompress_entry(data)
+    except jaxformat.EntryFormatError as e:
+        kind: Kind = "unverifiable" if "zstandard" in str(e) else "corrupt"
+        yield Finding(kind, entry.path, str(e), key=entry.key)
+        return
+    if needs_atime and not entry.has_atime:
+        yield Finding(
+            "missing-atime", entry.path, "no -atime file in a size-capped cache: JAX's next write will fail", key=entry.key
+        )
+    embedded = jaxformat.embedded_cache_dir(executable)
+    if embedded is not None and os.path.normpath(embedded) != os.path.normpath(entry.folder):
+        yield Finding(
+            "foreign-path", entry.path, f"written for the cache folder {embedded}: never looked up here", key=entry.key
+        )
+
+
+def _nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
+def repair(report: CheckReport) -> RepairResult:
+    """Fixes what is safe to fix, under each folder's ``.lockfile``.
+
+    Corrupt and foreign-path entries are deleted (JAX recompiles and rewrites
+    them); missing ``-atime`` files are recreated from the entry's write time;
+    orphan ``-atime`` files are deleted; group/world write permission is removed.
+    """
+    repaired: list[Finding] = []
+    failed: list[tuple[Finding, str]] = []
+    todo = [f for f in report.findings if f.repairable]
+    by_folder: dict[Path, list[Finding]] = {}
+    for finding in todo:
+        folder = finding.path if finding.kind == "writable" else finding.path.parent
+        by_folder.setdefault(folder, []).append(finding)
+    for folder, items in by_folder.items():
+        for start in range(0, len(items), BATCH_SIZE):
+            batch = items[start : start + BATCH_SIZE]
+            try:
+                with folder_lock(folder):
+                    for finding in batch:
+                        try:
+                            _repair_one(finding)
+                            repaired.append(finding)
+                        except OSError as e:
+                            failed.append((finding, e.strerror or str(e)))
+            except Exception as e:  # a folder we cannot lock: report every item in it
+                failed.extend((finding, str(e)) for finding in batch)
+    return RepairResult(repaired=tuple(repaired), failed=tuple(failed))
+
+
+def _repair_one(finding: Finding) -> None:
+    path = finding.path
+    if finding.kind == "writable":
+        mode = path.stat().st_mode
+        path.chmod(statmod.S_IMODE(mode) & ~(statmod.S_IWGRP | statmod.S_IWOTH))
+        return
+    parsed = jaxformat.parse_entry_name(path.name)
+    if parsed is None or path.is_symlink():
+        raise OSError(f"{path.name} is not a cache entry")
+    if finding.kind in ("corrupt", "foreign-path"):
+        # -cache first, then -atime: the reverse would leave a -cache without -atime.
+        path.unlink(missing_ok=True)
+        (path.parent / jaxformat.atime_file_name(parsed.key)).unlink(missing_ok=True)
+    elif finding.kind == "orphan-atime":
+        if not (path.parent / jaxformat.cache_file_name(parsed.key)).exists():
+            path.unlink(missing_ok=True)
+    elif finding.kind == "missing-atime":
+        atime = path.parent / jaxformat.atime_file_name(parsed.key)
+        if not atime.exists():
+            written_ns = path.stat().st_mtime_ns
+            fd = os.open(atime, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(jaxformat.encode_atime(written_ns))

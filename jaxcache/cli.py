@@ -1,0 +1,384 @@
+"""The ``jaxcache`` command: a thin Click layer over the library.
+
+Each command resolves settings, calls the library and prints. Library errors
+become one line on stderr and an exit code in one place (:class:`_Group`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from jaxcache import __version__, display, provenance
+from jaxcache.errors import ConfirmationRequired, JaxCacheError
+from jaxcache.settings import Settings, resolve
+from jaxcache.units import parse_duration, parse_size
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+
+
+class _Group(click.Group):
+    """Turns expected failures into one line and an exit code: 2 for usage, 1 otherwise."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except JaxCacheError as e:
+            click.echo(f"jaxcache: error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except PermissionError as e:
+            click.echo(f"jaxcache: error: permission denied: {e.filename or e}", err=True)
+            sys.exit(1)
+        except OSError as e:
+            where = f" ({e.filename})" if e.filename else ""
+            click.echo(f"jaxcache: error: {e.strerror or e}{where}", err=True)
+            sys.exit(1)
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def _settings(ctx: click.Context) -> Settings:
+    return resolve(cache_dir=ctx.obj.get("cache_dir"), argument_source="--cache-dir")
+
+
+def _installed_jaxlib() -> str | None:
+    versions = provenance.installed_versions()
+    return versions.jaxlib if versions else None
+
+
+def _confirm(question: str, *, yes: bool, as_json: bool) -> None:
+    """Asks on a terminal; refuses (never hangs) without one, or with --json, unless --yes."""
+    if yes:
+        return
+    if as_json or not sys.stdin.isatty():
+        raise ConfirmationRequired("refusing to delete without --yes (no terminal to ask on); preview with --dry-run")
+    if not click.confirm(question, default=False, err=True):
+        raise click.Abort()
+
+
+def _scan(settings: Settings):
+    from jaxcache.scan import scan
+
+    return scan(settings.root)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+
+
+@click.group(cls=_Group, context_settings=CONTEXT_SETTINGS)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path, file_okay=True, dir_okay=True),
+    help="Cache root (default: JAXCACHE_DIR, JAX_COMPILATION_CACHE_DIR, [tool.jaxcache], user config, platformdirs).",
+)
+@click.version_option(__version__, "--version", prog_name="jaxcache")
+@click.pass_context
+def main(ctx: click.Context, cache_dir: Path | None) -> None:
+    """Configure, inspect, prune and check JAX's persistent compilation cache.
+
+    Example: jaxcache inspect
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["cache_dir"] = cache_dir
+
+
+@main.command("dir")
+@click.option("--jax", "jax_folder", is_flag=True, help="Print the folder JAX writes into (the version folder).")
+@click.pass_context
+def dir_command(ctx: click.Context, jax_folder: bool) -> None:
+    """Print the resolved cache folder, alone on a line.
+
+    Example: ls "$(jaxcache dir)"
+    """
+    settings = _settings(ctx)
+    if jax_folder:
+        click.echo(provenance.jax_dir(settings.root, settings.layout.value, provenance.installed_versions()))
+    else:
+        click.echo(settings.root)
+
+
+@main.command("config")
+@json_option
+@click.pass_context
+def config_command(ctx: click.Context, as_json: bool) -> None:
+    """Show each setting in force and where it came from.
+
+    Example: jaxcache config --json
+    """
+    from jaxcache.configure import jax_options
+
+    settings = _settings(ctx)
+    versions = provenance.installed_versions()
+    jax_dir = provenance.jax_dir(settings.root, settings.layout.value, versions)
+    options = jax_options(settings, jax_dir)
+    if as_json:
+        _emit_json(
+            {
+                "settings": settings.as_dict(),
+                "jax_dir": str(jax_dir),
+                "jax": versions.jax if versions else None,
+                "jaxlib": versions.jaxlib if versions else None,
+                "jax_options": options,
+            }
+        )
+        return
+    rows = [(name, v["value"], v["source"]) for name, v in settings.as_dict().items()]
+    click.echo(display.table(("SETTING", "VALUE", "SOURCE"), rows))
+    click.echo()
+    click.echo(f"JAX writes into  {jax_dir}")
+    click.echo(f"jax / jaxlib     {versions.jax if versions else '-'} / {versions.jaxlib if versions else 'not installed'}")
+    click.echo("jax.config       " + ", ".join(f"{k}={v!r}" for k, v in options.items() if k != "jax_compilation_cache_dir"))
+
+
+@main.command("inspect")
+@click.option("--top", default=10, show_default=True, help="How many functions to list.")
+@json_option
+@click.pass_context
+def inspect_command(ctx: click.Context, top: int, as_json: bool) -> None:
+    """Summarize a cache: size, versions, platforms, functions, ages, orphans.
+
+    Example: jaxcache --cache-dir ~/.cache/jaxcache inspect
+    """
+    from jaxcache.summary import summarize
+
+    settings = _settings(ctx)
+    summary = summarize(_scan(settings), installed_version=_installed_jaxlib())
+    if as_json:
+        _emit_json(summary.as_dict())
+        return
+    out = [
+        f"Cache       {summary.cache_dir}",
+        f"Entries     {summary.entries}  ({display.size(summary.bytes)} apparent, "
+        f"{display.size(summary.allocated_bytes)} on disk)",
+    ]
+    if summary.entries:
+        out += [
+            f"Written     {display.ago(summary.oldest_written)} .. {display.ago(summary.newest_written)}",
+            f"Last used   {display.ago(summary.least_recent_use)} .. {display.ago(summary.most_recent_use)}",
+        ]
+    out.append(f"Orphans     {summary.orphan_atimes} -atime files without an entry; "
+               f"{summary.without_atime} entries without -atime; {summary.other_files} other files kept")
+    click.echo("\n".join(out))
+
+    def group_table(title: str, groups: dict, mark: str | None = None, limit: int | None = None) -> None:
+        items = list(groups.items())[:limit] if limit else list(groups.items())
+        if not items:
+            return
+        rows = [(k + (" (installed)" if mark and k == mark else ""), g.entries, display.size(g.bytes)) for k, g in items]
+        click.echo()
+        click.echo(display.table((title, "ENTRIES", "SIZE"), rows, right=(1, 2)))
+        if limit and len(groups) > limit:
+            click.echo(f"... and {len(groups) - limit} more")
+
+    group_table("JAXLIB VERSION", summary.by_version, mark=summary.installed_version)
+    group_table("PLATFORM", summary.by_platform)
+    group_table("FUNCTION", summary.by_module, limit=top)
+    if summary.other_version_entries:
+        click.echo()
+        click.echo(
+            f"{summary.other_version_entries} entries ({display.size(summary.other_version_bytes)}) were written by "
+            f"other jaxlib versions and can never be hit by {summary.installed_version}: "
+            "`jaxcache prune --stale` removes them."
+        )
+
+
+_SORTS: dict[str, tuple[Callable[[dict], Any], bool]] = {
+    "size": (lambda r: r["bytes"], True),
+    "age": (lambda r: r["_recency"], False),
+    "name": (lambda r: (r["name"], r["key"]), False),
+    "compile-time": (lambda r: r["compile_seconds"] if r["compile_seconds"] is not None else -1, True),
+}
+
+
+@main.command("ls")
+@click.option("--sort", "sort_by", type=click.Choice(list(_SORTS)), default="name", show_default=True,
+              help="size and compile-time: largest first; age: least recently used first.")
+@click.option("--name", "pattern", help="Only entries whose module name (or key) matches this glob.")
+@json_option
+@click.pass_context
+def ls_command(ctx: click.Context, sort_by: str, pattern: str | None, as_json: bool) -> None:
+    """List entries, one per row.
+
+    Example: jaxcache ls --sort size --name 'jit_step*'
+    """
+    from jaxcache import jaxformat
+    from jaxcache.prune import matches_name, validate_glob
+
+    settings = _settings(ctx)
+    info = _scan(settings)
+    entries = info.entries
+    if pattern is not None:
+        validate_glob(pattern)
+        entries = tuple(e for e in entries if matches_name(e, pattern))
+    rows = []
+    for e in entries:
+        try:
+            seconds = jaxformat.read_compile_seconds(e.path)
+        except (OSError, jaxformat.EntryFormatError):
+            seconds = None
+        rows.append({
+            "name": e.module, "key": e.key, "bytes": e.bytes, "allocated_bytes": e.allocated_bytes,
+            "version": e.version, "platform": e.platform, "compile_seconds": seconds,
+            "last_used": display.iso(e.last_used), "written": display.iso(e.written),
+            "path": str(e.path), "_recency": e.recency,
+        })
+    key, reverse = _SORTS[sort_by]
+    rows.sort(key=key, reverse=reverse)
+    if as_json:
+        _emit_json([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows])
+        return
+    table_rows = [
+        (r["name"], r["key"][-64:][:12], display.size(r["bytes"]), r["version"] or "unknown", r["platform"] or "-",
+         "-" if r["compile_seconds"] is None else f"{r['compile_seconds']}s", display.ago(r["_recency"]))
+        for r in rows
+    ]
+    click.echo(display.table(("NAME", "HASH", "SIZE", "VERSION", "PLATFORM", "COMPILE", "LAST USED"), table_rows,
+                             right=(2, 5)))
+    click.echo(f"{len(rows)} entries, {display.size(sum(r['bytes'] for r in rows))}", err=True)
+
+
+def _print_plan(plan, *, dry_run: bool, limit: int = 20) -> None:
+    rows = [(d.entry.module, d.entry.key[-64:][:12], display.size(d.entry.bytes), d.entry.version or "unknown", d.reason)
+            for d in plan.deletions[:limit]]
+    if rows:
+        click.echo(display.table(("NAME", "HASH", "SIZE", "VERSION", "WHY"), rows, right=(2,)))
+        if len(plan.deletions) > limit:
+            click.echo(f"... and {len(plan.deletions) - limit} more")
+    if not plan.deletions:
+        click.echo(f"Nothing to delete; keeping {plan.kept_entries} entries ({display.size(plan.kept_bytes)}).")
+        return
+    verb = "Would delete" if dry_run else "Deleting"
+    click.echo(f"{verb} {len(plan.deletions)} entries, freeing {display.size(plan.freed_bytes)}; "
+               f"keeping {plan.kept_entries} entries ({display.size(plan.kept_bytes)}).")
+
+
+def _run_plan(plan, *, dry_run: bool, yes: bool, as_json: bool) -> None:
+    from jaxcache.prune import execute
+
+    if not as_json:
+        _print_plan(plan, dry_run=dry_run)
+    if dry_run or not plan.deletions:
+        if as_json:
+            _emit_json({"dry_run": dry_run, "deleted": plan.keys, "freed_bytes": plan.freed_bytes,
+                        "kept_entries": plan.kept_entries, "kept_bytes": plan.kept_bytes, "skipped": []})
+        return
+    _confirm(f"Delete {len(plan.deletions)} entries?", yes=yes, as_json=as_json)
+    if len(plan.deletions) > 2000 and not as_json and sys.stderr.isatty():
+        with click.progressbar(length=len(plan.deletions), label="Deleting", file=sys.stderr) as bar:
+            state = {"done": 0}
+
+            def step(done: int) -> None:
+                bar.update(done - state["done"])
+                state["done"] = done
+
+            result = execute(plan, progress=step)
+    else:
+        result = execute(plan)
+    if as_json:
+        _emit_json({"dry_run": False, "deleted": [e.key for e in result.deleted], "freed_bytes": result.freed_bytes,
+                    "kept_entries": plan.kept_entries, "kept_bytes": plan.kept_bytes,
+                    "skipped": [{"key": e.key, "reason": why} for e, why in result.skipped]})
+    else:
+        click.echo(f"Deleted {len(result.deleted)} entries, freed {display.size(result.freed_bytes)}.")
+        for entry, why in result.skipped:
+            click.echo(f"skipped {entry.key}: {why}", err=True)
+
+
+yes_option = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+dry_run_option = click.option("--dry-run", "-n", is_flag=True, help="Print the plan, delete nothing.")
+
+
+@main.command("prune")
+@click.option("--stale", is_flag=True, help="Entries written by a jaxlib other than the installed one.")
+@click.option("--keep-version", "keep_versions", multiple=True, metavar="VERSION",
+              help="With --stale: also keep this jaxlib version's entries (repeatable).")
+@click.option("--older-than", metavar="DURATION", help="Entries not used for this long, e.g. 30d, 12h.")
+@click.option("--max-size", metavar="SIZE", help="Then delete least recently used entries until the cache fits, e.g. 2GB.")
+@click.option("--name", "pattern", metavar="GLOB", help="Entries whose module name matches, e.g. 'jit_step*'.")
+@dry_run_option
+@yes_option
+@json_option
+@click.pass_context
+def prune_command(ctx: click.Context, stale: bool, keep_versions: tuple[str, ...], older_than: str | None,
+                  max_size: str | None, pattern: str | None, dry_run: bool, yes: bool, as_json: bool) -> None:
+    """Delete entries by version, age, size or name. Selectors combine with AND.
+
+    Example: jaxcache prune --stale --dry-run
+    """
+    from jaxcache.prune import plan_prune
+
+    duration = parse_duration(older_than) if older_than is not None else None
+    cap = parse_size(max_size) if max_size is not None else None
+    if keep_versions and not stale:
+        raise click.UsageError("--keep-version only applies with --stale")
+    settings = _settings(ctx)
+    plan = plan_prune(_scan(settings), stale=stale, keep_versions=keep_versions,
+                      installed_version=_installed_jaxlib(), older_than=duration, max_size=cap, name=pattern)
+    _run_plan(plan, dry_run=dry_run, yes=yes, as_json=as_json)
+
+
+@main.command("clear")
+@dry_run_option
+@yes_option
+@json_option
+@click.pass_context
+def clear_command(ctx: click.Context, dry_run: bool, yes: bool, as_json: bool) -> None:
+    """Delete every cache entry (other files in the folder are kept).
+
+    Example: jaxcache clear --yes
+    """
+    from jaxcache.prune import plan_prune
+
+    plan = plan_prune(_scan(_settings(ctx)), everything=True)
+    _run_plan(plan, dry_run=dry_run, yes=yes, as_json=as_json)
+
+
+@main.command("check")
+@click.option("--repair", is_flag=True, help="Fix what can be fixed safely (deletes only broken entries).")
+@json_option
+@click.pass_context
+def check_command(ctx: click.Context, repair: bool, as_json: bool) -> None:
+    """Verify every entry: decompresses, has a header, has its -atime; find orphans and unsafe permissions.
+
+    Exits 1 when problems remain.
+
+    Example: jaxcache check --repair
+    """
+    from jaxcache.check import check, repair as do_repair
+
+    settings = _settings(ctx)
+    report = check(_scan(settings), capped=settings.max_size.value != -1)
+    repaired: set[int] = set()
+    failures: dict[int, str] = {}
+    if repair:
+        result = do_repair(report)
+        repaired = {id(f) for f in result.repaired}
+        failures = {id(f): why for f, why in result.failed}
+    remaining = [f for f in report.problems if id(f) not in repaired]
+    if as_json:
+        _emit_json({
+            "cache_dir": str(report.root),
+            "entries_checked": report.entries_checked,
+            "ok": not remaining,
+            "findings": [
+                {"kind": f.kind, "severity": f.severity, "path": str(f.path), "key": f.key, "message": f.message,
+                 "repaired": id(f) in repaired, "repair_error": failures.get(id(f))}
+                for f in report.findings
+            ],
+        })
+    else:
+        for f in report.findings:
+            status = " [repaired]" if id(f) in repaired else (f" [repair failed: {failures[id(f)]}]" if id(f) in failures else "")
+            click.echo(f"{f.severity}: {f.kind}: {f.path.name if f.key else f.path}: {f.message}{status}")
+        summary = "no problems" if not remaining else f"{len(remaining)} problems"
+        hint = "" if not remaining or repair else "; `jaxcache check --repair` fixes what it can"
+        click.echo(f"Checked {report.entries_checked} entries in {report.root}: {summary}{hint}.", err=bool(remaining))
+    if remaining:
+        sys.exit(1)

@@ -1,0 +1,238 @@
+"""``jaxcache.configure()``: hand JAX the cache folder and thresholds before it compiles."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from jaxcache import provenance
+from jaxcache.errors import CacheDirError, JaxCacheError
+from jaxcache.settings import Layout, Settings, resolve
+
+logger = logging.getLogger(__name__)
+
+_GPU_PLUGIN_PREFIXES = ("jax-cuda", "jax-rocm")
+
+
+@dataclass(frozen=True)
+class Configured:
+    """What :func:`configure` set.
+
+    Attributes:
+        root: the cache root (absolute, resolved).
+        jax_dir: the folder JAX writes into (a version folder of ``root``, or ``root``).
+        settings: every setting with its source.
+        jax_options: the ``jax.config`` options set, by name.
+        versions: the jax/jaxlib versions that will write entries.
+    """
+
+    root: Path
+    jax_dir: Path
+    settings: Settings
+    jax_options: dict[str, Any]
+    versions: provenance.VersionInfo | None
+
+
+def gpu_plugin_installed() -> bool:
+    """Whether a CUDA or ROCm plugin for jaxlib is installed (so XLA's GPU sub-caches matter)."""
+    for dist in metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name.startswith(_GPU_PLUGIN_PREFIXES):
+            return True
+    return False
+
+
+def resolve_xla_caches(setting: str) -> str:
+    """``auto`` -> ``none`` without a GPU plugin: XLA's GPU sub-caches do nothing on CPU
+    but put the folder's path into every key, so a moved or copied cache would miss."""
+    if setting != "auto":
+        return setting
+    return "xla_gpu_per_fusion_autotune_cache_dir" if gpu_plugin_installed() else "none"
+
+
+def jax_options(settings: Settings, jax_dir: Path) -> dict[str, Any]:
+    """The ``jax.config`` options (and their values) that make JAX use this cache."""
+    return {
+        "jax_compilation_cache_dir": str(jax_dir),
+        "jax_persistent_cache_min_entry_size_bytes": settings.min_entry_size_bytes.value,
+        "jax_persistent_cache_min_compile_time_secs": settings.min_compile_time_secs.value,
+        "jax_compilation_cache_max_size": settings.max_size.value,
+        "jax_persistent_cache_enable_xla_caches": resolve_xla_caches(settings.xla_caches.value),
+    }
+
+
+def prepare_folder(settings: Settings) -> tuple[Path, provenance.VersionInfo | None]:
+    """Creates the cache root (and version folder) and returns the folder JAX must use.
+
+    Raises:
+        CacheDirError: the folder cannot be created or written.
+    """
+    root = settings.root
+    versions = provenance.installed_versions()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if not root.is_dir():
+            raise CacheDirError(f"{root} is a file, not a folder")
+        target = provenance.jax_dir(root, settings.layout.value, versions)
+        if target != root and versions is not None:
+            provenance.ensure_version_dir(root, versions)
+    except FileExistsError:
+        raise CacheDirError(f"{root} is a file, not a folder") from None
+    except PermissionError as e:
+        raise CacheDirError(f"permission denied: cannot create the cache folder {e.filename or root}") from None
+    except OSError as e:
+        raise CacheDirError(f"cannot create the cache folder {root}: {e.strerror}") from None
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise CacheDirError(f"permission denied: JAX cannot write to {target}")
+    return target, versions
+
+
+def configure(
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    max_size: int | str | None = None,
+    min_entry_size_bytes: int | None = None,
+    min_compile_time_secs: float | None = None,
+    layout: Layout | None = None,
+    xla_caches: str | None = None,
+) -> Configured:
+    """Points JAX's persistent compilation cache at a folder, keeping every entry.
+
+    Replaces the usual three ``jax.config.update`` lines. Call it before the
+    first ``jax.jit`` call: JAX fixes the folder when it first uses the cache.
+
+    Args:
+        cache_dir: the cache root; by default from ``JAXCACHE_DIR``,
+            ``JAX_COMPILATION_CACHE_DIR``, ``[tool.jaxcache]`` in ``pyproject.toml``,
+            the user config file, or the platformdirs user cache folder.
+        max_size: a size cap ("2GB" or bytes) enforced by JAX's own LRU eviction; -1 for none.
+        min_entry_size_bytes: JAX's size threshold (default -1: keep everything).
+        min_compile_time_secs: JAX's compile-time threshold (default 0: keep everything).
+        layout: "versioned" (default) or "flat"; see :mod:`jaxcache.provenance`.
+        xla_caches: ``jax_persistent_cache_enable_xla_caches``; "auto" by default.
+
+    Returns:
+        What was set, as a :class:`Configured`.
+
+    Raises:
+        UsageError: a bad setting anywhere in the resolution chain.
+        CacheDirError: the folder cannot be created or written.
+
+    Example:
+        >>> import jaxcache
+        >>> jaxcache.configure()  # doctest: +SKIP
+    """
+    settings = resolve(
+        cache_dir=cache_dir,
+        max_size=max_size,
+        min_entry_size_bytes=min_entry_size_bytes,
+        min_compile_time_secs=min_compile_time_secs,
+        layout=layout,
+        xla_caches=xla_caches,
+    )
+    target, versions = prepare_folder(settings)
+
+    import jax
+    from jax._src import compilation_cache
+
+    _warn_if_already_used(compilation_cache, target)
+    options = jax_options(settings, target)
+    applied: dict[str, Any] = {}
+    for name, value in options.items():
+        try:
+            jax.config.update(name, value)
+        except (AttributeError, KeyError):  # an option this JAX version does not have
+            logger.debug("jax %s has no option %s; skipped", jax.__version__, name)
+            continue
+        applied[name] = value
+    _install_provenance_recorder()
+    from jaxcache.check import writable_by_others
+
+    for problem in writable_by_others(settings.root):
+        warnings.warn(f"jaxcache: {problem}", stacklevel=2)
+    return Configured(root=settings.root, jax_dir=target, settings=settings, jax_options=applied, versions=versions)
+
+
+def _warn_if_already_used(compilation_cache: Any, target: Path) -> None:
+    """JAX fixes the folder at its first cached compile: say so, and let it re-open."""
+    current = getattr(compilation_cache, "_cache", None)
+    current_path = getattr(current, "_path", None)
+    if getattr(compilation_cache, "_cache_initialized", False) and current_path is not None:
+        if Path(str(current_path)) != target:
+            warnings.warn(
+                f"jaxcache.configure() called after JAX opened its cache at {current_path}; "
+                f"switching to {target} for compilations from now on",
+                stacklevel=3,
+            )
+            compilation_cache.reset_cache()
+    elif getattr(compilation_cache, "_cache_checked", False):
+        warnings.warn(
+            "jaxcache.configure() called after JAX already compiled something: "
+            "programs compiled before it are not in the persistent cache; call it before the first jit",
+            stacklevel=3,
+        )
+
+
+class _ProvenanceRecorder(logging.Filter):
+    """Sees JAX's "Writing <module> to persistent compilation cache with key <key>" record.
+
+    JAX logs it at DEBUG, so the logger's level is lowered to let it be created;
+    the filter then drops DEBUG records the user's own logging would not have
+    shown, so nothing new reaches their handlers.
+    """
+
+    def __init__(self, passthrough_level: int) -> None:
+        super().__init__()
+        self.passthrough_level = passthrough_level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("Writing ") and isinstance(record.args, tuple):
+            try:
+                _record_write(str(record.args[-1]))
+            except Exception:  # provenance must never break a compile
+                logger.debug("could not record provenance", exc_info=True)
+        return record.levelno >= self.passthrough_level
+
+
+def _record_write(key: str) -> None:
+    import jax
+
+    folder = Path(jax.config.jax_compilation_cache_dir or "")
+    if provenance.read_marker(folder) is None:
+        return
+    provenance.record_write(folder, key, _writing_platform())
+
+
+def _writing_platform() -> str | None:
+    """The platform of the backend whose executable is being written."""
+    frame = sys._getframe(1)
+    for _ in range(20):
+        if frame is None:
+            break
+        if frame.f_code.co_name == "put_executable_and_time":
+            platform = getattr(frame.f_locals.get("backend"), "platform", None)
+            if platform:
+                return str(platform)
+        frame = frame.f_back
+    import jax
+
+    return jax.default_backend()
+
+
+def _install_provenance_recorder() -> None:
+    jax_logger = logging.getLogger("jax._src.compilation_cache")
+    if any(isinstance(f, _ProvenanceRecorder) for f in jax_logger.filters):
+        return
+    passthrough = jax_logger.getEffectiveLevel()
+    jax_logger.addFilter(_ProvenanceRecorder(passthrough))
+    if passthrough > logging.DEBUG:
+        jax_logger.setLevel(logging.DEBUG)
+
+
+__all__ = ["Configured", "configure", "JaxCacheError"]

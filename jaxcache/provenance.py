@@ -1,0 +1,130 @@
+"""Which jax/jaxlib version and platform wrote an entry.
+
+JAX stores no version in an entry, and every key hashes the jaxlib version, so
+entries of another jaxlib can never be hit again. jaxcache therefore points JAX
+at a subfolder per jaxlib version of the cache root::
+
+    <root>/jaxlib-0.10.2/.jaxcache-version.json   who made the folder (the proof of provenance)
+    <root>/jaxlib-0.10.2/.jaxcache-writes.jsonl   one line per entry written: key, platform, time
+    <root>/jaxlib-0.10.2/<module>-<hash>-cache    JAX's own entries
+
+The version is known for every entry in a marked subfolder, even one written
+by a process configured only through the environment (``jaxcache run``,
+``jaxcache hook``). The platform is known for entries written while
+:func:`jaxcache.configure` was in the loop. Entries anywhere else (a flat
+folder set up by hand) have unknown provenance and are never pruned as stale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+VERSION_DIR_PREFIX = "jaxlib-"
+MARKER_NAME = ".jaxcache-version.json"
+WRITES_LOG_NAME = ".jaxcache-writes.jsonl"
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """What a version folder's marker says about its writer."""
+
+    jaxlib: str
+    jax: str | None
+
+
+def installed_versions() -> VersionInfo | None:
+    """The installed jax/jaxlib versions, read without importing jax (it is slow)."""
+    try:
+        jaxlib = metadata.version("jaxlib")
+    except metadata.PackageNotFoundError:
+        return None
+    try:
+        jax = metadata.version("jax")
+    except metadata.PackageNotFoundError:
+        jax = None
+    return VersionInfo(jaxlib=jaxlib, jax=jax)
+
+
+def version_dir(root: Path, jaxlib: str) -> Path:
+    return root / f"{VERSION_DIR_PREFIX}{jaxlib}"
+
+
+def read_marker(folder: Path) -> VersionInfo | None:
+    """The provenance marker of a version folder, or None if it has none we trust."""
+    marker = folder / MARKER_NAME
+    try:
+        if marker.is_symlink():
+            return None
+        data = json.loads(marker.read_text(encoding="utf-8"))
+        return VersionInfo(jaxlib=str(data["jaxlib"]), jax=data.get("jax"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def ensure_version_dir(root: Path, versions: VersionInfo) -> Path:
+    """Creates (idempotently) the marked folder JAX writes into for these versions."""
+    folder = version_dir(root, versions.jaxlib)
+    folder.mkdir(parents=True, exist_ok=True)
+    if read_marker(folder) != versions:
+        payload = {
+            "jaxlib": versions.jaxlib,
+            "jax": versions.jax,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "writer": "jaxcache",
+        }
+        _write_atomically(folder / MARKER_NAME, json.dumps(payload, indent=1) + "\n")
+    return folder
+
+
+def jax_dir(root: Path, layout: str, versions: VersionInfo | None) -> Path:
+    """The folder JAX itself is pointed at for a cache root and layout."""
+    if layout == "flat" or versions is None or read_marker(root) is not None:
+        # A root that is itself a version folder (say, JAX_COMPILATION_CACHE_DIR
+        # exported by `jaxcache run`) is used as it is, never nested.
+        return root
+    return version_dir(root, versions.jaxlib)
+
+
+def record_write(folder: Path, key: str, platform: str | None) -> None:
+    """Appends one provenance line; a single small O_APPEND write is atomic on local disks."""
+    line = json.dumps({"key": key, "platform": platform, "time": time.time()}) + "\n"
+    fd = os.open(folder / WRITES_LOG_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        os.write(fd, line.encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
+def load_platforms(folder: Path) -> dict[str, str]:
+    """Key -> platform for every write recorded in a version folder (torn lines skipped)."""
+    platforms: dict[str, str] = {}
+    try:
+        with open(folder / WRITES_LOG_NAME, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                    if record.get("platform"):
+                        platforms[str(record["key"])] = str(record["platform"])
+                except (ValueError, AttributeError):
+                    continue
+    except OSError:
+        pass
+    return platforms
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".jaxcache-tmp-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

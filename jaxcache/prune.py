@@ -1,0 +1,258 @@
+"""Plan, then execute: which entries to delete and why, then deleting exactly those.
+
+:func:`plan_prune` is pure: it looks only at a :class:`CacheInfo`, so
+``--dry-run`` is "print the plan". :func:`execute` deletes the planned entries
+under JAX's ``.lockfile``, each ``-cache`` with its ``-atime``, after proving
+again that each file is still a cache entry.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat as statmod
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from jaxcache import jaxformat
+from jaxcache.errors import UsageError
+from jaxcache.locking import BATCH_SIZE, folder_lock
+from jaxcache.scan import CacheEntry, CacheInfo
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """One entry to delete and the reason for it."""
+
+    entry: CacheEntry
+    reason: str
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """What a prune would delete, and how much it frees."""
+
+    root: Path
+    deletions: tuple[Deletion, ...]
+    kept_entries: int
+    kept_bytes: int
+
+    @property
+    def freed_bytes(self) -> int:
+        return sum(d.entry.bytes for d in self.deletions)
+
+    @property
+    def keys(self) -> list[str]:
+        return [d.entry.key for d in self.deletions]
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What :func:`execute` did."""
+
+    deleted: tuple[CacheEntry, ...]
+    skipped: tuple[tuple[CacheEntry, str], ...]
+
+    @property
+    def freed_bytes(self) -> int:
+        return sum(e.bytes for e in self.deleted)
+
+
+def validate_glob(pattern: str) -> str:
+    """Rejects globs that can never match a module name (empty, or containing a path)."""
+    if not pattern or "/" in pattern or "\x00" in pattern:
+        raise UsageError(f"invalid --name pattern {pattern!r}: give a glob over module names, e.g. 'jit_step*'")
+    if pattern.count("[") != pattern.count("]"):
+        raise UsageError(f"invalid --name pattern {pattern!r}: unbalanced [ ]")
+    return pattern
+
+
+def matches_name(entry: CacheEntry, pattern: str) -> bool:
+    """A glob over the module name (``jit_step*``) or the whole key."""
+    return fnmatch.fnmatchcase(entry.module, pattern) or fnmatch.fnmatchcase(entry.key, pattern)
+
+
+def plan_prune(
+    info: CacheInfo,
+    *,
+    stale: bool = False,
+    keep_versions: Iterable[str] = (),
+    installed_version: str | None = None,
+    older_than: timedelta | None = None,
+    max_size: int | None = None,
+    name: str | None = None,
+    everything: bool = False,
+    now: float | None = None,
+) -> PrunePlan:
+    """Builds the plan. Selectors (stale, older_than, name) combine with AND;
+    then, if ``max_size`` is given, the least recently used of what is left go
+    until the cache fits (ties broken by stored compile time, cheapest first).
+
+    Args:
+        info: a scan of the cache.
+        stale: select entries of a known jaxlib version other than ``installed_version``
+            and ``keep_versions``. Entries of unknown provenance are never stale.
+        keep_versions: versions whose entries are kept by ``stale``.
+        installed_version: the jaxlib version in use (required with ``stale``).
+        older_than: select entries not used for this long.
+        max_size: a size in bytes the cache must fit in afterwards.
+        name: a glob over module names (or keys) to select.
+        everything: select every entry (``clear``).
+        now: the current time, for tests.
+
+    Raises:
+        UsageError: no policy given, or ``stale`` without a version to compare with.
+    """
+    now = time.time() if now is None else now
+    selectors: list[tuple[Callable[[CacheEntry], bool], Callable[[CacheEntry], str]]] = []
+    if everything:
+        selectors.append((lambda e: True, lambda e: "clear"))
+    if stale:
+        keep = set(keep_versions)
+        if installed_version is None and not keep:
+            raise UsageError("--stale needs an installed jaxlib (none found) or at least one --keep-version")
+        if installed_version is not None:
+            keep.add(installed_version)
+        selectors.append(
+            (lambda e: e.version is not None and e.version not in keep, lambda e: f"stale (jaxlib {e.version})")
+        )
+    if older_than is not None:
+        cutoff = now - older_than.total_seconds()
+        selectors.append((lambda e: e.recency < cutoff, lambda e: f"unused for {_days(now - e.recency)}"))
+    if name is not None:
+        pattern = validate_glob(name)
+        selectors.append((lambda e: matches_name(e, pattern), lambda e: f"name matches {pattern!r}"))
+    if not selectors and max_size is None:
+        raise UsageError("nothing to prune: give --stale, --older-than, --max-size or --name")
+
+    deletions: list[Deletion] = []
+    kept: list[CacheEntry] = []
+    for entry in info.entries:
+        if selectors and all(select(entry) for select, _ in selectors):
+            deletions.append(Deletion(entry, "; ".join(why(entry) for _, why in selectors)))
+        else:
+            kept.append(entry)
+    if max_size is not None:
+        kept_bytes = sum(e.bytes for e in kept)
+        for entry in lru_order(kept):
+            if kept_bytes <= max_size:
+                break
+            deletions.append(Deletion(entry, f"over --max-size (last used {_days(now - entry.recency)} ago)"))
+            kept_bytes -= entry.bytes
+        evicted = {d.entry.key for d in deletions}
+        kept = [e for e in kept if e.key not in evicted]
+    return PrunePlan(
+        root=info.root, deletions=tuple(deletions), kept_entries=len(kept), kept_bytes=sum(e.bytes for e in kept)
+    )
+
+
+def lru_order(entries: Iterable[CacheEntry]) -> list[CacheEntry]:
+    """Least recently used first; among equal last uses, the cheapest to recompile first.
+
+    Compile times are read (from entry headers) only for entries whose last use
+    ties with another's, so a large cache with distinct times costs no reads.
+    """
+    ordered = sorted(entries, key=lambda e: e.recency)
+    result: list[CacheEntry] = []
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1].recency == ordered[i].recency:
+            j += 1
+        group = ordered[i : j + 1]
+        if len(group) > 1:
+            group.sort(key=_compile_seconds_or_zero)
+        result.extend(group)
+        i = j + 1
+    return result
+
+
+def _compile_seconds_or_zero(entry: CacheEntry) -> int:
+    try:
+        return jaxformat.read_compile_seconds(entry.path) or 0
+    except (OSError, jaxformat.EntryFormatError):
+        return 0
+
+
+def _days(seconds: float) -> str:
+    import humanize
+
+    return humanize.naturaldelta(timedelta(seconds=max(0.0, seconds)))
+
+
+def execute(plan: PrunePlan, *, progress: Callable[[int], None] | None = None) -> PruneResult:
+    """Deletes the planned entries, folder by folder, under each ``.lockfile``.
+
+    Each file is checked again right before it goes: a regular file (not a
+    symlink) with an entry's name, in the folder that was scanned, whose
+    leading bytes are zlib or zstd as JAX writes them. Anything else is skipped
+    and reported, never deleted.
+
+    Args:
+        plan: the plan from :func:`plan_prune`.
+        progress: called with the number of entries handled after each batch.
+    """
+    deleted: list[CacheEntry] = []
+    skipped: list[tuple[CacheEntry, str]] = []
+    by_folder: dict[Path, list[CacheEntry]] = {}
+    for deletion in plan.deletions:
+        by_folder.setdefault(deletion.entry.folder, []).append(deletion.entry)
+    done = 0
+    for folder, entries in by_folder.items():
+        for start in range(0, len(entries), BATCH_SIZE):
+            batch = entries[start : start + BATCH_SIZE]
+            with folder_lock(folder):
+                dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                try:
+                    for entry in batch:
+                        reason = _delete_entry(dir_fd, entry)
+                        if reason is None:
+                            deleted.append(entry)
+                        else:
+                            skipped.append((entry, reason))
+                finally:
+                    os.close(dir_fd)
+            done += len(batch)
+            if progress is not None:
+                progress(done)
+    return PruneResult(deleted=tuple(deleted), skipped=tuple(skipped))
+
+
+def _delete_entry(dir_fd: int, entry: CacheEntry) -> str | None:
+    """Deletes one entry relative to its folder's descriptor; returns why not, if not."""
+    cache_name = jaxformat.cache_file_name(entry.key)
+    parsed = jaxformat.parse_entry_name(cache_name)
+    if parsed is None or parsed.key != entry.key:
+        return "not an entry name"
+    try:
+        st = os.stat(cache_name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return "already gone"
+    if not statmod.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_size:
+        try:
+            fd = os.open(cache_name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+            try:
+                head = os.read(fd, 4)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            return f"unreadable ({e.strerror})"
+        if jaxformat.detect_compression(head) is None:
+            return "contents are not a JAX cache entry"
+    try:
+        # -cache first, then -atime, as JAX's own eviction does.
+        os.unlink(cache_name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return "already gone"
+    except OSError as e:
+        return f"cannot delete ({e.strerror})"
+    try:
+        os.unlink(jaxformat.atime_file_name(entry.key), dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    return None

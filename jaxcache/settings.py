@@ -1,0 +1,251 @@
+"""Which cache settings are in force, and where each one came from.
+
+Resolution order, highest first: explicit arguments (or CLI flags), the
+environment (``JAXCACHE_DIR``, then JAX's own ``JAX_COMPILATION_CACHE_DIR``),
+a ``[tool.jaxcache]`` table in the nearest ``pyproject.toml``, the user config
+file (``<platformdirs user config dir>/jaxcache/config.toml``), and defaults
+(``platformdirs.user_cache_path("jaxcache")``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+
+from jaxcache.errors import UsageError
+from jaxcache.units import parse_size
+
+Layout = Literal["versioned", "flat"]
+XlaCaches = Literal["auto", "none", "all"]
+
+# One environment variable per setting; the cache folder also honours JAX's own.
+ENV_VARS: dict[str, tuple[str, ...]] = {
+    "cache_dir": ("JAXCACHE_DIR", "JAX_COMPILATION_CACHE_DIR"),
+    "max_size": ("JAXCACHE_MAX_SIZE",),
+    "min_entry_size_bytes": ("JAXCACHE_MIN_ENTRY_SIZE_BYTES",),
+    "min_compile_time_secs": ("JAXCACHE_MIN_COMPILE_TIME_SECS",),
+    "layout": ("JAXCACHE_LAYOUT",),
+    "xla_caches": ("JAXCACHE_XLA_CACHES",),
+}
+# Keys of the config file / [tool.jaxcache] table, and the setting each sets.
+CONFIG_KEYS: dict[str, str] = {
+    "dir": "cache_dir",
+    "max_size": "max_size",
+    "min_entry_size_bytes": "min_entry_size_bytes",
+    "min_compile_time_secs": "min_compile_time_secs",
+    "layout": "layout",
+    "xla_caches": "xla_caches",
+}
+# Sub-tables of [tool.jaxcache] that belong to other commands.
+_OTHER_TABLES = frozenset({"warm"})
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting's value and a short description of where it came from."""
+
+    value: Any
+    source: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting jaxcache hands to JAX, each with its source.
+
+    Attributes:
+        cache_dir: the cache root (absolute, symlinks resolved).
+        max_size: size cap in bytes for JAX's LRU eviction, -1 for none.
+        min_entry_size_bytes: JAX's threshold; -1 keeps every entry.
+        min_compile_time_secs: JAX's threshold; 0 keeps every entry.
+        layout: "versioned" writes into a subfolder per jaxlib version (provenance
+            known); "flat" writes into the root as plain JAX does.
+        xla_caches: value for ``jax_persistent_cache_enable_xla_caches``; "auto"
+            turns XLA's GPU sub-caches off when no GPU plugin is installed, which
+            takes the folder's path out of every key.
+    """
+
+    cache_dir: Setting
+    max_size: Setting
+    min_entry_size_bytes: Setting
+    min_compile_time_secs: Setting
+    layout: Setting
+    xla_caches: Setting
+
+    @property
+    def root(self) -> Path:
+        return self.cache_dir.value
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        return {
+            f.name: {"value": _jsonable(getattr(self, f.name).value), "source": getattr(self, f.name).source}
+            for f in fields(self)
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value
+
+
+def default_cache_dir() -> Path:
+    return platformdirs.user_cache_path("jaxcache")
+
+
+def user_config_path() -> Path:
+    return platformdirs.user_config_path("jaxcache") / "config.toml"
+
+
+def find_pyproject(start: Path) -> Path | None:
+    """The nearest ``pyproject.toml`` at or above ``start`` that has ``[tool.jaxcache]``."""
+    for folder in (start, *start.parents):
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file() and "jaxcache" in _read_toml(candidate).get("tool", {}):
+            return candidate
+    return None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{path}: invalid TOML ({e})") from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def load_table(path: Path, *, pyproject: bool) -> dict[str, Any]:
+    """The jaxcache settings table of a config file, validated.
+
+    Raises:
+        UsageError: invalid TOML, an unknown key, or a non-table ``[tool.jaxcache]``.
+    """
+    data = _read_toml(path)
+    where = f"[tool.jaxcache] of {path}" if pyproject else str(path)
+    table = data.get("tool", {}).get("jaxcache", {}) if pyproject else data
+    if not isinstance(table, dict):
+        raise UsageError(f"{where}: expected a table")
+    for key in table:
+        if key not in CONFIG_KEYS and key not in _OTHER_TABLES:
+            known = ", ".join(sorted(CONFIG_KEYS))
+            raise UsageError(f"{where}: unknown key {key!r} (known keys: {known})")
+    return {k: v for k, v in table.items() if k in CONFIG_KEYS}
+
+
+def _coerce(name: str, raw: Any, where: str, base: Path) -> Any:
+    """Turns a raw value from a file, env or argument into the setting's type."""
+    try:
+        if name == "cache_dir":
+            if not isinstance(raw, (str, os.PathLike)) or not str(raw).strip():
+                raise UsageError(f"{where}: the cache folder must be a non-empty path, got {raw!r}")
+            path = Path(os.path.expandvars(os.path.expanduser(str(raw))))
+            # Absolute and resolved: a relative path or a symlink would fork every key.
+            return (base / path).resolve() if not path.is_absolute() else path.resolve()
+        if name == "max_size":
+            if raw in (-1, "-1", "none", "None", "unlimited", None):
+                return -1
+            return parse_size(raw)
+        if name == "min_entry_size_bytes":
+            return int(raw)
+        if name == "min_compile_time_secs":
+            value = float(raw)
+            if value < 0:
+                raise ValueError
+            return value
+        if name == "layout":
+            if raw not in ("versioned", "flat"):
+                raise ValueError
+            return raw
+        if name == "xla_caches":
+            if not isinstance(raw, str) or not raw:
+                raise ValueError
+            return raw
+    except UsageError as e:
+        raise UsageError(f"{where}: {e}" if not str(e).startswith(where) else str(e)) from None
+    except (TypeError, ValueError):
+        raise UsageError(f"{where}: invalid value {raw!r} for {name}") from None
+    raise AssertionError(name)
+
+
+_DEFAULTS: dict[str, Any] = {
+    "max_size": -1,
+    "min_entry_size_bytes": -1,
+    "min_compile_time_secs": 0.0,
+    "layout": "versioned",
+    "xla_caches": "auto",
+}
+
+
+def resolve(
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    max_size: int | str | None = None,
+    min_entry_size_bytes: int | None = None,
+    min_compile_time_secs: float | None = None,
+    layout: Layout | None = None,
+    xla_caches: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    argument_source: str = "argument",
+) -> Settings:
+    """Resolves every setting from arguments, environment, files and defaults.
+
+    Args:
+        cache_dir, max_size, min_entry_size_bytes, min_compile_time_secs, layout,
+            xla_caches: explicit values; None means "not given here".
+        env: the environment to read (default ``os.environ``).
+        cwd: where to start looking for ``pyproject.toml`` (default the current folder).
+        argument_source: how explicit values are described ("argument", "--cache-dir").
+
+    Raises:
+        UsageError: a bad value or unknown key anywhere in the chain.
+    """
+    env = os.environ if env is None else env
+    cwd = Path.cwd() if cwd is None else cwd
+    explicit = {
+        "cache_dir": cache_dir,
+        "max_size": max_size,
+        "min_entry_size_bytes": min_entry_size_bytes,
+        "min_compile_time_secs": min_compile_time_secs,
+        "layout": layout,
+        "xla_caches": xla_caches,
+    }
+    layers: list[tuple[str, Path, dict[str, Any]]] = []
+    pyproject = find_pyproject(cwd)
+    if pyproject is not None:
+        layers.append((f"pyproject {pyproject}", pyproject.parent, load_table(pyproject, pyproject=True)))
+    user_config = user_config_path()
+    if user_config.is_file():
+        layers.append((f"user config {user_config}", user_config.parent, load_table(user_config, pyproject=False)))
+
+    resolved: dict[str, Setting] = {}
+    for name in explicit:
+        resolved[name] = _resolve_one(name, explicit[name], argument_source, env, cwd, layers)
+    return Settings(**resolved)
+
+
+def _resolve_one(
+    name: str,
+    explicit: Any,
+    argument_source: str,
+    env: Mapping[str, str],
+    cwd: Path,
+    layers: list[tuple[str, Path, dict[str, Any]]],
+) -> Setting:
+    if explicit is not None:
+        return Setting(_coerce(name, explicit, argument_source, cwd), argument_source)
+    for var in ENV_VARS[name]:
+        if env.get(var):
+            return Setting(_coerce(name, env[var], f"env {var}", cwd), f"env {var}")
+    config_key = next(k for k, v in CONFIG_KEYS.items() if v == name)
+    for source, base, table in layers:
+        if config_key in table:
+            return Setting(_coerce(name, table[config_key], source, base), source)
+    if name == "cache_dir":
+        return Setting(default_cache_dir().resolve(), "default (platformdirs user cache)")
+    return Setting(_DEFAULTS[name], "default")
