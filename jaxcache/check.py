@@ -82,10 +82,10 @@ class RepairResult:
     failed: tuple[tuple[Finding, str], ...]
 
 
-def writable_by_others(folder: Path) -> list[str]:
+def writable_by_others(folder: Path, *, parents: bool = True) -> list[str]:
     """Why others could write to this folder or replace it through a parent, if they can."""
     problems = []
-    for path in (folder, *folder.parents):
+    for path in (folder, *folder.parents) if parents else (folder,):
         try:
             st = path.stat()
         except OSError:
@@ -105,8 +105,8 @@ def check(info: CacheInfo, *, capped: bool = False, now: float | None = None) ->
     Args:
         info: the scan to check.
         capped: the cache is used with ``jax_compilation_cache_max_size`` set, so
-            every entry needs its ``-atime``. Also assumed for a folder that has
-            a ``.lockfile`` or any ``-atime`` file.
+            every entry needs its ``-atime``. Also assumed for a folder that
+            has any ``-atime`` file.
         now: the current time (for tests).
     """
     now = time.time() if now is None else now
@@ -115,11 +115,13 @@ def check(info: CacheInfo, *, capped: bool = False, now: float | None = None) ->
         findings.append(Finding("writable", info.root, problem))
     for folder in info.folders:
         if folder.path != info.root:
-            for problem in writable_by_others(folder.path)[:1]:
+            for problem in writable_by_others(folder.path, parents=False):
                 findings.append(Finding("writable", folder.path, problem))
-    needs_atime = {
-        f.path for f in info.folders if capped or f.has_lockfile or any(e.has_atime for e in info.entries if e.folder == f.path)
-    }
+    # A folder JAX has used with a cap has -atime files. (Not the .lockfile:
+    # jaxcache itself creates that one whenever it changes a folder.)
+    needs_atime = {e.folder for e in info.entries if e.has_atime}
+    if capped:
+        needs_atime.update(f.path for f in info.folders)
     for entry in info.entries:
         if now - entry.written < IN_PROGRESS_SECS:
             continue

@@ -1,0 +1,121 @@
+"""jaxcache.configure() with real JAX in fresh processes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from importlib import metadata
+from pathlib import Path
+
+from conftest import env_with, run_compile, run_python, version_folder
+from jaxcache import provenance, scan
+
+
+def test_a_fresh_process_hits_what_another_wrote(tmp_path: Path) -> None:
+    env = env_with(JAXCACHE_DIR=str(tmp_path / "c"))
+    first = run_compile(env)
+    second = run_compile(env)
+    assert "jit_step" in first["misses"] and not first["hits"]
+    assert sorted(second["hits"]) == sorted(first["misses"]) and not second["misses"]
+
+
+def test_provenance_of_every_entry(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    events = run_compile(env_with(JAXCACHE_DIR=str(root)))
+    folder = version_folder(root)
+    assert folder.name == f"jaxlib-{metadata.version('jaxlib')}"
+    marker = json.loads((folder / provenance.MARKER_NAME).read_text())
+    assert marker["jaxlib"] == metadata.version("jaxlib") and marker["jax"] == metadata.version("jax")
+    info = scan(root)
+    assert sorted(e.module for e in info.entries) == sorted(events["misses"])
+    assert {e.version for e in info.entries} == {metadata.version("jaxlib")}
+    assert {e.platform for e in info.entries} == {"cpu"}
+
+
+def test_a_flat_folder_set_up_by_hand_has_unknown_provenance(tmp_path: Path) -> None:
+    root = tmp_path / "jax-caches"
+    run_compile(
+        env_with(),
+        configure=f"""
+import jax
+jax.config.update("jax_compilation_cache_dir", {str(root)!r})
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+""",
+    )
+    info = scan(root)
+    assert info.entries and {(e.version, e.platform) for e in info.entries} == {(None, None)}
+
+
+def test_relative_and_symlinked_paths_reach_jax_absolute(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    proc = run_python(
+        """
+import jax, jaxcache
+a = jaxcache.configure("link/cache")
+print(jax.config.jax_compilation_cache_dir)
+""",
+        cwd=tmp_path,
+    )
+    assert proc.stdout.strip() == str(tmp_path / "real" / "cache" / f"jaxlib-{metadata.version('jaxlib')}")
+
+
+def test_a_copied_cache_still_hits(tmp_path: Path) -> None:
+    """On CPU configure() turns XLA's GPU sub-caches off, which takes the path out of every key."""
+    first = run_compile(env_with(JAXCACHE_DIR=str(tmp_path / "here")))
+    shutil.copytree(tmp_path / "here", tmp_path / "there")
+    moved = run_compile(env_with(JAXCACHE_DIR=str(tmp_path / "there")))
+    assert sorted(moved["hits"]) == sorted(first["misses"]) and not moved["misses"]
+
+
+def test_configure_after_a_compile_warns(tmp_path: Path) -> None:
+    proc = run_python(
+        f"""
+import warnings, jax, jax.numpy as jnp, jaxcache
+jax.jit(lambda x: x + 1)(jnp.ones(3)).block_until_ready()
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    jaxcache.configure({str(tmp_path / "late")!r})
+print([str(w.message) for w in caught])
+"""
+    )
+    assert "already compiled" in proc.stdout
+
+
+def test_switching_folders_after_jax_opened_one(tmp_path: Path) -> None:
+    proc = run_python(
+        f"""
+import warnings, jax, jax.numpy as jnp, jaxcache
+jaxcache.configure({str(tmp_path / "first")!r})
+jax.jit(lambda x: x + 1)(jnp.ones(3)).block_until_ready()
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    jaxcache.configure({str(tmp_path / "second")!r})
+jax.jit(lambda x: x * 7)(jnp.ones(3)).block_until_ready()
+print([str(w.message) for w in caught])
+"""
+    )
+    assert "switching to" in proc.stdout
+    assert any(e.module == "jit__lambda" for e in scan(tmp_path / "second").entries)
+
+
+def test_provenance_recording_adds_no_log_output(tmp_path: Path) -> None:
+    proc = run_python(
+        f"""
+import logging, jax, jax.numpy as jnp, jaxcache
+logging.basicConfig(level=logging.INFO)
+jaxcache.configure({str(tmp_path / "c")!r})
+jax.jit(lambda x: x + 1)(jnp.ones(3)).block_until_ready()
+"""
+    )
+    assert "Writing" not in proc.stderr
+    assert scan(tmp_path / "c").entries[0].platform == "cpu"
+
+
+def test_a_size_cap_makes_jax_keep_atime_files(tmp_path: Path) -> None:
+    root = tmp_path / "capped"
+    run_compile(env_with(JAXCACHE_DIR=str(root), JAXCACHE_MAX_SIZE="1GB"))
+    info = scan(root)
+    assert info.entries and all(e.has_atime for e in info.entries)
+    assert all(f.has_lockfile for f in info.folders if f.version)

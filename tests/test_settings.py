@@ -1,0 +1,127 @@
+"""Resolution order and validation of settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from jaxcache import settings
+from jaxcache.errors import UsageError
+
+
+def _pyproject(folder: Path, body: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "pyproject.toml"
+    path.write_text("[project]\nname = 'x'\n\n[tool.jaxcache]\n" + body)
+    return path
+
+
+def _user_config(body: str) -> Path:
+    path = settings.user_config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(body)
+    return path
+
+
+def test_default_is_platformdirs_user_cache() -> None:
+    resolved = settings.resolve(env={})
+    assert resolved.root == Path(os.environ["XDG_CACHE_HOME"]).resolve() / "jaxcache"
+    assert resolved.cache_dir.source.startswith("default")
+    assert resolved.max_size.value == -1 and resolved.min_entry_size_bytes.value == -1
+    assert resolved.min_compile_time_secs.value == 0
+
+
+def test_each_layer_overrides_the_ones_below(tmp_path: Path) -> None:
+    project = tmp_path / "proj"
+    _user_config(f'dir = "{tmp_path / "user"}"\nmax_size = "1GB"\n')
+    assert settings.resolve(env={}, cwd=tmp_path).root == tmp_path / "user"
+
+    _pyproject(project, 'dir = "cache-here"\n')
+    nested = project / "src" / "pkg"
+    nested.mkdir(parents=True)
+    resolved = settings.resolve(env={}, cwd=nested)
+    # Relative to the pyproject's folder, not the cwd; other keys still come from below.
+    assert resolved.root == project / "cache-here"
+    assert resolved.cache_dir.source == f"pyproject {project / 'pyproject.toml'}"
+    assert resolved.max_size.value == 1_000_000_000 and resolved.max_size.source.startswith("user config")
+
+    env = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jaxenv")}
+    assert settings.resolve(env=env, cwd=nested).root == tmp_path / "jaxenv"
+    env["JAXCACHE_DIR"] = str(tmp_path / "ours")
+    assert settings.resolve(env=env, cwd=nested).cache_dir.source == "env JAXCACHE_DIR"
+    explicit = settings.resolve(cache_dir=tmp_path / "arg", env=env, cwd=nested)
+    assert explicit.root == tmp_path / "arg" and explicit.cache_dir.source == "argument"
+
+
+def test_paths_are_absolute_and_symlinks_resolved(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    assert settings.resolve(cache_dir=link, env={}).root == real
+    assert settings.resolve(cache_dir="rel/cache", env={}, cwd=tmp_path).root == tmp_path / "rel" / "cache"
+    assert settings.resolve(cache_dir="rel/cache", env={}).root == Path.cwd().resolve() / "rel" / "cache"
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ('colour = "blue"\n', "unknown key 'colour'"),
+        ('max_size = "5XB"\n', "invalid size '5XB'"),
+        ("min_compile_time_secs = -1\n", "invalid value"),
+        ('layout = "sideways"\n', "invalid value"),
+        ("dir = 3\n", "non-empty path"),
+        ("dir = [\n", "invalid TOML"),
+    ],
+)
+def test_bad_pyproject_values_are_usage_errors(tmp_path: Path, body: str, message: str) -> None:
+    path = _pyproject(tmp_path, body) if "TOML" not in message else tmp_path / "pyproject.toml"
+    if "TOML" in message:
+        path.write_text("[tool.jaxcache]\n" + body)
+    with pytest.raises(UsageError, match=message) as info:
+        settings.resolve(env={}, cwd=tmp_path)
+    assert str(path) in str(info.value)
+
+
+def test_warm_table_is_left_to_warm(tmp_path: Path) -> None:
+    _pyproject(tmp_path, 'dir = "c"\n[tool.jaxcache.warm]\nproblems = ["bratu"]\n')
+    assert settings.resolve(env={}, cwd=tmp_path).root == tmp_path / "c"
+
+
+def test_bad_env_value_names_the_variable() -> None:
+    with pytest.raises(UsageError, match="env JAXCACHE_MAX_SIZE"):
+        settings.resolve(env={"JAXCACHE_MAX_SIZE": "lots"})
+
+
+@pytest.mark.parametrize("text, expected", [("2GB", 2 * 10**9), ("1.5GiB", int(1.5 * 2**30)), ("500M", 5 * 10**8),
+                                            ("1024", 1024), ("10 kb", 10_000), ("3KiB", 3072)])
+def test_sizes(text: str, expected: int) -> None:
+    from jaxcache.units import parse_size
+
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["5XB", "", "GB", "-3", "1e9", "two gigs"])
+def test_bad_sizes(text: str) -> None:
+    from jaxcache.units import parse_size
+
+    with pytest.raises(UsageError, match="invalid size"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize("text, seconds", [("30d", 30 * 86400), ("12h", 43200), ("1w2d", 9 * 86400), ("90min", 5400),
+                                           ("45s", 45), ("1d 12h", 129600)])
+def test_durations(text: str, seconds: float) -> None:
+    from jaxcache.units import parse_duration
+
+    assert parse_duration(text).total_seconds() == seconds
+
+
+@pytest.mark.parametrize("text", ["tomorrow", "30", "", "5 parsecs", "d30", "-1d"])
+def test_bad_durations(text: str) -> None:
+    from jaxcache.units import parse_duration
+
+    with pytest.raises(UsageError, match="invalid duration"):
+        parse_duration(text)
