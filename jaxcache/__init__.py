@@ -17,7 +17,7 @@ from jaxcache.errors import CacheDirError, ConfirmationRequired, JaxCacheError, 
 from jaxcache.prune import PrunePlan, PruneResult, execute, plan_prune
 from jaxcache.scan import CacheEntry, CacheInfo, scan
 from jaxcache.settings import Settings, resolve
-from jaxcache.summary import Summary, summarize
+from jaxcache.summary import Summary, inspect_cache, summarize
 
 __all__ = [
     "CacheDirError",
@@ -37,6 +37,7 @@ __all__ = [
     "check",
     "configure",
     "execute",
+    "inspect_cache",
     "plan_prune",
     "repair",
     "resolve",

@@ -135,7 +135,7 @@ def check(info: CacheInfo, *, capped: bool = False, now: float | None = None) ->
 
 def _check_entry(entry: CacheEntry, *, needs_atime: bool) -> Iterable[Finding]:
     try:
-        with open(entry.path, "rb", opener=_nofollow) as f:
+        with jaxformat.open_entry(entry.path) as f:
             data = f.read()
     except FileNotFoundError:
         return  # evicted since the scan
@@ -157,10 +157,6 @@ def _check_entry(entry: CacheEntry, *, needs_atime: bool) -> Iterable[Finding]:
         yield Finding(
             "foreign-path", entry.path, f"written for the cache folder {embedded}: never looked up here", key=entry.key
         )
-
-
-def _nofollow(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW)
 
 
 def repair(report: CheckReport) -> RepairResult:

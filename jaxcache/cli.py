@@ -146,10 +146,10 @@ def inspect_command(ctx: click.Context, top: int, as_json: bool) -> None:
 
     Example: jaxcache --cache-dir ~/.cache/jaxcache inspect
     """
-    from jaxcache.summary import summarize
+    from jaxcache.summary import inspect_cache
 
     settings = _settings(ctx)
-    summary = summarize(_scan(settings), installed_version=_installed_jaxlib())
+    summary = inspect_cache(settings.root, installed_version=_installed_jaxlib())
     if as_json:
         _emit_json(summary.as_dict())
         return
@@ -160,8 +160,8 @@ def inspect_command(ctx: click.Context, top: int, as_json: bool) -> None:
     ]
     if summary.entries:
         out += [
-            f"Written     {display.ago(summary.oldest_written)} .. {display.ago(summary.newest_written)}",
-            f"Last used   {display.ago(summary.least_recent_use)} .. {display.ago(summary.most_recent_use)}",
+            f"Written     {display.ago(summary.oldest_written)} .. {display.ago(summary.newest_written)}"
+            "  (last uses: `jaxcache ls --sort age`)",
         ]
     out.append(f"Orphans     {summary.orphan_atimes} -atime files without an entry; "
                f"{summary.without_atime} entries without -atime; {summary.other_files} other files kept")

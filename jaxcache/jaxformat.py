@@ -115,6 +115,24 @@ def zstd_available() -> bool:
     return _zstandard() is not None
 
 
+def open_entry(path: Path | str, dir_fd: int | None = None) -> BinaryIO:
+    """Opens an entry for reading without following symlinks or touching its atime.
+
+    ``O_NOATIME`` keeps jaxcache's own reads from looking like cache hits (the
+    access time is the only record of use in an uncapped cache). The kernel
+    allows it only to the file's owner, so it is dropped where refused.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW
+    noatime = getattr(os, "O_NOATIME", 0)
+    try:
+        fd = os.open(path, flags | noatime, dir_fd=dir_fd)
+    except PermissionError:
+        if not noatime:
+            raise
+        fd = os.open(path, flags, dir_fd=dir_fd)
+    return os.fdopen(fd, "rb")
+
+
 def read_compile_seconds(path: Path) -> int | None:
     """Reads the whole-second compile time from an entry's header.
 
@@ -125,7 +143,7 @@ def read_compile_seconds(path: Path) -> int | None:
         EntryFormatError: the entry is not a JAX cache entry or is cut short.
         OSError: the file cannot be read.
     """
-    with open(path, "rb") as f:
+    with open_entry(path) as f:
         head = f.read(_HEADER_READ_BYTES)
         compression = detect_compression(head)
         if compression == ZLIB:
@@ -222,11 +240,3 @@ def decode_atime(data: bytes) -> int | None:
         return None
     return int.from_bytes(data, "little")
 
-
-def read_head(f: BinaryIO, n: int = 4) -> bytes:
-    return f.read(n)
-
-
-def is_plain_file(entry: os.DirEntry) -> bool:
-    """A regular file reached without following a symlink."""
-    return entry.is_file(follow_symlinks=False)

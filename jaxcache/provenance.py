@@ -5,7 +5,7 @@ entries of another jaxlib can never be hit again. jaxcache therefore points JAX
 at a subfolder per jaxlib version of the cache root::
 
     <root>/jaxlib-0.10.2/.jaxcache-version.json   who made the folder (the proof of provenance)
-    <root>/jaxlib-0.10.2/.jaxcache-writes.jsonl   one line per entry written: key, platform, time
+    <root>/jaxlib-0.10.2/.jaxcache-writes.tsv     one line per entry written: key, platform, time
     <root>/jaxlib-0.10.2/<module>-<hash>-cache    JAX's own entries
 
 The version is known for every entry in a marked subfolder, even one written
@@ -27,7 +27,7 @@ from pathlib import Path
 
 VERSION_DIR_PREFIX = "jaxlib-"
 MARKER_NAME = ".jaxcache-version.json"
-WRITES_LOG_NAME = ".jaxcache-writes.jsonl"
+WRITES_LOG_NAME = ".jaxcache-writes.tsv"
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def jax_dir(root: Path, layout: str, versions: VersionInfo | None) -> Path:
 
 def record_write(folder: Path, key: str, platform: str | None) -> None:
     """Appends one provenance line; a single small O_APPEND write is atomic on local disks."""
-    line = json.dumps({"key": key, "platform": platform, "time": time.time()}) + "\n"
+    line = f"{key}\t{platform or ''}\t{time.time():.3f}\n"
     fd = os.open(folder / WRITES_LOG_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         os.write(fd, line.encode("utf-8"))
@@ -106,15 +106,13 @@ def load_platforms(folder: Path) -> dict[str, str]:
     platforms: dict[str, str] = {}
     try:
         with open(folder / WRITES_LOG_NAME, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                    if record.get("platform"):
-                        platforms[str(record["key"])] = str(record["platform"])
-                except (ValueError, AttributeError):
-                    continue
+            text = f.read()
     except OSError:
-        pass
+        return platforms
+    for line in text.splitlines():
+        fields = line.split("\t")
+        if len(fields) == 3 and fields[1]:
+            platforms[fields[0]] = fields[1]
     return platforms
 
 

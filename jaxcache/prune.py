@@ -235,11 +235,8 @@ def _delete_entry(dir_fd: int, entry: CacheEntry) -> str | None:
         return "not a regular file"
     if st.st_size:
         try:
-            fd = os.open(cache_name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
-            try:
-                head = os.read(fd, 4)
-            finally:
-                os.close(fd)
+            with jaxformat.open_entry(cache_name, dir_fd=dir_fd) as f:
+                head = f.read(4)
         except OSError as e:
             return f"unreadable ({e.strerror})"
         if jaxformat.detect_compression(head) is None:

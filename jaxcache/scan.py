@@ -1,36 +1,42 @@
-"""One pass over a cache folder into frozen :class:`CacheEntry` / :class:`CacheInfo` records.
+"""One pass over a cache folder into :class:`CacheEntry` / :class:`CacheInfo` records.
 
-Only ``stat`` calls, no reads: ``-cache`` sizes come from their own stat, and
-the last use of an entry from the modification time of its ``-atime`` file
-(JAX rewrites that file on every hit and write), which saves opening 50k
-files on a large cache.
+Only directory listings and ``stat`` calls, no reads: sizes come from each
+``-cache`` file's stat (or, in a quick scan, from the folder's index), and the
+last use of an entry from the modification time of its ``-atime`` file (JAX
+rewrites that file on every hit and write), which saves opening 50k files on a
+large cache.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat as statmod
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
-from jaxcache import jaxformat, provenance
+from jaxcache import index, jaxformat, provenance
 from jaxcache.errors import CacheDirError, NotACacheError
 
 
-@dataclass(frozen=True)
-class CacheEntry:
+class CacheEntry(NamedTuple):
     """One ``-cache`` file and what is known about it.
+
+    A NamedTuple rather than a dataclass: a scan builds 50k of them and must stay fast.
 
     Attributes:
         folder: the folder holding the entry (the root or a version folder).
         key: JAX's key, ``<module>-<hash>``.
         module: the jitted function's module name, e.g. ``jit_step``.
         bytes: apparent size of the ``-cache`` file.
-        allocated_bytes: disk space taken (``st_blocks * 512``), ``-atime`` included.
+        allocated_bytes: disk space taken by the ``-cache`` file (``st_blocks * 512``).
         written: when the entry was written (mtime, seconds since the epoch).
-        last_used: last hit or write from the ``-atime`` file, None if it has none.
-        fs_atime: the filesystem's access time of the ``-cache`` file (coarse: relatime).
+        last_used: last hit or write from the ``-atime`` file; None if it has none,
+            or if the scan did not look (``last_used=False``).
+        has_atime: whether an ``-atime`` file exists.
+        fs_atime: the filesystem's access time of the ``-cache`` file; None in a quick scan.
         version: the jaxlib version that wrote it, None when unknown.
         platform: the platform that wrote it, None when unknown.
     """
@@ -42,7 +48,8 @@ class CacheEntry:
     allocated_bytes: int
     written: float
     last_used: float | None
-    fs_atime: float
+    has_atime: bool
+    fs_atime: float | None
     version: str | None
     platform: str | None
 
@@ -55,15 +62,19 @@ class CacheEntry:
         return self.folder / jaxformat.atime_file_name(self.key)
 
     @property
-    def has_atime(self) -> bool:
-        return self.last_used is not None
-
-    @property
     def recency(self) -> float:
-        """Best estimate of the last use: the ``-atime`` record, else filesystem times."""
+        """Best estimate of the last use.
+
+        The ``-atime`` record when JAX keeps one (capped caches). Otherwise JAX
+        records no use at all, and the filesystem's access time is the best
+        evidence: JAX reads the whole file on every hit, and under Linux's
+        default ``relatime`` that moves atime at least once a day (on a
+        ``noatime`` mount it stays at the write time). jaxcache itself reads
+        entries with ``O_NOATIME`` so that looking does not count as use.
+        """
         if self.last_used is not None:
             return self.last_used
-        return max(self.written, self.fs_atime)
+        return self.written if self.fs_atime is None else max(self.written, self.fs_atime)
 
 
 @dataclass(frozen=True)
@@ -82,7 +93,7 @@ class CacheInfo:
 
     Attributes:
         root: the cache root that was scanned.
-        entries: every ``-cache`` entry.
+        entries: every ``-cache`` entry, sorted by key.
         orphan_atimes: ``-atime`` files whose ``-cache`` is gone.
         folders: the root and each version folder scanned.
         symlinks: entry-named symlinks, reported and never followed.
@@ -107,11 +118,25 @@ class CacheInfo:
         return sum(e.allocated_bytes for e in self.entries)
 
 
-_JAXCACHE_FILES = frozenset({provenance.MARKER_NAME, provenance.WRITES_LOG_NAME, jaxformat.LOCKFILE_NAME})
+# The names JAX gives entries (see jaxformat.parse_entry_name, which this
+# mirrors as one C-level regex, applied only to names the index has not seen).
+_ENTRY_RE = re.compile(r"(.+)-([0-9a-f]{64})-(cache|atime)", re.DOTALL)
+_JAXCACHE_NAMES = frozenset(
+    {provenance.MARKER_NAME, provenance.WRITES_LOG_NAME, index.META_DIR_NAME, jaxformat.LOCKFILE_NAME}
+)
+# Files younger than this may be mid-write (JAX writes without a rename).
+_SETTLE_NS = 10 * 10**9
 
 
-def scan(root: Path) -> CacheInfo:
+def scan(root: Path, *, last_used: bool = True, quick: bool = False) -> CacheInfo:
     """Scans a cache root and its version folders.
+
+    Args:
+        root: the cache root (or a single version folder, or a flat JAX cache).
+        last_used: stat each ``-atime`` file for the entry's last use.
+        quick: trust each folder's index (see :mod:`jaxcache.index`): skip the
+            listing of an unchanged folder and the stat of entries seen before.
+            A full scan stats everything and refreshes the index.
 
     Raises:
         CacheDirError: the folder is missing, not a folder, or unreadable.
@@ -130,34 +155,28 @@ def scan(root: Path) -> CacheInfo:
     pending: list[tuple[Path, provenance.VersionInfo | None]] = [(root, root_marker)]
     while pending:
         folder, marker = pending.pop()
-        result = _scan_folder(folder, marker, nested=folder != root or root_marker is not None)
-        entries.extend(result.entries)
-        orphans.extend(result.orphans)
-        symlinks.extend(result.symlinks)
-        other += result.other
-        evidence = evidence or result.evidence
-        folders.append(
-            FolderInfo(
-                path=folder,
-                version=marker.jaxlib if marker else None,
-                jax_version=marker.jax if marker else None,
-                has_lockfile=result.has_lockfile,
-            )
-        )
-        if folder == root:
-            for sub in result.subfolders:
-                sub_marker = provenance.read_marker(sub)
-                if sub_marker is not None:
-                    pending.append((sub, sub_marker))
-                    evidence = True
-                else:
-                    other += 1
+        is_root = folder == root
+        listing, fs_atimes = _list_folder(folder, look_for_subfolders=is_root and root_marker is None, quick=quick)
+        entries.extend(_entries(folder, listing, marker, fs_atimes, last_used=last_used))
+        orphans.extend(folder / jaxformat.atime_file_name(k) for k in listing.orphans)
+        symlinks.extend(folder / name for name in listing.symlinks)
+        other += listing.other
+        evidence = evidence or listing.evidence
+        folders.append(FolderInfo(path=folder, version=marker.jaxlib if marker else None,
+                                  jax_version=marker.jax if marker else None, has_lockfile=listing.has_lockfile))
+        for name in listing.subfolders:
+            sub_marker = provenance.read_marker(folder / name)
+            if sub_marker is not None:
+                pending.append((folder / name, sub_marker))
+                evidence = True
+            else:
+                other += 1
     if not evidence and other:
         raise NotACacheError(
             f"{root} does not look like a JAX compilation cache (no cache entries among {other} other files); "
             "nothing was changed"
         )
-    entries.sort(key=lambda e: (str(e.folder), e.key))
+    entries.sort(key=lambda e: e.key)
     return CacheInfo(
         root=root,
         entries=tuple(entries),
@@ -183,81 +202,116 @@ def _require_folder(root: Path) -> None:
         raise CacheDirError(f"permission denied: cannot read {root}")
 
 
-@dataclass
-class _FolderScan:
-    entries: list[CacheEntry] = field(default_factory=list)
-    orphans: list[Path] = field(default_factory=list)
-    symlinks: list[Path] = field(default_factory=list)
-    subfolders: list[Path] = field(default_factory=list)
-    other: int = 0
-    evidence: bool = False
-    has_lockfile: bool = False
+def _list_folder(folder: Path, *, look_for_subfolders: bool, quick: bool) -> tuple[index.Listing, dict[str, float]]:
+    """Lists and classifies one folder, from its index where that is provably still true.
 
-
-def _scan_folder(folder: Path, marker: provenance.VersionInfo | None, *, nested: bool) -> _FolderScan:
-    out = _FolderScan()
-    cache_names: dict[str, jaxformat.EntryName] = {}
-    atime_names: dict[str, jaxformat.EntryName] = {}
+    Returns the listing and the filesystem access time of each entry stat-ed
+    (every entry, unless ``quick``).
+    """
     try:
-        listing = list(os.scandir(folder))
+        dir_mtime_ns = os.stat(folder).st_mtime_ns
+    except OSError as e:
+        raise CacheDirError(f"cannot read {folder}: {e.strerror}") from None
+    stored = index.load(folder) if quick or os.access(folder, os.W_OK) else None
+    if quick and stored is not None and stored.still_true(dir_mtime_ns):
+        return stored, {}
+    fs_atimes: dict[str, float] = {}
+    known = stored.caches if (quick and stored is not None) else {}
+
+    listing = index.Listing(dir_mtime_ns=dir_mtime_ns, listed_at_ns=time.time_ns())
+    cache_inodes: dict[str, int] = {}
+    atimes: set[str] = set()
+    match = _ENTRY_RE.fullmatch
+    try:
+        it = os.scandir(folder)
     except OSError as e:
         raise CacheDirError(f"cannot list {folder}: {e.strerror}") from None
-    for dirent in listing:
-        name = dirent.name
-        parsed = jaxformat.parse_entry_name(name)
-        if parsed is not None:
-            if dirent.is_symlink():
-                out.symlinks.append(folder / name)
-            elif parsed.kind == "cache":
-                cache_names[parsed.key] = parsed
+    with it:
+        for dirent in it:
+            name = dirent.name
+            key = name[:-6]
+            if name.endswith("-cache") and key in known:  # validated when it was indexed
+                cache_inodes[key] = dirent.inode()
+                continue
+            m = match(name)
+            if m is not None:
+                if dirent.is_symlink():
+                    listing.symlinks.append(name)
+                elif m[3] == "cache":
+                    cache_inodes[key] = dirent.inode()
+                else:
+                    atimes.add(key)
+            elif name in _JAXCACHE_NAMES or name in jaxformat.XLA_SUBCACHE_NAMES or name.startswith(".jaxcache-tmp-"):
+                listing.evidence = True
+                listing.has_lockfile = listing.has_lockfile or name == jaxformat.LOCKFILE_NAME
+            elif look_for_subfolders and dirent.is_dir(follow_symlinks=False):
+                listing.subfolders.append(name)
             else:
-                atime_names[parsed.key] = parsed
-            continue
-        if name in _JAXCACHE_FILES or name in jaxformat.XLA_SUBCACHE_NAMES or name.startswith(".jaxcache-tmp-"):
-            out.evidence = True
-            out.has_lockfile = out.has_lockfile or name == jaxformat.LOCKFILE_NAME
-        elif not nested and dirent.is_dir(follow_symlinks=False):
-            out.subfolders.append(folder / name)
-        else:
-            out.other += 1
-    out.evidence = out.evidence or bool(cache_names) or bool(atime_names)
+                listing.other += 1
+    listing.evidence = listing.evidence or bool(cache_inodes) or bool(atimes)
 
-    platforms = provenance.load_platforms(folder) if marker is not None else {}
-    version = marker.jaxlib if marker is not None else None
+    settled_before = listing.listed_at_ns - _SETTLE_NS
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        for key, parsed in cache_names.items():
+        for key, inode in cache_inodes.items():
+            has_atime = key in atimes
+            cached = known.get(key)
+            if cached is not None and cached.inode == inode:
+                listing.caches[key] = cached if cached.has_atime == has_atime else cached._replace(has_atime=int(has_atime))
+                continue
             try:
-                st = os.stat(jaxformat.cache_file_name(key), dir_fd=fd, follow_symlinks=False)
+                st = os.stat(key + "-cache", dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:
                 continue  # deleted between listing and stat (JAX eviction, another prune)
             if not statmod.S_ISREG(st.st_mode):
-                out.other += 1
+                listing.other += 1
                 continue
-            last_used = None
-            allocated = st.st_blocks * 512
-            if key in atime_names:
-                try:
-                    ast = os.stat(jaxformat.atime_file_name(key), dir_fd=fd, follow_symlinks=False)
-                    last_used = ast.st_mtime
-                    allocated += ast.st_blocks * 512
-                except FileNotFoundError:
-                    pass
-            out.entries.append(
-                CacheEntry(
-                    folder=folder,
-                    key=key,
-                    module=parsed.module,
-                    bytes=st.st_size,
-                    allocated_bytes=allocated,
-                    written=st.st_mtime,
-                    last_used=last_used,
-                    fs_atime=st.st_atime,
-                    version=version,
-                    platform=platforms.get(key),
-                )
-            )
+            listing.caches[key] = index.Stat(st.st_ino, st.st_size, st.st_blocks * 512, st.st_mtime_ns, int(has_atime))
+            fs_atimes[key] = st.st_atime
+            if st.st_mtime_ns > settled_before:
+                listing.complete = False
     finally:
         os.close(fd)
-    out.orphans = [folder / jaxformat.atime_file_name(k) for k in atime_names if k not in cache_names]
-    return out
+    listing.orphans = sorted(k for k in atimes if k not in listing.caches)
+    if listing.evidence and os.access(folder, os.W_OK) and (
+        stored is None or _changed(stored, listing) or listing.still_true(dir_mtime_ns) > stored.still_true(dir_mtime_ns)
+    ):
+        index.save(folder, _settled(listing, settled_before))
+    return listing, fs_atimes
+
+
+def _changed(stored: index.Listing, listing: index.Listing) -> bool:
+    return (stored.caches != listing.caches or stored.dir_mtime_ns != listing.dir_mtime_ns
+            or stored.orphans != listing.orphans or stored.other != listing.other)
+
+
+def _settled(listing: index.Listing, settled_before: int) -> index.Listing:
+    """The listing minus entries that may be mid-write (they are stat-ed again next time)."""
+    if listing.complete:
+        return listing
+    caches = {k: s for k, s in listing.caches.items() if s.mtime_ns <= settled_before}
+    return index.Listing(**{**listing.__dict__, "caches": caches})
+
+
+def _entries(folder: Path, listing: index.Listing, marker: provenance.VersionInfo | None,
+             fs_atimes: dict[str, float], *, last_used: bool) -> list[CacheEntry]:
+    """CacheEntry records for one listed folder (stat-ing -atime files for last use if asked)."""
+    version = marker.jaxlib if marker is not None else None
+    platforms = provenance.load_platforms(folder) if marker is not None else {}
+    entries = []
+    append = entries.append
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY) if last_used else -1
+    try:
+        for key, stat in listing.caches.items():
+            used = None
+            if last_used and stat.has_atime:
+                try:
+                    used = os.stat(key + "-atime", dir_fd=fd, follow_symlinks=False).st_mtime
+                except FileNotFoundError:
+                    pass
+            append(CacheEntry(folder, key, key[:-65], stat.size, stat.allocated, stat.mtime_ns / 1e9, used,
+                              stat.has_atime, None, version, platforms.get(key)))
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    return entries

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from conftest import can_mount, env_with, make_read_only, run_compile, run_python, version_folder
+from jaxcache_testing import can_mount, env_with, make_read_only, run_compile, run_python, version_folder
 from jaxcache import jaxformat, provenance
 from jaxcache.cli import main
 
@@ -34,7 +34,9 @@ def jc_json(*args: str) -> object:
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file's bytes, except jaxcache's own index (a scan may refresh it)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and ".jaxcache" not in p.relative_to(root).parts}
 
 
 def age(paths: list[Path], seconds: float) -> None:

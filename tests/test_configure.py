@@ -7,7 +7,7 @@ import shutil
 from importlib import metadata
 from pathlib import Path
 
-from conftest import env_with, run_compile, run_python, version_folder
+from jaxcache_testing import env_with, run_compile, run_python, version_folder
 from jaxcache import provenance, scan
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import env_with, run_compile, run_python
+from jaxcache_testing import env_with, run_compile, run_python
 from jaxcache import jaxformat
 
 PLAIN_CONFIGURE = """
@@ -110,7 +110,7 @@ def test_truncated_entry_is_never_replaced(tmp_path: Path) -> None:
 
 
 def _counting(configure: str) -> str:
-    from conftest import compile_program
+    from jaxcache_testing import compile_program
 
     return compile_program(configure)
 

@@ -1,0 +1,98 @@
+"""How fast jaxcache reads a large cache, side by side with JAX's own eviction scan.
+
+Builds a synthetic cache of N entries (each a real zlib entry with its -atime
+file, so 2N files) and times, in one process on the same folder:
+
+  - ``jaxcache inspect``            scan + summary (the library calls the command makes)
+  - ``jaxcache prune --max-size``   scan + LRU plan, dry run (nothing deleted)
+  - JAX ``LRUCache._evict_if_needed``  what JAX does on *every* write to a capped cache
+
+Usage:
+    python benchmarks/scan_100k.py [--entries 50000] [--repeat 5] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+
+def build(folder: Path, entries: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = zlib.compress((1).to_bytes(4, "big") + os.urandom(1500))
+    now = time.time_ns()
+    for i in range(entries):
+        key = f"jit_fn{i % 97}-{secrets.token_hex(32)}"
+        (folder / f"{key}-cache").write_bytes(payload)
+        (folder / f"{key}-atime").write_bytes((now - i * 1_000_000).to_bytes(8, "little"))
+
+
+def timed(fn, repeat: int) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--entries", type=int, default=50_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--dir", type=Path, help="build the cache here (default: a temporary folder)")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args()
+
+    from jax._src.lru_cache import LRUCache
+
+    import jaxcache
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.dir or Path(tmp) / "cache"
+        if not any(folder.glob("*-cache")) if folder.exists() else True:
+            print(f"building {args.entries} entries ({2 * args.entries} files) in {folder} ...", file=sys.stderr)
+            build(folder, args.entries)
+        total = sum(1 for _ in os.scandir(folder))
+        info = jaxcache.scan(folder)
+        cap = info.total_bytes // 2
+
+        def inspect():
+            return jaxcache.inspect_cache(folder, installed_version=None)
+
+        def prune_plan():
+            return jaxcache.plan_prune(jaxcache.scan(folder), max_size=cap)
+
+        jax_cache = LRUCache(str(folder), max_size=10**15)  # large: scans everything, evicts nothing
+
+        rows = []
+        t_jax, _ = timed(jax_cache._evict_if_needed, args.repeat)
+        t_inspect, summary = timed(inspect, args.repeat)
+        t_prune, plan = timed(prune_plan, args.repeat)
+        assert summary.entries == args.entries and len(plan.deletions) > 0
+        rows.append(("JAX LRUCache._evict_if_needed", t_jax, 1.0))
+        rows.append(("jaxcache inspect (scan+summary)", t_inspect, t_jax / t_inspect))
+        rows.append(("jaxcache prune --max-size (plan)", t_prune, t_jax / t_prune))
+
+    print(f"{args.entries} entries, {total} files, median of {args.repeat} runs, warm OS cache")
+    print(f"{'operation':<36} {'seconds':>8} {'x faster than JAX':>18}")
+    for name, seconds, speedup in rows:
+        print(f"{name:<36} {seconds:>8.3f} {speedup:>18.1f}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "entries": args.entries, "files": total, "repeat": args.repeat,
+            "results": [{"operation": n, "seconds": s, "speedup_vs_jax": x} for n, s, x in rows],
+        }, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Memory budget and "auto" chunk sizing from the compiler's memory analysis.
+
+The Jacobian kernel's peak memory is modelled as ``m0 + m1 * chunk``:
+
+* ``m1`` and the chunk-independent part of ``m0`` come from compiling the
+  kernel at two probe chunk sizes and reading
+  ``compiled.memory_analysis().temp_size_in_bytes``; arguments and the output
+  (the Jacobian itself) are added to ``m0``.
+* Where the analysis is missing (a backend without it) or not informative
+  (temp memory not growing with the chunk, e.g. when XLA fuses a cheap
+  elementwise residual), the documented estimate is used instead:
+  ``m1 = ESTIMATE_BYTES_PER_COLUMN_FACTOR * (dim_f + dim_x) * itemsize``
+  (one tangent in and one out per column, doubled for intermediates).
+
+The budget is ``memory_budget`` when given; otherwise ``AUTO_MEMORY_FRACTION``
+of free memory: on GPU/TPU from ``device.memory_stats()`` (``bytes_limit -
+bytes_in_use``), on CPU the smaller of available RAM (``MemAvailable``) and
+the cgroup's remaining limit (v2 ``memory.max``/``memory.current``, v1
+``memory.limit_in_bytes``/``memory.usage_in_bytes``), since on clusters the
+node's RAM is not the job's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, NamedTuple
+
+import jax
+import numpy as np
+
+from solver.jacobian import JacobianPlan, ResidualSpec
+
+if TYPE_CHECKING:
+    from solver.objective import ObjectiveFunction
+
+__all__ = [
+    "AUTO_MEMORY_FRACTION",
+    "CPU_CHUNK_WORKING_SET_BYTES",
+    "ESTIMATE_BYTES_PER_COLUMN_FACTOR",
+    "MemoryModel",
+    "available_memory",
+    "cgroup_memory_available",
+    "choose_chunk_size",
+    "fit_memory_model",
+    "memory_budget",
+    "probe_chunk_sizes",
+]
+
+logger = logging.getLogger(__name__)
+
+AUTO_MEMORY_FRACTION = 0.5
+"""Share of free device memory "auto" plans for; the rest is for the SVD and the caller."""
+ESTIMATE_BYTES_PER_COLUMN_FACTOR = 4
+CPU_CHUNK_WORKING_SET_BYTES = 8 << 20
+"""On CPU, "auto" also caps ``m1 * chunk`` at this many bytes: a chunk whose working
+set leaves the cache is slower, not faster (benchmarks/solver_chunks.py: on
+`spectral` sizes 128-512 on 2 CPU cores, chunks past 2-8 MiB of per-chunk temp
+memory were no faster, and sometimes slower; timings there vary by +-30%)."""
+_UNLIMITED = 1 << 60
+_CGROUP = Path("/sys/fs/cgroup")
+
+
+class MemoryModel(NamedTuple):
+    """Predicted peak bytes of a Jacobian kernel: ``m0 + m1 * chunk``.
+
+    Attributes:
+        m0: Chunk-independent bytes (arguments, output and fixed temporaries).
+        m1: Bytes per column in a chunk.
+        source: ``"compiler"`` (memory_analysis) or ``"estimate"`` (fallback).
+    """
+
+    m0: float
+    m1: float
+    source: Literal["compiler", "estimate"]
+
+    def predict(self, chunk: int) -> float:
+        """Predicted peak bytes at ``chunk`` columns per chunk."""
+        return self.m0 + self.m1 * chunk
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def cgroup_memory_available(root: Path = _CGROUP) -> int | None:
+    """Bytes left under this process's cgroup memory limit, or None if unlimited/unknown."""
+    for limit_file, usage_file in (
+        (root / "memory.max", root / "memory.current"),
+        (root / "memory" / "memory.limit_in_bytes", root / "memory" / "memory.usage_in_bytes"),
+    ):
+        limit = _read_int(limit_file)
+        if limit is None or limit >= _UNLIMITED:
+            continue
+        usage = _read_int(usage_file) or 0
+        return max(limit - usage, 0)
+    return None
+
+
+def _ram_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def available_memory(device: jax.Device | None = None) -> int | None:
+    """Free bytes on ``device`` (default: the first device), or None if unknown."""
+    device = device if device is not None else jax.devices()[0]
+    if device.platform != "cpu":
+        try:
+            stats = device.memory_stats() or {}
+        except Exception:  # noqa: BLE001 (some plugins raise instead of returning None)
+            stats = {}
+        if "bytes_limit" in stats:
+            return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+        return None
+    candidates = [v for v in (_ram_available(), cgroup_memory_available()) if v is not None]
+    return min(candidates) if candidates else None
+
+
+def memory_budget(explicit: int | None = None) -> int:
+    """The bytes "auto" may plan for: ``explicit``, else a share of free memory.
+
+    Raises:
+        ValueError: If ``explicit`` is not a positive int.
+    """
+    if explicit is not None:
+        if isinstance(explicit, bool) or not isinstance(explicit, (int, np.integer)) or explicit <= 0:
+            raise ValueError(f"{explicit=} must be a positive int (bytes)")
+        return int(explicit)
+    free = available_memory()
+    if free is None:
+        logger.warning("free memory unknown; planning chunk sizes for 1 GiB")
+        free = 2 << 30
+    return int(free * AUTO_MEMORY_FRACTION)
+
+
+def probe_chunk_sizes(dim_x: int) -> tuple[int, int]:
+    """The two chunk sizes the memory model is fitted at (equal when dim_x <= 8)."""
+    low = min(dim_x, 8)
+    return low, min(dim_x, 2 * low)
+
+
+def probe_plan(objective: ObjectiveFunction, block: int | None, chunk: int) -> tuple[ResidualSpec, JacobianPlan, tuple]:
+    """Static config and data of the single-device probe kernel for one block."""
+    if block is None:
+        return objective.spec, JacobianPlan(chunks=(chunk,)), objective.data
+    spec = ResidualSpec(fns=(objective.spec.fns[block],), dims=(objective.spec.dims[block],))
+    return spec, JacobianPlan(chunks=(chunk,)), (objective.data[block],)
+
+
+_MODELS: dict[tuple[object, ...], MemoryModel] = {}
+
+
+def fit_memory_model(objective: ObjectiveFunction, *, block: int | None) -> MemoryModel:
+    """Fits ``m0 + m1 * chunk`` for the whole objective (``block=None``) or one block.
+
+    The objective must have resolved ``dim_x``, ``dtype`` and ``data``. Models
+    are remembered per process (AOT compiles are not cached in memory by JAX).
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(objective.data)
+    key = (
+        objective.spec, block, objective.dim_x, np.dtype(objective.dtype).str, treedef,
+        tuple((tuple(a.shape), np.dtype(a.dtype).str) for a in leaves),
+    )
+    if key not in _MODELS:
+        _MODELS[key] = _fit_memory_model(objective, block)
+    return _MODELS[key]
+
+
+def _fit_memory_model(objective: ObjectiveFunction, block: int | None) -> MemoryModel:
+    from solver.kernels import lsq_jacobian_jit  # noqa: PLC0415 (kernels imports objective)
+
+    n, itemsize = objective.dim_x, np.dtype(objective.dtype).itemsize
+    rows = objective.dim_f if block is None else objective.spec.dims[block]
+    x_spec = jax.ShapeDtypeStruct((n,), objective.dtype)
+    jac_bytes = objective.dim_f * n * itemsize
+    estimate_m1 = ESTIMATE_BYTES_PER_COLUMN_FACTOR * (rows + n) * itemsize
+    temps = []
+    for chunk in sorted(set(probe_chunk_sizes(n))):
+        spec, plan, data = probe_plan(objective, block, chunk)
+        try:
+            stats = lsq_jacobian_jit.lower(x_spec, data, spec=spec, plan=plan).compile().memory_analysis()
+        except Exception as err:  # noqa: BLE001 (backends without the analysis raise)
+            logger.info("memory_analysis unavailable (%s); using the estimate", err)
+            stats = None
+        if stats is None:
+            break
+        temps.append((chunk, float(stats.temp_size_in_bytes), float(stats.argument_size_in_bytes)))
+    if not temps:
+        return MemoryModel(jac_bytes + 2 * n * itemsize, estimate_m1, "estimate")
+    c_a, t_a, args = temps[0]
+    fixed = jac_bytes + args
+    if len(temps) == 2:
+        c_b, t_b, _ = temps[1]
+        m1 = (t_b - t_a) / (c_b - c_a)
+        if m1 > 0:
+            return MemoryModel(fixed + t_a - m1 * c_a, m1, "compiler")
+    return MemoryModel(fixed + t_a, estimate_m1, "estimate")
+
+
+def choose_chunk_size(
+    model: MemoryModel,
+    budget: int,
+    dim_x: int,
+    *,
+    num_devices: int = 1,
+    working_set: int | None = None,
+) -> int:
+    """The largest chunk in ``[1, dim_x]`` whose predicted peak fits ``budget``.
+
+    With several devices each holds its own chunk, so the columns a device
+    handles (``ceil(dim_x / num_devices)``) bound the chunk. ``working_set``
+    (bytes) further caps ``m1 * chunk`` (see `CPU_CHUNK_WORKING_SET_BYTES`).
+    A chunk smaller than all columns is rounded down to a power of two,
+    the sizes the compiler vectorizes best.
+    """
+    cap = -(-dim_x // num_devices)
+    if model.m1 <= 0:
+        return cap
+    chunk = int((budget - model.m0) // model.m1)
+    if chunk < 1:
+        logger.warning(
+            "the Jacobian needs about %.3g bytes even with chunk 1, over the %d-byte budget",
+            model.predict(1), budget,
+        )
+    if working_set is not None:
+        chunk = min(chunk, int(working_set // model.m1))
+    chunk = max(1, min(cap, chunk))
+    return chunk if chunk == cap else 1 << (chunk.bit_length() - 1)
+
+
+def working_set_cap(device: jax.Device | None = None) -> int | None:
+    """`CPU_CHUNK_WORKING_SET_BYTES` on CPU; None (no cap) on accelerators."""
+    device = device if device is not None else jax.devices()[0]
+    return CPU_CHUNK_WORKING_SET_BYTES if device.platform == "cpu" else None

@@ -1,0 +1,146 @@
+"""Objective validation, DESC's chunk-size placement rules, and "auto" sizing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import solver
+from solver import memory
+
+
+def _square(x, params):
+    return x**2
+
+
+def _three(x, params):
+    return x[:3]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, "big", True])
+def test_bad_chunk_sizes_raise(bad: object) -> None:
+    with pytest.raises(ValueError, match="jac_chunk_size=.* must be a positive int"):
+        solver.Objective(_square, 4, jac_chunk_size=bad)
+    with pytest.raises(ValueError, match="jac_chunk_size=.* must be a positive int"):
+        solver.ObjectiveFunction(solver.Objective(_square, 4), jac_chunk_size=bad)
+
+
+def test_chunk_size_on_sub_objective_in_batched_mode_raises() -> None:
+    obj = solver.Objective(_square, 4, jac_chunk_size=2, name="sq")
+    with pytest.raises(ValueError, match=r"sub-objective\(s\) \['sq'\].*deriv_mode='blocked'"):
+        solver.ObjectiveFunction(obj)
+    solver.ObjectiveFunction(obj, deriv_mode="blocked")  # the right place
+
+
+def test_chunk_size_on_objective_function_in_blocked_mode_raises() -> None:
+    obj = solver.Objective(_square, 4)
+    with pytest.raises(ValueError, match="jac_chunk_size=2 was passed to ObjectiveFunction"):
+        solver.ObjectiveFunction(obj, deriv_mode="blocked", jac_chunk_size=2)
+    solver.ObjectiveFunction(obj, deriv_mode="blocked", jac_chunk_size="auto")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"deriv_mode": "forward"}, "deriv_mode='forward'"),
+        ({"memory_budget": 0}, "memory_budget=0"),
+        ({"num_devices": 0}, "num_devices=0"),
+    ],
+)
+def test_bad_objective_function_options(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        solver.ObjectiveFunction(solver.Objective(_square, 4), **kwargs)
+
+
+def test_bad_objective_arguments() -> None:
+    with pytest.raises(ValueError, match="dim_f=0"):
+        solver.Objective(_square, 0)
+    with pytest.raises(ValueError, match="must be callable"):
+        solver.Objective("f", 3)
+    with pytest.raises(ValueError, match=r"weight has shape \(2,\)"):
+        solver.Objective(_square, 3, weight=np.ones(2))
+    with pytest.raises(ValueError, match="non-empty"):
+        solver.ObjectiveFunction([])
+    with pytest.raises(ValueError, match="exceeds"):
+        solver.ObjectiveFunction(solver.Objective(_square, 4), num_devices=64).build(np.ones(4))
+
+
+def test_bad_shapes_raise() -> None:
+    objective = solver.ObjectiveFunction(solver.Objective(_three, 4, name="three"))
+    with pytest.raises(ValueError, match=r"'three' returned shape \(3,\), expected \(4,\)"):
+        objective.build(np.ones(5))
+    objective = solver.ObjectiveFunction(solver.Objective(_square, 4))
+    with pytest.raises(ValueError, match="1-D"):
+        objective.build(np.ones((2, 2)))
+    with pytest.raises(solver.SolverError, match="not built"):
+        objective._require_built()
+
+
+def test_weights_and_params_are_data() -> None:
+    obj = solver.Objective(lambda x, p: p["a"] * x, 3, params={"a": 2.0}, weight=np.array([1.0, 2.0, 3.0]))
+    objective = solver.ObjectiveFunction(obj, jac_chunk_size=2)
+    x = np.array([1.0, 1.0, 1.0])
+    np.testing.assert_allclose(objective.compute(x), [2.0, 4.0, 6.0])
+    np.testing.assert_allclose(objective.jac(x), np.diag([2.0, 4.0, 6.0]))
+    params, weight = objective.data[0]
+    assert not params["a"].weak_type and params["a"].dtype == jnp.float64
+    assert weight.dtype == jnp.float64
+
+
+def test_auto_uses_compiler_memory_model_and_budget() -> None:
+    n = 64
+    big, x0 = solver.problems.get("spectral", n, memory_budget=1 << 40)
+    big.build(x0)
+    (model,) = big.memory_models
+    assert model.source == "compiler" and model.m1 > 0
+    assert big.jac_chunk_size == n
+    budget = int(model.predict(10) + model.m1 / 2)
+    small, _ = solver.problems.get("spectral", n, memory_budget=budget)
+    small.build(x0)
+    assert small.jac_chunk_size == 8  # the largest power of two that fits
+    assert small.memory_models[0].predict(small.jac_chunk_size) <= budget
+
+
+def test_auto_in_blocked_mode_resolves_each_block() -> None:
+    objective, x0 = solver.problems.get("curvefit", 3, deriv_mode="blocked")
+    objective.build(x0)
+    assert len(objective.jac_chunk_sizes) == 2 and len(objective.memory_models) == 2
+    assert objective.jac_chunk_size is None  # only meaningful when batched
+
+
+def test_choose_chunk_size_bounds() -> None:
+    model = memory.MemoryModel(1000.0, 100.0, "compiler")
+    assert memory.choose_chunk_size(model, 1500, 50) == 4  # 5, as a power of two
+    assert memory.choose_chunk_size(model, 10, 50) == 1
+    assert memory.choose_chunk_size(model, 10**9, 50) == 50
+    assert memory.choose_chunk_size(model, 10**9, 50, num_devices=4) == 13
+    assert memory.choose_chunk_size(model, 10**9, 50, working_set=1600) == 16
+    assert memory.choose_chunk_size(model, 2800, 50) == 16
+
+
+def test_cgroup_limits(tmp_path: Path) -> None:
+    assert memory.cgroup_memory_available(tmp_path) is None
+    (tmp_path / "memory.max").write_text("max\n")
+    assert memory.cgroup_memory_available(tmp_path) is None
+    (tmp_path / "memory.max").write_text("1000\n")
+    (tmp_path / "memory.current").write_text("300\n")
+    assert memory.cgroup_memory_available(tmp_path) == 700
+    v1 = tmp_path / "v1"
+    (v1 / "memory").mkdir(parents=True)
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    assert memory.cgroup_memory_available(v1) is None
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("4096\n")
+    (v1 / "memory" / "memory.usage_in_bytes").write_text("96\n")
+    assert memory.cgroup_memory_available(v1) == 4000
+
+
+def test_memory_budget() -> None:
+    assert memory.memory_budget(12345) == 12345
+    free = memory.available_memory()
+    assert free is not None and free > 0
+    assert 0 < memory.memory_budget() <= free
+    with pytest.raises(ValueError, match="explicit=-5"):
+        memory.memory_budget(-5)
