@@ -382,3 +382,155 @@ def check_command(ctx: click.Context, repair: bool, as_json: bool) -> None:
         click.echo(f"Checked {report.entries_checked} entries in {report.root}: {summary}{hint}.", err=bool(remaining))
     if remaining:
         sys.exit(1)
+
+
+def _plan_options(fn: Callable) -> Callable:
+    """The options that choose what to warm (shared by warm and verify)."""
+    options = [
+        click.option("--problem", "problems", multiple=True, metavar="NAME",
+                     help="A bundled problem: rosenbrock, bratu, spectral, curvefit (repeatable)."),
+        click.option("--size", "sizes", multiple=True, type=int, metavar="N", help="Problem size (repeatable)."),
+        click.option("--jac-chunk-size", default="auto", show_default=True, metavar="N|auto"),
+        click.option("--deriv-mode", type=click.Choice(["batched", "blocked"]), default="batched", show_default=True),
+        click.option("--x64/--no-x64", default=False, help="Warm for runs with jax_enable_x64."),
+        click.option("--platform", type=click.Choice(["cpu", "gpu", "tpu"]), help="Target backend (default: JAX's)."),
+        click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Devices of the run's process (CPU: host devices)."),
+        click.option("--entry", "entries", multiple=True, metavar="MODULE:FUNCTION",
+                     help="Your own kernels: a function returning (name, jitted_fn, abstract_args) items."),
+        click.option("--plan", "plan_file", type=click.Path(path_type=Path), help="A TOML warm plan."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+_FLAG_ONLY = ("jac_chunk_size", "deriv_mode", "x64", "platform", "devices")
+
+
+def _resolve_plan(ctx: click.Context, params: dict[str, Any]):
+    """Flags, else --plan FILE, else [tool.jaxcache.warm], else the bundled default."""
+    from jaxcache.settings import find_pyproject
+    from jaxcache.warm import build_plan, plan_from_file, plan_from_pyproject
+
+    explicit = [n for n in _FLAG_ONLY if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+    flags = dict(jac_chunk_size=params["jac_chunk_size"], deriv_mode=params["deriv_mode"], x64=params["x64"],
+                 platform=params["platform"], devices=params["devices"])
+    if params["problems"] or params["sizes"] or params["entries"]:
+        if params["plan_file"]:
+            raise click.UsageError("give a --plan file or --problem/--size/--entry flags, not both")
+        return build_plan(problems=params["problems"], sizes=params["sizes"], entries=params["entries"], **flags)
+    if params["plan_file"]:
+        plan = plan_from_file(params["plan_file"])
+    else:
+        pyproject = find_pyproject(Path.cwd())
+        plan = plan_from_pyproject(pyproject) if pyproject else None
+    if plan is None:
+        return build_plan(**flags, source="default (bundled problems)")
+    if explicit:
+        raise click.UsageError(f"--{explicit[0].replace('_', '-')} does not apply to a plan from {plan.source}; set it there")
+    return plan
+
+
+def _warm_progress(as_json: bool):
+    if as_json or not sys.stderr.isatty():
+        return None
+
+    def show(result, done: int, total: int) -> None:
+        what = f"{result.status:<8} {result.target}: {result.kernel}" if result else "preparing"
+        click.echo(f"\r\033[K[{done}/{total}] {what}", err=True, nl=False)
+
+    return show
+
+
+@main.command("warm")
+@_plan_options
+@click.option("--jobs", "-j", type=click.IntRange(min=1), help="Worker processes (default: the number of cores).")
+@click.option("--verify", "then_verify", is_flag=True, help="Then run each solve fresh and require every kernel to hit.")
+@json_option
+@click.pass_context
+def warm_command(ctx: click.Context, jobs: int | None, then_verify: bool, as_json: bool, **params: Any) -> None:
+    """Compile kernels ahead of time into the cache, so the first real run compiles nothing.
+
+    Exits 1 if any kernel failed to compile (the others are still warmed).
+
+    Example: jaxcache warm --problem bratu --size 32 --x64 --verify
+    """
+    from jaxcache.configure import prepare_folder
+    from jaxcache.warm import warm
+
+    settings = _settings(ctx)
+    plan = _resolve_plan(ctx, params)
+    jax_dir, _ = prepare_folder(settings)
+    report = warm(plan, settings.root, jobs=jobs, progress=_warm_progress(as_json))
+    if not as_json and sys.stderr.isatty():
+        click.echo("\r\033[K", err=True, nl=False)
+    for warning in report.warnings:
+        click.echo(f"jaxcache: warning: {warning}", err=True)
+    verified = _verify(ctx, plan, settings, as_json) if then_verify else None
+    if as_json:
+        _emit_json({"cache_dir": str(settings.root), "jax_dir": str(jax_dir), "plan": plan.source, **report.as_dict(),
+                    **({"verify": [v.as_dict() for v in verified]} if verified is not None else {})})
+    else:
+        ordered = sorted(report.results, key=lambda r: r.target)  # stable: kernels keep their order
+        rows = [(r.target, r.kernel or "-", r.status, f"{r.seconds:.2f}", r.reason or "") for r in ordered]
+        click.echo(display.table(("TARGET", "KERNEL", "STATUS", "SECONDS", "REASON"), rows, right=(3,)))
+        compiled, cached, failed = report.count("compiled"), report.count("cached"), report.count("failed")
+        if compiled == 0 and failed == 0:
+            click.echo(f"Nothing to compile: all {cached} kernels were already in {jax_dir} ({report.seconds:.1f} s).")
+        else:
+            click.echo(f"Warmed {len(report.results)} kernels into {jax_dir}: {compiled} compiled, "
+                       f"{cached} already cached, {failed} failed ({report.seconds:.1f} s).")
+        if verified is not None:
+            _print_verify(verified)
+    if not report.ok or (verified is not None and not all(v.ok for v in verified)):
+        sys.exit(1)
+
+
+def _verify(ctx: click.Context, plan, settings: Settings, as_json: bool):
+    from jaxcache.warm import verify
+
+    def show(result) -> None:
+        if not as_json and sys.stderr.isatty():
+            click.echo(f"\r\033[Kverified {result.target}", err=True, nl=False)
+
+    results = verify(plan, settings.root, progress=show)
+    if not as_json and sys.stderr.isatty():
+        click.echo("\r\033[K", err=True, nl=False)
+    return results
+
+
+def _print_verify(results) -> None:
+    rows = []
+    for v in results:
+        hits = sum(int(c.get("hits", 0)) for c in v.modules.values())
+        misses = sum(int(c.get("misses", 0)) for c in v.modules.values())
+        status = "ok" if v.ok else ("error" if v.error else "MISSED " + ", ".join(v.missed_kernels))
+        rows.append((v.target, hits, misses, status, v.error or ", ".join(v.other_compiles)))
+    click.echo(display.table(("TARGET", "HITS", "MISSES", "VERIFY", "NOTE"), rows, right=(1, 2)))
+    bad = [v for v in results if not v.ok]
+    click.echo(f"Verified {len(results)} runs in fresh processes: "
+               + ("every solver kernel hit." if not bad else f"{len(bad)} with misses or errors."))
+
+
+@main.command("verify")
+@_plan_options
+@json_option
+@click.pass_context
+def verify_command(ctx: click.Context, as_json: bool, **params: Any) -> None:
+    """Run each warmed configuration fresh and require every solver kernel to hit the cache.
+
+    Exits 1 on any miss, naming the kernel.
+
+    Example: jaxcache verify --problem bratu --size 32
+    """
+    settings = _settings(ctx)
+    plan = _resolve_plan(ctx, params)
+    results = _verify(ctx, plan, settings, as_json)
+    if as_json:
+        _emit_json({"cache_dir": str(settings.root), "plan": plan.source, "ok": all(v.ok for v in results),
+                    "runs": [v.as_dict() for v in results]})
+    else:
+        _print_verify(results)
+    if not all(v.ok for v in results):
+        sys.exit(1)

@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from jaxcache import provenance
+from jaxcache import compilelog, provenance
 from jaxcache.errors import CacheDirError, JaxCacheError
 from jaxcache.settings import Layout, Settings, resolve
 
@@ -179,40 +179,40 @@ def _warn_if_already_used(compilation_cache: Any, target: Path) -> None:
         )
 
 
-class _ProvenanceRecorder(logging.Filter):
-    """Sees JAX's "Writing <module> to persistent compilation cache with key <key>" record.
+class _ProvenanceRecorder:
+    """Records, for each entry JAX writes, the platform and the measured compile time.
 
-    JAX logs it at DEBUG, so the logger's level is lowered to let it be created;
-    the filter then drops DEBUG records the user's own logging would not have
-    shown, so nothing new reaches their handlers.
+    Listens (through :mod:`jaxcache.compilelog`) to JAX's "'<module>' took at
+    least ... seconds to compile (<secs>)" record, which precedes the write,
+    and to "Writing <module> to persistent compilation cache with key <key>".
     """
 
-    def __init__(self, passthrough_level: int) -> None:
-        super().__init__()
-        self.passthrough_level = passthrough_level
+    def __init__(self) -> None:
+        self.last_compile_seconds: dict[str, float] = {}
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str) and record.msg.startswith("Writing ") and isinstance(record.args, tuple):
-            try:
-                _record_write(str(record.args[-1]))
-            except Exception:  # provenance must never break a compile
-                logger.debug("could not record provenance", exc_info=True)
-        return record.levelno >= self.passthrough_level
+    def __call__(self, kind: str, module: str, value: str | float) -> None:
+        if kind == compilelog.COMPILE_TIME:
+            self.last_compile_seconds[module] = float(value)
+        elif kind == compilelog.WRITE:
+            _record_write(str(value), self.last_compile_seconds.pop(module, None))
 
 
-def _record_write(key: str) -> None:
+_recorder: _ProvenanceRecorder | None = None
+
+
+def _record_write(key: str, compile_seconds: float | None) -> None:
     import jax
 
     folder = Path(jax.config.jax_compilation_cache_dir or "")
     if provenance.read_marker(folder) is None:
         return
-    provenance.record_write(folder, key, _writing_platform())
+    provenance.record_write(folder, key, _writing_platform(), compile_seconds)
 
 
 def _writing_platform() -> str | None:
     """The platform of the backend whose executable is being written."""
     frame = sys._getframe(1)
-    for _ in range(20):
+    for _ in range(40):
         if frame is None:
             break
         if frame.f_code.co_name == "put_executable_and_time":
@@ -226,13 +226,10 @@ def _writing_platform() -> str | None:
 
 
 def _install_provenance_recorder() -> None:
-    jax_logger = logging.getLogger("jax._src.compilation_cache")
-    if any(isinstance(f, _ProvenanceRecorder) for f in jax_logger.filters):
-        return
-    passthrough = jax_logger.getEffectiveLevel()
-    jax_logger.addFilter(_ProvenanceRecorder(passthrough))
-    if passthrough > logging.DEBUG:
-        jax_logger.setLevel(logging.DEBUG)
+    global _recorder
+    if _recorder is None:
+        _recorder = _ProvenanceRecorder()
+        compilelog.listen(_recorder)
 
 
 __all__ = ["Configured", "configure", "JaxCacheError"]

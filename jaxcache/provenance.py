@@ -5,7 +5,7 @@ entries of another jaxlib can never be hit again. jaxcache therefore points JAX
 at a subfolder per jaxlib version of the cache root::
 
     <root>/jaxlib-0.10.2/.jaxcache-version.json   who made the folder (the proof of provenance)
-    <root>/jaxlib-0.10.2/.jaxcache-writes.tsv     one line per entry written: key, platform, time
+    <root>/jaxlib-0.10.2/.jaxcache-writes.tsv     one line per entry written: key, platform, time, compile seconds
     <root>/jaxlib-0.10.2/<module>-<hash>-cache    JAX's own entries
 
 The version is known for every entry in a marked subfolder, even one written
@@ -91,9 +91,10 @@ def jax_dir(root: Path, layout: str, versions: VersionInfo | None) -> Path:
     return version_dir(root, versions.jaxlib)
 
 
-def record_write(folder: Path, key: str, platform: str | None) -> None:
+def record_write(folder: Path, key: str, platform: str | None, compile_seconds: float | None = None) -> None:
     """Appends one provenance line; a single small O_APPEND write is atomic on local disks."""
-    line = f"{key}\t{platform or ''}\t{time.time():.3f}\n"
+    seconds = "" if compile_seconds is None else f"{compile_seconds:.3f}"
+    line = f"{key}\t{platform or ''}\t{time.time():.3f}\t{seconds}\n"
     fd = os.open(folder / WRITES_LOG_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         os.write(fd, line.encode("utf-8"))
@@ -111,9 +112,27 @@ def load_platforms(folder: Path) -> dict[str, str]:
         return platforms
     for line in text.splitlines():
         fields = line.split("\t")
-        if len(fields) == 3 and fields[1]:
+        if len(fields) >= 3 and fields[1]:
             platforms[fields[0]] = fields[1]
     return platforms
+
+
+def load_compile_seconds(folder: Path) -> dict[str, float]:
+    """Key -> compile seconds measured when the entry was written (finer than the header's whole seconds)."""
+    seconds: dict[str, float] = {}
+    try:
+        with open(folder / WRITES_LOG_NAME, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return seconds
+    for line in text.splitlines():
+        fields = line.split("\t")
+        if len(fields) >= 4 and fields[3]:
+            try:
+                seconds[fields[0]] = float(fields[3])
+            except ValueError:
+                continue
+    return seconds
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -1,0 +1,225 @@
+"""What to warm: bundled solver problems and users' own kernels, from flags or TOML."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from jaxcache.errors import UsageError
+
+# Mirrors solver.problems.NAMES, so that reading a plan needs no JAX import.
+PROBLEMS = ("rosenbrock", "bratu", "spectral", "curvefit")
+# The size `python -m solver` uses by default, so a plain run hits what a plain warm wrote.
+DEFAULT_SIZE = 16
+PLATFORMS = ("cpu", "gpu", "tpu")
+DERIV_MODES = ("batched", "blocked")
+_ENTRY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+ChunkSize = int | Literal["auto"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One configuration to warm.
+
+    Attributes:
+        problem: a bundled problem name, or None for an entry point.
+        entry: ``pkg.module:function`` returning kernels to compile, or None.
+        size: the problem's size knob (bundled problems only).
+        jac_chunk_size: an int or "auto" (bundled problems only).
+        deriv_mode: "batched" or "blocked" (bundled problems only).
+        x64: whether the run enables ``jax_enable_x64``.
+        platform: "cpu", "gpu" or "tpu"; None for JAX's default backend.
+        devices: how many devices the run's process has (CPU: host devices).
+    """
+
+    problem: str | None = None
+    entry: str | None = None
+    size: int | None = None
+    jac_chunk_size: ChunkSize = "auto"
+    deriv_mode: str = "batched"
+    x64: bool = False
+    platform: str | None = None
+    devices: int = 1
+
+    @property
+    def label(self) -> str:
+        if self.entry is not None:
+            what = self.entry
+        else:
+            what = f"{self.problem}-{self.size}"
+            if self.jac_chunk_size != "auto":
+                what += f" chunk={self.jac_chunk_size}"
+            if self.deriv_mode != "batched":
+                what += f" {self.deriv_mode}"
+        extras = [e for e in ("x64" if self.x64 else "", self.platform or "", f"{self.devices}dev" if self.devices > 1 else "") if e]
+        return f"{what} [{', '.join(extras)}]" if extras else what
+
+    @property
+    def process_config(self) -> tuple[str | None, int, bool]:
+        """What must be fixed per process: the backend, the device count, x64."""
+        return (self.platform, self.devices, self.x64)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class WarmPlan:
+    """The targets to warm and where the plan came from."""
+
+    targets: tuple[Target, ...]
+    source: str
+
+
+def _chunk(value: Any, where: str) -> ChunkSize:
+    if value == "auto":
+        return "auto"
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if isinstance(value, bool) or number <= 0 or str(number) != str(value).strip():
+        raise UsageError(f"{where}: jac_chunk_size {value!r} must be a positive int or 'auto'")
+    return number
+
+
+def _positive(value: Any, what: str, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UsageError(f"{where}: {what} {value!r} must be a positive integer")
+    return value
+
+
+def _choice(value: Any, choices: Sequence[str], what: str, where: str) -> str:
+    if value not in choices:
+        raise UsageError(f"{where}: {what} {value!r} must be one of {', '.join(choices)}")
+    return value
+
+
+def validate_entry(entry: str, where: str = "--entry") -> str:
+    if not isinstance(entry, str) or not _ENTRY_RE.match(entry):
+        raise UsageError(f"{where}: {entry!r} must look like 'package.module:function'")
+    return entry
+
+
+def build_plan(
+    *,
+    problems: Iterable[str] = (),
+    sizes: Iterable[int] = (),
+    entries: Iterable[str] = (),
+    jac_chunk_size: Any = "auto",
+    deriv_mode: str = "batched",
+    x64: bool = False,
+    platform: str | None = None,
+    devices: int = 1,
+    source: str = "flags",
+) -> WarmPlan:
+    """A plan from flag-style options: every problem at every size, plus each entry.
+
+    With no problem and no entry, the bundled problems at their default size.
+
+    Raises:
+        UsageError: an unknown problem or bad value.
+    """
+    where = source
+    problems, sizes, entries = list(problems), list(sizes), list(entries)
+    for name in problems:
+        _choice(name, PROBLEMS, "problem", where)
+    for size in sizes:
+        _positive(size, "size", where)
+    for entry in entries:
+        validate_entry(entry, where)
+    chunk = _chunk(jac_chunk_size, where)
+    _choice(deriv_mode, DERIV_MODES, "deriv_mode", where)
+    if platform is not None:
+        _choice(platform, PLATFORMS, "platform", where)
+    _positive(devices, "devices", where)
+    if not isinstance(x64, bool):
+        raise UsageError(f"{where}: x64 {x64!r} must be true or false")
+    if not problems and not entries:
+        problems = list(PROBLEMS)
+    base = Target(jac_chunk_size=chunk, deriv_mode=deriv_mode, x64=x64, platform=platform, devices=devices)
+    targets = [replace(base, problem=p, size=s) for p, s in itertools.product(problems, sizes or [DEFAULT_SIZE])]
+    targets += [replace(base, entry=e, jac_chunk_size="auto", deriv_mode="batched") for e in entries]
+    return WarmPlan(targets=tuple(dict.fromkeys(targets)), source=source)
+
+
+_PLAN_KEYS = {"problems", "sizes", "entries", "jac_chunk_size", "deriv_mode", "x64", "platform", "devices", "targets"}
+_TARGET_KEYS = {"problem", "entry", "size", "jac_chunk_size", "deriv_mode", "x64", "platform", "devices"}
+
+
+def plan_from_table(table: Mapping[str, Any], source: str) -> WarmPlan:
+    """A plan from a ``[tool.jaxcache.warm]`` table or a plan file.
+
+    Keys as the flags (``problems``, ``sizes``, ``entries``, ``jac_chunk_size``,
+    ``deriv_mode``, ``x64``, ``platform``, ``devices``) and optionally
+    ``targets``: a list of tables, each one target with its own values.
+
+    Raises:
+        UsageError: an unknown key or bad value, naming where.
+    """
+    if not isinstance(table, Mapping):
+        raise UsageError(f"{source}: expected a table")
+    unknown = set(table) - _PLAN_KEYS
+    if unknown:
+        raise UsageError(f"{source}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(_PLAN_KEYS))})")
+    common = {k: table[k] for k in ("jac_chunk_size", "deriv_mode", "x64", "platform", "devices") if k in table}
+    lists = {}
+    for key in ("problems", "sizes", "entries"):
+        value = table.get(key, [])
+        if not isinstance(value, list):
+            raise UsageError(f"{source}: {key} must be a list")
+        lists[key] = value
+    explicit = table.get("targets", [])
+    if not isinstance(explicit, list) or not all(isinstance(t, Mapping) for t in explicit):
+        raise UsageError(f"{source}: targets must be a list of tables")
+    targets: list[Target] = []
+    if lists["problems"] or lists["entries"] or not explicit:
+        targets += build_plan(**lists, **common, source=source).targets
+    for i, raw in enumerate(explicit):
+        where = f"{source}: targets[{i}]"
+        unknown = set(raw) - _TARGET_KEYS
+        if unknown:
+            raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        if ("problem" in raw) == ("entry" in raw):
+            raise UsageError(f"{where}: give exactly one of problem or entry")
+        options = {**common, **{k: v for k, v in raw.items() if k not in ("problem", "entry", "size")}}
+        one = build_plan(
+            problems=[raw["problem"]] if "problem" in raw else [],
+            sizes=[raw["size"]] if "size" in raw else [],
+            entries=[raw["entry"]] if "entry" in raw else [],
+            **options,
+            source=where,
+        )
+        targets += one.targets
+    return WarmPlan(targets=tuple(dict.fromkeys(targets)), source=source)
+
+
+def plan_from_file(path: Path) -> WarmPlan:
+    """A plan file: the same keys as ``[tool.jaxcache.warm]``, at the top level or under it."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"plan file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"plan file {path} is a folder") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"plan file {path}: invalid TOML ({e})") from None
+    table = data.get("tool", {}).get("jaxcache", {}).get("warm", data) if "tool" in data else data
+    return plan_from_table(table, f"plan file {path}")
+
+
+def plan_from_pyproject(pyproject: Path) -> WarmPlan | None:
+    """The ``[tool.jaxcache.warm]`` table of a pyproject.toml, if it has one."""
+    with open(pyproject, "rb") as f:
+        data = tomllib.load(f)
+    table = data.get("tool", {}).get("jaxcache", {}).get("warm")
+    if table is None:
+        return None
+    return plan_from_table(table, f"[tool.jaxcache.warm] of {pyproject}")

@@ -1,0 +1,210 @@
+"""Running a warm plan: worker processes configured like the runs they prepare."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jaxcache.warm.plan import Target, WarmPlan
+
+_DEVICE_FLAG = "--xla_force_host_platform_device_count"
+_DEVICE_FLAG_RE = re.compile(re.escape(_DEVICE_FLAG) + r"=(\d+)")
+KERNELS_PER_PROBLEM = 4  # residual, jacobian, factor, step (plus "auto" probes)
+
+
+@dataclass(frozen=True)
+class KernelResult:
+    """One kernel's outcome: ``compiled``, ``cached`` (already in the cache) or ``failed``."""
+
+    target: str
+    kernel: str | None
+    module: str | None
+    status: str
+    seconds: float
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class WarmReport:
+    """Everything a warm did."""
+
+    results: tuple[KernelResult, ...]
+    seconds: float
+    warnings: tuple[str, ...] = ()
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    @property
+    def ok(self) -> bool:
+        return self.count("failed") == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "compiled": self.count("compiled"),
+            "cached": self.count("cached"),
+            "failed": self.count("failed"),
+            "seconds": round(self.seconds, 3),
+            "warnings": list(self.warnings),
+            "kernels": [r.as_dict() for r in self.results],
+        }
+
+
+def host_device_count(env: Mapping[str, str]) -> int:
+    """How many CPU devices a process started with this environment gets."""
+    match = _DEVICE_FLAG_RE.search(env.get("XLA_FLAGS", ""))
+    if match:
+        return int(match.group(1))
+    return int(env.get("JAX_NUM_CPU_DEVICES", "1") or 1)
+
+
+def worker_env(base: Mapping[str, str], platform: str | None, devices: int) -> dict[str, str]:
+    """The environment of a process configured for (platform, devices), as the run must be."""
+    env = dict(base)
+    if platform is not None:
+        env["JAX_PLATFORMS"] = platform
+    if platform in (None, "cpu") and devices != host_device_count(base):
+        flags = _DEVICE_FLAG_RE.sub("", env.get("XLA_FLAGS", "")).split()
+        env["XLA_FLAGS"] = " ".join([*flags, f"{_DEVICE_FLAG}={devices}"])
+        env.pop("JAX_NUM_CPU_DEVICES", None)
+    return env
+
+
+def key_warnings(plan: WarmPlan, env: Mapping[str, str]) -> list[str]:
+    """Where a plan's configuration would give keys that the user's runs, started
+    from this same environment, would not look up."""
+    out = []
+    here = host_device_count(env)
+    for devices in sorted({t.devices for t in plan.targets if t.platform in (None, "cpu")}):
+        if devices != here:
+            out.append(
+                f"kernels warmed for {devices} host device(s) only hit in processes started with "
+                f"XLA_FLAGS={_DEVICE_FLAG}={devices} (this environment gives {here}): the key covers every device"
+            )
+    if any(t.platform not in (None, env.get("JAX_PLATFORMS")) for t in plan.targets) and "JAX_PLATFORMS" not in env:
+        out.append("--platform is set: runs hit these entries only on that backend with the same devices attached")
+    return out
+
+
+def _pump(proc: subprocess.Popen[str], sink: queue.Queue[tuple[int, dict[str, Any] | None]], ident: int) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        try:
+            sink.put((ident, json.loads(line)))
+        except ValueError:
+            continue  # stray output of the user's code
+    sink.put((ident, None))
+
+
+def run_workers(
+    cache_dir: Path,
+    targets: list[Target],
+    *,
+    jobs: int,
+    env: Mapping[str, str],
+    on_event: Callable[[dict[str, Any]], None],
+) -> list[dict[str, Any]]:
+    """Starts ``jobs`` workers for targets sharing one process configuration; returns their events."""
+    platform, devices, _ = targets[0].process_config
+    wenv = worker_env(env, platform, devices)
+    job = {"cache_dir": str(cache_dir), "targets": [t.as_dict() for t in targets]}
+    procs = []
+    for worker in range(jobs):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jaxcache.warm.worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=wenv,
+        )
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps({**job, "worker": worker, "workers": jobs}))
+        proc.stdin.close()
+        procs.append(proc)
+    sink: queue.Queue[tuple[int, dict[str, Any] | None]] = queue.Queue()
+    stderr: dict[int, list[str]] = {}
+    threads = [threading.Thread(target=_pump, args=(p, sink, i), daemon=True) for i, p in enumerate(procs)]
+    err_threads = [
+        threading.Thread(target=lambda p=p, i=i: stderr.__setitem__(i, p.stderr.read().splitlines()), daemon=True)
+        for i, p in enumerate(procs)
+    ]
+    for t in (*threads, *err_threads):
+        t.start()
+    events: list[dict[str, Any]] = []
+    open_workers = len(procs)
+    while open_workers:
+        ident, event = sink.get()
+        if event is None:
+            open_workers -= 1
+            continue
+        events.append(event)
+        on_event(event)
+    for t in err_threads:
+        t.join()
+    for i, proc in enumerate(procs):
+        code = proc.wait()
+        if code not in (0, 1):  # 1: some kernel failed and was reported; anything else: the worker died
+            lines = [l for l in stderr.get(i, []) if l.strip()]
+            event = {"target": ", ".join(t.label for t in targets), "kernel": None, "module": None, "status": "failed",
+                     "seconds": 0.0, "reason": f"worker exited with code {code}: {lines[-1] if lines else 'no output'}"}
+            events.append(event)
+            on_event(event)
+    return events
+
+
+def warm(
+    plan: WarmPlan,
+    cache_dir: Path,
+    *,
+    jobs: int | None = None,
+    env: Mapping[str, str] | None = None,
+    progress: Callable[[KernelResult | None, int, int], None] | None = None,
+) -> WarmReport:
+    """Compiles every kernel of a plan into the cache.
+
+    Args:
+        plan: what to warm.
+        cache_dir: the cache root (each worker calls ``jaxcache.configure`` on it).
+        jobs: worker processes per configuration (default: the number of cores).
+        env: the environment the runs will have (default ``os.environ``).
+        progress: called as ``progress(result_or_None, done, total)`` as kernels finish.
+    """
+    env = dict(os.environ if env is None else env)
+    jobs = max(1, jobs or os.cpu_count() or 1)
+    start = time.perf_counter()
+    groups: dict[tuple[Any, ...], list[Target]] = {}
+    for target in plan.targets:
+        groups.setdefault(target.process_config, []).append(target)
+    results: list[KernelResult] = []
+    state = {"total": 0, "done": 0, "base": 0}
+
+    def on_event(event: dict[str, Any]) -> None:
+        if "total" in event:
+            # Every worker of a group reports the group's total.
+            state["total"] = max(state["total"], state["base"] + int(event["total"]))
+            if progress:
+                progress(None, state["done"], state["total"])
+            return
+        result = KernelResult(**{k: event.get(k) for k in KernelResult.__dataclass_fields__})
+        results.append(result)
+        state["done"] += 1
+        if progress:
+            progress(result, state["done"], max(state["total"], state["done"]))
+
+    for targets in groups.values():
+        state["base"] = state["total"] = max(state["total"], state["done"])
+        estimate = sum(KERNELS_PER_PROBLEM if t.problem else 1 for t in targets)
+        run_workers(cache_dir, targets, jobs=min(jobs, estimate), env=env, on_event=on_event)
+    return WarmReport(results=tuple(results), seconds=time.perf_counter() - start,
+                      warnings=tuple(key_warnings(plan, env)))

@@ -1,0 +1,126 @@
+"""``jaxcache verify``: a fresh process runs the real solve and must hit every solver kernel.
+
+For a bundled problem the child runs ``solver.least_squares`` exactly as
+``python -m solver`` would (same problem constructor, same options) and
+reports JAX's persistent-cache hits and misses per module. For a user's entry
+point there is no "real run" to replay, so its kernels are lowered and
+compiled again in a fresh worker, and every one must be a hit.
+
+Run as ``python -m jaxcache.warm.verify`` with ``{"cache_dir", "target"}`` on stdin (the child).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jaxcache.warm.plan import Target, WarmPlan
+from jaxcache.warm.runner import run_workers, worker_env
+
+SOLVER_KERNEL_PREFIX = "jit_lsq_"
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """What one fresh run of a target hit and missed, per module."""
+
+    target: str
+    modules: dict[str, dict[str, float]] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def missed_kernels(self) -> list[str]:
+        """Solver kernels (or, for entries, any kernel) that were compiled instead of loaded."""
+        return sorted(m for m, c in self.modules.items() if c.get("misses") and m.startswith(SOLVER_KERNEL_PREFIX))
+
+    @property
+    def other_compiles(self) -> list[str]:
+        """Modules outside the solver's kernels that the run compiled (small glue ops)."""
+        return sorted(m for m, c in self.modules.items() if c.get("misses") and not m.startswith(SOLVER_KERNEL_PREFIX))
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.missed_kernels
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "ok": self.ok, "error": self.error, "missed_kernels": self.missed_kernels,
+                "other_compiles": self.other_compiles, "modules": self.modules}
+
+
+def verify(
+    plan: WarmPlan,
+    cache_dir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    progress: Callable[[VerifyResult], None] | None = None,
+) -> list[VerifyResult]:
+    """Runs each target fresh and collects hits and misses."""
+    env = dict(os.environ if env is None else env)
+    results = []
+    for target in plan.targets:
+        result = _verify_entry(target, cache_dir, env) if target.entry else _verify_problem(target, cache_dir, env)
+        results.append(result)
+        if progress:
+            progress(result)
+    return results
+
+
+def _verify_problem(target: Target, cache_dir: Path, env: Mapping[str, str]) -> VerifyResult:
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxcache.warm.verify"],
+        input=json.dumps({"cache_dir": str(cache_dir), "target": target.as_dict()}),
+        capture_output=True, text=True, env=worker_env(env, target.platform, target.devices),
+    )
+    line = next((l for l in reversed(proc.stdout.splitlines()) if l.startswith("{")), None)
+    if proc.returncode != 0 or line is None:
+        last = [l for l in proc.stderr.splitlines() if l.strip()]
+        return VerifyResult(target.label, error=f"the run failed (exit {proc.returncode}): {last[-1] if last else ''}")
+    return VerifyResult(target.label, modules=json.loads(line)["modules"])
+
+
+def _verify_entry(target: Target, cache_dir: Path, env: Mapping[str, str]) -> VerifyResult:
+    modules: dict[str, dict[str, float]] = {}
+    errors = []
+    for event in run_workers(cache_dir, [target], jobs=1, env=env, on_event=lambda e: None):
+        if "status" not in event:
+            continue
+        if event["status"] == "failed":
+            errors.append(f"{event.get('kernel')}: {event.get('reason')}")
+            continue
+        name = f"{SOLVER_KERNEL_PREFIX}entry:{event['kernel']}"  # every entry kernel must hit
+        hit = event["status"] == "cached"
+        modules[name] = {"requests": 1, "hits": int(hit), "misses": int(not hit)}
+    return VerifyResult(target.label, modules=modules, error="; ".join(errors) or None)
+
+
+def _child() -> int:
+    job = json.loads(sys.stdin.read())
+    target = Target(**job["target"])
+    import jax
+
+    if target.x64:
+        jax.config.update("jax_enable_x64", True)
+    import jaxcache
+    from jaxcache.compilelog import CompileLog
+
+    jaxcache.configure(job["cache_dir"])
+    log = CompileLog().start()
+    import solver
+
+    objective, x0 = solver.problems.get(
+        target.problem, target.size, deriv_mode=target.deriv_mode, jac_chunk_size=target.jac_chunk_size
+    )
+    solver.least_squares(objective, x0)
+    log.stop()
+    print(json.dumps({"modules": log.snapshot()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child())
