@@ -1,6 +1,7 @@
-"""jaxcache: configure, inspect, prune and check JAX's persistent compilation cache.
+"""jaxcache: configure, inspect, prune, check and warm JAX's persistent compilation cache.
 
-The library behind the ``jaxcache`` command. Importing it does not import JAX.
+The library behind the ``jaxcache`` command. Importing it imports neither JAX
+nor the modules a caller does not use (``jaxcache hook`` must start fast).
 
 Example:
     >>> import jaxcache
@@ -9,16 +10,25 @@ Example:
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from jaxcache.check import CheckReport, Finding, check, repair
-from jaxcache.configure import Configured, configure
-from jaxcache.errors import CacheDirError, ConfirmationRequired, JaxCacheError, NotACacheError, UsageError
-from jaxcache.prune import PrunePlan, PruneResult, execute, plan_prune
-from jaxcache.scan import CacheEntry, CacheInfo, scan
-from jaxcache.settings import Settings, resolve
-from jaxcache.summary import Summary, inspect_cache, summarize
-
+# Public name -> the module that defines it, imported on first use.
+_EXPORTS = {
+    "CheckReport": "check", "Finding": "check", "check": "check", "repair": "check",
+    "Configured": "configure", "configure": "configure",
+    "CacheDirError": "errors", "ConfirmationRequired": "errors", "JaxCacheError": "errors",
+    "NotACacheError": "errors", "UsageError": "errors",
+    "PrunePlan": "prune", "PruneResult": "prune", "execute": "prune", "plan_prune": "prune",
+    "CacheEntry": "scan", "CacheInfo": "scan", "scan": "scan",
+    "Settings": "settings", "resolve": "settings",
+    "Summary": "summary", "inspect_cache": "summary", "summarize": "summary",
+    "WarmPlan": "warm", "WarmReport": "warm", "build_plan": "warm", "verify": "warm", "warm": "warm",
+    "RunReport": "runstats", "run": "runstats",
+    "HookResult": "hook", "hook": "hook",
+}
 __all__ = [
     "CacheDirError",
     "CacheEntry",
@@ -27,20 +37,50 @@ __all__ = [
     "Configured",
     "ConfirmationRequired",
     "Finding",
+    "HookResult",
     "JaxCacheError",
     "NotACacheError",
     "PrunePlan",
     "PruneResult",
+    "RunReport",
     "Settings",
     "Summary",
     "UsageError",
+    "WarmPlan",
+    "WarmReport",
+    "build_plan",
     "check",
     "configure",
     "execute",
+    "hook",
     "inspect_cache",
     "plan_prune",
     "repair",
     "resolve",
+    "run",
     "scan",
     "summarize",
+    "verify",
+    "warm",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"jaxcache.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'jaxcache' has no attribute {name!r}")
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs
+    from jaxcache.check import CheckReport, Finding, check, repair
+    from jaxcache.configure import Configured, configure
+    from jaxcache.errors import CacheDirError, ConfirmationRequired, JaxCacheError, NotACacheError, UsageError
+    from jaxcache.hook import HookResult, hook
+    from jaxcache.prune import PrunePlan, PruneResult, execute, plan_prune
+    from jaxcache.runstats import RunReport, run
+    from jaxcache.scan import CacheEntry, CacheInfo, scan
+    from jaxcache.settings import Settings, resolve
+    from jaxcache.summary import Summary, inspect_cache, summarize
+    from jaxcache.warm import WarmPlan, WarmReport, build_plan, verify, warm

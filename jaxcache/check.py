@@ -12,6 +12,7 @@ from typing import Literal
 
 from jaxcache import jaxformat
 from jaxcache.locking import BATCH_SIZE, folder_lock
+from jaxcache.security import writable_by_others
 from jaxcache.scan import CacheEntry, CacheInfo
 
 Kind = Literal[
@@ -80,23 +81,6 @@ class CheckReport:
 class RepairResult:
     repaired: tuple[Finding, ...]
     failed: tuple[tuple[Finding, str], ...]
-
-
-def writable_by_others(folder: Path, *, parents: bool = True) -> list[str]:
-    """Why others could write to this folder or replace it through a parent, if they can."""
-    problems = []
-    for path in (folder, *folder.parents) if parents else (folder,):
-        try:
-            st = path.stat()
-        except OSError:
-            continue
-        sticky = bool(st.st_mode & statmod.S_ISVTX)
-        if path == folder and st.st_mode & (statmod.S_IWGRP | statmod.S_IWOTH):
-            who = "everyone" if st.st_mode & statmod.S_IWOTH else "its group"
-            problems.append(f"{path} is writable by {who}: whoever can write to a JAX cache can run code in every process using it")
-        elif path != folder and st.st_mode & statmod.S_IWOTH and not sticky:
-            problems.append(f"parent folder {path} is writable by everyone (no sticky bit): the cache can be replaced")
-    return problems
 
 
 def check(info: CacheInfo, *, capped: bool = False, now: float | None = None) -> CheckReport:

@@ -534,3 +534,88 @@ def verify_command(ctx: click.Context, as_json: bool, **params: Any) -> None:
         _print_verify(results)
     if not all(v.ok for v in results):
         sys.exit(1)
+
+
+def _print_traffic(title: str, totals: dict[str, Any]) -> None:
+    requests = int(totals["requests"])
+    rate = f" ({100 * totals['hits'] / requests:.0f}% hit)" if requests else ""
+    click.echo(f"{title}: {requests} compile requests, {totals['hits']} hits, {totals['misses']} misses{rate}; "
+               f"{totals['writes']} entries written; {totals['compile_seconds']:.1f} s compiling, "
+               f"{totals['saved_seconds']:.1f} s saved", err=True)
+
+
+@main.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
+@json_option
+@click.pass_context
+def run_command(ctx: click.Context, command: tuple[str, ...], as_json: bool) -> None:
+    """Run a command with the cache configured; report its hits and misses; pass its exit code through.
+
+    The command need not import jaxcache. With --json, the report is the last line of stdout.
+
+    Example: jaxcache run -- python train.py --epochs 3
+    """
+    from jaxcache.runstats import run
+
+    report = run(command, _settings(ctx))
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+    else:
+        _print_traffic("jaxcache run", report.as_dict())
+        rows = [(m, t.requests, t.hits, t.misses, f"{t.compile_seconds:.2f}", f"{t.saved_seconds:.2f}")
+                for m, t in sorted(report.modules.items(), key=lambda kv: -kv[1].requests)]
+        if rows and len(rows) <= 30:
+            click.echo(display.table(("MODULE", "REQUESTS", "HITS", "MISSES", "COMPILE S", "SAVED S"), rows,
+                                     right=(1, 2, 3, 4, 5)), err=True)
+    sys.exit(report.exit_code)
+
+
+@main.command("stats")
+@click.option("--zero", "-z", is_flag=True, help="Reset the cumulative figures.")
+@json_option
+@click.pass_context
+def stats_command(ctx: click.Context, zero: bool, as_json: bool) -> None:
+    """Cumulative hits and misses of `jaxcache run` in this cache (like ccache -s / -z).
+
+    Example: jaxcache stats --zero
+    """
+    from jaxcache.runstats import load_stats, zero_stats
+
+    settings = _settings(ctx)
+    if zero:
+        zero_stats(settings.root)
+    data = load_stats(settings.root)
+    if as_json:
+        _emit_json({"cache_dir": str(settings.root), **data})
+        return
+    since = f" since {display.iso(data['since'])}" if data["since"] else ""
+    click.echo(f"{data['runs']} runs{since}")
+    requests = int(data["requests"])
+    click.echo(display.table(("", ""), [
+        ("compile requests", requests),
+        ("hits", f"{data['hits']}" + (f" ({100 * data['hits'] / requests:.0f}%)" if requests else "")),
+        ("misses", data["misses"]),
+        ("entries written", data["writes"]),
+        ("seconds compiling", f"{data['compile_seconds']:.1f}"),
+        ("seconds saved", f"{data['saved_seconds']:.1f}"),
+    ]).split("\n", 1)[1])
+
+
+@main.command("hook")
+@click.option("--shell", type=click.Choice(["bash", "zsh", "fish"]), default="bash", show_default=True)
+@click.option("--warm", "then_warm", is_flag=True, help="Also warm what this jaxlib has not warmed yet.")
+@click.option("--keep-version", "keep_versions", multiple=True, metavar="VERSION",
+              help="Never prune this jaxlib version's entries on an upgrade (repeatable).")
+@json_option
+@click.pass_context
+def hook_command(ctx: click.Context, shell: str, then_warm: bool, keep_versions: tuple[str, ...], as_json: bool) -> None:
+    """Prepare the cache before a job and print the environment to export. Idempotent and fast.
+
+    Example: eval "$(jaxcache hook --shell bash)"
+    """
+    from jaxcache.hook import hook, render
+
+    result = hook(_settings(ctx), warm=then_warm, keep_versions=keep_versions)
+    for message in result.messages:
+        click.echo(f"jaxcache hook: {message}", err=True)
+    click.echo(json.dumps(result.as_dict(), indent=2) if as_json else render(result.env, shell))

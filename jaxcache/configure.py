@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import warnings
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,9 @@ from jaxcache.settings import Layout, Settings, resolve
 
 logger = logging.getLogger(__name__)
 
-_GPU_PLUGIN_PREFIXES = ("jax-cuda", "jax-rocm")
+# GPU plugins (jax-cuda12-plugin, jax-cuda13-plugin, jax-rocm*) install into the
+# jax_plugins namespace package, or as jax_cuda*/jax_rocm* packages.
+_GPU_PLUGIN_MODULES = ("jax_plugins", "jax_cuda12_plugin", "jax_cuda13_plugin")
 
 
 @dataclass(frozen=True)
@@ -40,12 +40,13 @@ class Configured:
 
 
 def gpu_plugin_installed() -> bool:
-    """Whether a CUDA or ROCm plugin for jaxlib is installed (so XLA's GPU sub-caches matter)."""
-    for dist in metadata.distributions():
-        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
-        if name.startswith(_GPU_PLUGIN_PREFIXES):
-            return True
-    return False
+    """Whether a GPU plugin for jaxlib is installed (so XLA's GPU sub-caches matter).
+
+    Looks the modules up without importing them: the hook must stay fast.
+    """
+    import importlib.util
+
+    return any(importlib.util.find_spec(name) is not None for name in _GPU_PLUGIN_MODULES)
 
 
 def resolve_xla_caches(setting: str) -> str:
@@ -65,6 +66,16 @@ def jax_options(settings: Settings, jax_dir: Path) -> dict[str, Any]:
         "jax_compilation_cache_max_size": settings.max_size.value,
         "jax_persistent_cache_enable_xla_caches": resolve_xla_caches(settings.xla_caches.value),
     }
+
+
+def cache_env(settings: Settings, jax_dir: Path) -> dict[str, str]:
+    """The environment variables that make any JAX process use this cache."""
+    env = {"JAXCACHE_DIR": str(settings.root), "JAXCACHE_LAYOUT": settings.layout.value}
+    for name, value in jax_options(settings, jax_dir).items():
+        if name == "jax_compilation_cache_max_size" and value == -1:
+            continue
+        env[name.upper()] = str(value)
+    return env
 
 
 def prepare_folder(settings: Settings) -> tuple[Path, provenance.VersionInfo | None]:
@@ -101,6 +112,7 @@ def configure(
     min_compile_time_secs: float | None = None,
     layout: Layout | None = None,
     xla_caches: str | None = None,
+    atomic_writes: bool = True,
 ) -> Configured:
     """Points JAX's persistent compilation cache at a folder, keeping every entry.
 
@@ -116,6 +128,9 @@ def configure(
         min_compile_time_secs: JAX's compile-time threshold (default 0: keep everything).
         layout: "versioned" (default) or "flat"; see :mod:`jaxcache.provenance`.
         xla_caches: ``jax_persistent_cache_enable_xla_caches``; "auto" by default.
+        atomic_writes: make JAX write each entry to a temporary file and rename
+            it into place, so no process ever reads, and no crash ever leaves, a
+            half-written entry (see :mod:`jaxcache.atomic`).
 
     Returns:
         What was set, as a :class:`Configured`.
@@ -152,7 +167,11 @@ def configure(
             continue
         applied[name] = value
     _install_provenance_recorder()
-    from jaxcache.check import writable_by_others
+    if atomic_writes:
+        from jaxcache import atomic
+
+        atomic.install()
+    from jaxcache.security import writable_by_others
 
     for problem in writable_by_others(settings.root):
         warnings.warn(f"jaxcache: {problem}", stacklevel=2)
@@ -179,56 +198,13 @@ def _warn_if_already_used(compilation_cache: Any, target: Path) -> None:
         )
 
 
-class _ProvenanceRecorder:
-    """Records, for each entry JAX writes, the platform and the measured compile time.
-
-    Listens (through :mod:`jaxcache.compilelog`) to JAX's "'<module>' took at
-    least ... seconds to compile (<secs>)" record, which precedes the write,
-    and to "Writing <module> to persistent compilation cache with key <key>".
-    """
-
-    def __init__(self) -> None:
-        self.last_compile_seconds: dict[str, float] = {}
-
-    def __call__(self, kind: str, module: str, value: str | float) -> None:
-        if kind == compilelog.COMPILE_TIME:
-            self.last_compile_seconds[module] = float(value)
-        elif kind == compilelog.WRITE:
-            _record_write(str(value), self.last_compile_seconds.pop(module, None))
-
-
-_recorder: _ProvenanceRecorder | None = None
-
-
-def _record_write(key: str, compile_seconds: float | None) -> None:
-    import jax
-
-    folder = Path(jax.config.jax_compilation_cache_dir or "")
-    if provenance.read_marker(folder) is None:
-        return
-    provenance.record_write(folder, key, _writing_platform(), compile_seconds)
-
-
-def _writing_platform() -> str | None:
-    """The platform of the backend whose executable is being written."""
-    frame = sys._getframe(1)
-    for _ in range(40):
-        if frame is None:
-            break
-        if frame.f_code.co_name == "put_executable_and_time":
-            platform = getattr(frame.f_locals.get("backend"), "platform", None)
-            if platform:
-                return str(platform)
-        frame = frame.f_back
-    import jax
-
-    return jax.default_backend()
+_recorder: provenance.WriteRecorder | None = None
 
 
 def _install_provenance_recorder() -> None:
     global _recorder
     if _recorder is None:
-        _recorder = _ProvenanceRecorder()
+        _recorder = provenance.WriteRecorder()
         compilelog.listen(_recorder)
 
 

@@ -22,7 +22,6 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 VERSION_DIR_PREFIX = "jaxlib-"
@@ -40,15 +39,39 @@ class VersionInfo:
 
 def installed_versions() -> VersionInfo | None:
     """The installed jax/jaxlib versions, read without importing jax (it is slow)."""
-    try:
-        jaxlib = metadata.version("jaxlib")
-    except metadata.PackageNotFoundError:
+    found = _dist_info_versions(("jax", "jaxlib"))
+    if "jaxlib" not in found:
+        from importlib import metadata  # slower, but knows every kind of install
+
+        for name in ("jax", "jaxlib"):
+            try:
+                found[name] = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                pass
+    if "jaxlib" not in found:
         return None
-    try:
-        jax = metadata.version("jax")
-    except metadata.PackageNotFoundError:
-        jax = None
-    return VersionInfo(jaxlib=jaxlib, jax=jax)
+    return VersionInfo(jaxlib=found["jaxlib"], jax=found.get("jax"))
+
+
+def _dist_info_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """Versions from ``<name>-<version>.dist-info`` folder names on sys.path, first match
+    winning as in importlib.metadata; a fast path that skips importing importlib.metadata."""
+    import sys
+
+    found: dict[str, str] = {}
+    for entry in sys.path:
+        try:
+            listing = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for item in listing:
+            if item.endswith(".dist-info"):
+                name, _, version = item[: -len(".dist-info")].partition("-")
+                if name in names and name not in found and version:
+                    found[name] = version
+        if len(found) == len(names):
+            break
+    return found
 
 
 def version_dir(root: Path, jaxlib: str) -> Path:
@@ -133,6 +156,50 @@ def load_compile_seconds(folder: Path) -> dict[str, float]:
             except ValueError:
                 continue
     return seconds
+
+
+class WriteRecorder:
+    """A :mod:`jaxcache.compilelog` listener recording each entry JAX writes.
+
+    Hears "'<module>' took at least ... seconds to compile (<secs>)", which
+    precedes the write, then "Writing <module> ... with key <key>", and appends
+    the key, platform and measured compile time to the version folder's log.
+    """
+
+    def __init__(self) -> None:
+        self.last_compile_seconds: dict[str, float] = {}
+
+    def __call__(self, kind: str, module: str, value: str | float) -> None:
+        if kind == "compile_time":
+            self.last_compile_seconds[module] = float(value)
+        elif kind == "write":
+            import jax
+
+            folder = Path(jax.config.jax_compilation_cache_dir or "")
+            if read_marker(folder) is not None:
+                record_write(folder, str(value), _writing_platform(), self.last_compile_seconds.pop(module, None))
+
+
+def _writing_platform() -> str | None:
+    """The platform of the backend whose executable JAX is writing.
+
+    Called from inside JAX's log call, so the writer's frame is on the stack:
+    ``compilation_cache.put_executable_and_time`` has the backend as a local.
+    """
+    import sys
+
+    frame = sys._getframe(1)
+    for _ in range(40):
+        if frame is None:
+            break
+        if frame.f_code.co_name == "put_executable_and_time":
+            platform = getattr(frame.f_locals.get("backend"), "platform", None)
+            if platform:
+                return str(platform)
+        frame = frame.f_back
+    import jax
+
+    return jax.default_backend()
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -97,7 +97,8 @@ print([str(w.message) for w in caught])
 """
     )
     assert "switching to" in proc.stdout
-    assert any(e.module == "jit__lambda" for e in scan(tmp_path / "second").entries)
+    # jax 0.6 names a jitted lambda jit__lambda_, newer ones jit__lambda
+    assert any(e.module.startswith("jit__lambda") for e in scan(tmp_path / "second").entries)
 
 
 def test_provenance_recording_adds_no_log_output(tmp_path: Path) -> None:

@@ -1,0 +1,99 @@
+"""Loaded at start-up by every Python process under ``jaxcache run`` (through PYTHONPATH).
+
+Standard library only, and cheap: the child may be another interpreter
+without jaxcache installed, and most processes in a job never import JAX.
+
+1. Runs the ``sitecustomize`` this one shadows, if there is one.
+2. Points JAX at the version folder of *this* interpreter's jaxlib (the
+   parent guessed from its own), creating the folder's provenance marker.
+3. Taps JAX's cache log records: appends this process's per-module hits,
+   misses and compile times to ``$JAXCACHE_RUN_STATS`` at exit, and records
+   each entry written (platform, compile time) as ``jaxcache.configure`` does.
+"""
+
+import os
+import sys
+
+
+def _chain_sitecustomize() -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    import importlib.util
+
+    for entry in sys.path:
+        if not entry or os.path.abspath(entry) == here:
+            continue
+        candidate = os.path.join(entry, "sitecustomize.py")
+        if os.path.isfile(candidate):
+            spec = importlib.util.spec_from_file_location("_jaxcache_chained_sitecustomize", candidate)
+            if spec and spec.loader:
+                spec.loader.exec_module(importlib.util.module_from_spec(spec))
+            return
+
+
+def _load(name: str):
+    if "_jaxcache_bootstrap_" + name in sys.modules:
+        return sys.modules["_jaxcache_bootstrap_" + name]
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), name + ".py")
+    spec = importlib.util.spec_from_file_location("_jaxcache_bootstrap_" + name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses need the module registered
+    spec.loader.exec_module(module)
+    return module
+
+
+def _point_at_own_version() -> None:
+    root = os.environ.get("JAXCACHE_DIR")
+    if not root or os.environ.get("JAXCACHE_LAYOUT", "versioned") != "versioned":
+        return
+    provenance = _load("provenance")
+    versions = provenance.installed_versions()
+    if versions is None:
+        return
+    from pathlib import Path
+
+    folder = provenance.version_dir(Path(root), versions.jaxlib)
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR") != str(folder) or provenance.read_marker(folder) != versions:
+        try:
+            provenance.ensure_version_dir(Path(root), versions)
+            os.environ["JAX_COMPILATION_CACHE_DIR"] = str(folder)
+        except OSError:
+            pass  # leave JAX where the parent pointed it
+
+
+def _record_stats() -> None:
+    path = os.environ.get("JAXCACHE_RUN_STATS")
+    if not path:
+        return
+    compilelog = _load("compilelog")
+    log = compilelog.CompileLog().start()
+    if os.environ.get("JAXCACHE_DIR"):
+        compilelog.listen(_load("provenance").WriteRecorder())
+
+    def write() -> None:
+        if not log.modules:
+            return
+        line = log.to_json() + "\n"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line.encode("utf-8"))
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+
+    import atexit
+
+    atexit.register(write)
+
+
+try:
+    _chain_sitecustomize()
+finally:
+    try:
+        _point_at_own_version()
+        _record_stats()
+    except Exception as error:  # never break the user's program
+        sys.stderr.write(f"jaxcache run: bootstrap disabled ({type(error).__name__}: {error})\n")

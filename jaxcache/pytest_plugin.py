@@ -1,0 +1,94 @@
+"""A pytest plugin: ``pytest --jaxcache[=DIR]`` gives a JAX test suite the persistent cache.
+
+Registered through the ``pytest11`` entry point and off unless asked. It sets
+the cache through the environment (so pytest-xdist workers and subprocesses
+inherit it) and through ``jaxcache.configure``, makes entry writes atomic so
+that workers sharing one folder never read each other's half-written entries
+(jax#22718), and adds the session's persistent-cache hits and misses, summed
+over workers, to the terminal summary.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+_KEY = "jaxcache"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("jaxcache", "JAX persistent compilation cache")
+    group.addoption(
+        "--jaxcache", nargs="?", const="", default=None, metavar="DIR",
+        help="Use JAX's persistent compilation cache (at DIR, or jaxcache's configured folder).",
+    )
+
+
+def _enabled(config: pytest.Config) -> bool:
+    return config.getoption("jaxcache", default=None) is not None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not _enabled(config):
+        return
+    from jaxcache import atomic
+    from jaxcache.compilelog import CompileLog
+    from jaxcache.configure import cache_env, configure, prepare_folder
+    from jaxcache.errors import JaxCacheError
+    from jaxcache.settings import resolve
+
+    try:
+        settings = resolve(cache_dir=config.getoption("jaxcache") or None, argument_source="--jaxcache")
+        jax_dir, _ = prepare_folder(settings)
+        os.environ.update(cache_env(settings, jax_dir))  # xdist workers and subprocesses
+        configure(settings.root)
+    except JaxCacheError as e:
+        raise pytest.UsageError(f"--jaxcache: {e}") from None
+    atomic.install()
+    config.stash[_log_key] = CompileLog().start()
+    config.stash[_totals_key] = {}
+
+
+_log_key = pytest.StashKey[Any]()
+_totals_key = pytest.StashKey[dict[str, int]]()
+
+
+def _add(totals: dict[str, int], modules: dict[str, dict[str, float]]) -> None:
+    for counts in modules.values():
+        for name in ("requests", "hits", "misses", "writes"):
+            totals[name] = totals.get(name, 0) + int(counts.get(name, 0))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    if not _enabled(config):
+        return
+    log = config.stash[_log_key]
+    log.stop()
+    if hasattr(config, "workeroutput"):  # an xdist worker: hand the counts to the controller
+        config.workeroutput[_KEY] = log.snapshot()
+    else:
+        _add(config.stash[_totals_key], log.snapshot())
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    modules = getattr(node, "workeroutput", {}).get(_KEY)
+    if modules:
+        _add(node.config.stash[_totals_key], modules)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if not _enabled(config) or hasattr(config, "workeroutput"):
+        return
+    totals = config.stash[_totals_key]
+    requests = totals.get("requests", 0)
+    rate = f" ({100 * totals.get('hits', 0) / requests:.0f}% hit)" if requests else ""
+    terminalreporter.write_sep("-", "jaxcache")
+    terminalreporter.write_line(
+        f"persistent compilation cache {os.environ.get('JAX_COMPILATION_CACHE_DIR', '')}: "
+        f"{requests} compile requests, {totals.get('hits', 0)} hits, {totals.get('misses', 0)} misses{rate}, "
+        f"{totals.get('writes', 0)} entries written"
+    )

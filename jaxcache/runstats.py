@@ -1,0 +1,200 @@
+"""``jaxcache run``: run any command with the cache configured, and count what it hit.
+
+The child gets the cache through the environment (JAX reads ``JAX_*`` config
+variables at import), so it need not import jaxcache. A ``sitecustomize`` on
+``PYTHONPATH`` (see ``jaxcache/_bootstrap``) taps JAX's log records in every
+Python process of the child and appends per-module counts to a file; the
+parent sums them, reports them, and adds them to the cumulative figures kept
+in ``<root>/.jaxcache/stats.json`` (``jaxcache stats``; ``--zero`` resets).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from jaxcache import jaxformat, provenance
+from jaxcache.configure import cache_env, prepare_folder
+from jaxcache.errors import JaxCacheError, UsageError
+from jaxcache.index import META_DIR_NAME
+from jaxcache.settings import Settings
+
+BOOTSTRAP_DIR = Path(__file__).resolve().parent / "_bootstrap"
+STATS_NAME = "stats.json"
+_COUNTERS = ("requests", "hits", "misses", "writes", "compile_seconds", "saved_seconds")
+
+
+@dataclass
+class Totals:
+    """Counts summed over modules (or over runs)."""
+
+    requests: int = 0
+    hits: int = 0
+    misses: int = 0
+    writes: int = 0
+    compile_seconds: float = 0.0
+    saved_seconds: float = 0.0
+
+    def add(self, other: Totals) -> None:
+        for name in _COUNTERS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class RunReport:
+    """What one ``jaxcache run`` saw."""
+
+    command: list[str]
+    exit_code: int
+    seconds: float
+    processes: int
+    totals: Totals
+    modules: dict[str, Totals] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "command": self.command,
+            "exit_code": self.exit_code,
+            "seconds": round(self.seconds, 3),
+            "processes": self.processes,
+            **{k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self.totals).items()},
+            "modules": {m: asdict(t) for m, t in sorted(self.modules.items())},
+        }
+
+
+def _saved_seconds(root: Path, hit_keys: list[str]) -> dict[str, float]:
+    """Compile seconds each hit key saved: measured at write time when jaxcache was
+    there, else the whole seconds in the entry's header."""
+    out: dict[str, float] = {}
+    folders = [root, *[p for p in root.iterdir() if p.is_dir() and provenance.read_marker(p)]] if root.is_dir() else []
+    measured: dict[str, float] = {}
+    for folder in folders:
+        measured.update(provenance.load_compile_seconds(folder))
+    for key in set(hit_keys):
+        if key in measured:
+            out[key] = measured[key]
+            continue
+        for folder in folders:
+            try:
+                seconds = jaxformat.read_compile_seconds(folder / jaxformat.cache_file_name(key))
+            except (OSError, jaxformat.EntryFormatError):
+                continue
+            out[key] = float(seconds or 0)
+            break
+    return out
+
+
+def run(command: Sequence[str], settings: Settings, *, env: Mapping[str, str] | None = None) -> RunReport:
+    """Runs a command with the cache configured; returns its exit code and cache traffic.
+
+    Raises:
+        UsageError: no command given, or it cannot be started.
+    """
+    if not command:
+        raise UsageError("no command to run: jaxcache run -- CMD [ARGS...]")
+    jax_dir, _ = prepare_folder(settings)
+    child_env = dict(os.environ if env is None else env)
+    child_env.update(cache_env(settings, jax_dir))
+    child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BOOTSTRAP_DIR), child_env.get("PYTHONPATH")]))
+    with tempfile.TemporaryDirectory(prefix="jaxcache-run-") as tmp:
+        stats_file = Path(tmp) / "stats.jsonl"
+        child_env["JAXCACHE_RUN_STATS"] = str(stats_file)
+        start = time.perf_counter()
+        try:
+            proc = subprocess.Popen(list(command), env=child_env)
+        except FileNotFoundError:
+            raise UsageError(f"command not found: {command[0]}") from None
+        except PermissionError:
+            raise UsageError(f"permission denied: cannot run {command[0]}") from None
+        while True:
+            try:
+                code = proc.wait()
+                break
+            except KeyboardInterrupt:
+                continue  # the child got the same SIGINT; wait for it to finish
+        seconds = time.perf_counter() - start
+        lines = stats_file.read_text().splitlines() if stats_file.exists() else []
+    modules: dict[str, Totals] = {}
+    hit_keys: list[str] = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        hit_keys.extend(record.get("hit_keys", []))
+        for module, counts in record.get("modules", {}).items():
+            t = modules.setdefault(module, Totals())
+            t.add(Totals(**{k: counts.get(k, 0) for k in _COUNTERS if k != "saved_seconds"}))
+    saved = _saved_seconds(settings.root, hit_keys)
+    for key in hit_keys:
+        module = key[:-65]
+        if module in modules:
+            modules[module].saved_seconds += saved.get(key, 0.0)
+    totals = Totals()
+    for t in modules.values():
+        totals.add(t)
+    report = RunReport(command=list(command), exit_code=code, seconds=seconds, processes=len(lines),
+                       totals=totals, modules=modules)
+    record_run(settings.root, report)
+    return report
+
+
+def _stats_path(root: Path) -> Path:
+    return root / META_DIR_NAME / STATS_NAME
+
+
+def record_run(root: Path, report: RunReport) -> None:
+    """Adds a run to the cumulative figures, under a lock (runs may end together)."""
+    path = _stats_path(root)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with filelock.FileLock(str(path) + ".lock", timeout=30):
+            data = load_stats(root)
+            data["runs"] += 1
+            data["since"] = data["since"] or time.time()
+            for name in _COUNTERS:
+                data[name] += getattr(report.totals, name)
+            _write_json(path, data)
+    except (OSError, filelock.Timeout):
+        pass  # figures are best effort; the run itself succeeded
+
+
+def load_stats(root: Path) -> dict[str, Any]:
+    """The cumulative figures (zeros if none were recorded)."""
+    data: dict[str, Any] = {"runs": 0, **{name: 0 for name in _COUNTERS}, "since": None}
+    try:
+        stored = json.loads(_stats_path(root).read_text())
+        data.update({k: stored[k] for k in data if k in stored})
+    except (OSError, ValueError, TypeError):
+        pass
+    return data
+
+
+def zero_stats(root: Path) -> None:
+    """Resets the cumulative figures.
+
+    Raises:
+        JaxCacheError: the figures cannot be written.
+    """
+    path = _stats_path(root)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with filelock.FileLock(str(path) + ".lock", timeout=30):
+            _write_json(path, {"runs": 0, **{name: 0 for name in _COUNTERS}, "since": time.time()})
+    except OSError as e:
+        raise JaxCacheError(f"cannot reset the statistics in {path.parent}: {e.strerror}") from None
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
