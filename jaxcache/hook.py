@@ -105,7 +105,10 @@ def hook(settings: Settings, *, warm: bool = False, keep_versions: Sequence[str]
 
     state = _load_state(root)
     before = dict(state)
-    highest = state.get("highest_jaxlib") or max(_known_versions(root), key=version_key, default=versions.jaxlib)
+    # Without a record, the versions already in the folder tell: if this jaxlib
+    # is newer than all of them, it is an upgrade.
+    others = [v for v in _known_versions(root) if v != versions.jaxlib]
+    highest = state.get("highest_jaxlib") or max(others, key=version_key, default=versions.jaxlib)
     if version_key(versions.jaxlib) > version_key(highest):
         result.upgraded_from = highest
         _prune_other_versions(settings, versions.jaxlib, keep_versions, result)

@@ -1,0 +1,143 @@
+"""jaxcache run, stats and hook, in fresh processes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from importlib import metadata
+from pathlib import Path
+
+from jaxcache import jaxformat, provenance
+from jaxcache_testing import env_with, run_compile, version_folder
+
+CHILD = """
+import sys
+import jax, jax.numpy as jnp
+assert "jaxcache" not in sys.modules
+f = jax.jit(lambda x: jnp.cos(x) @ x)
+g = jax.jit(lambda x: jnp.exp(x).sum())
+print(float(f(jnp.ones((3, 3))).sum()), float(g(jnp.ones(4))))
+sys.exit(int(sys.argv[1]))
+"""
+
+
+def jaxcache(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "jaxcache", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=600)
+
+
+def test_run_counts_a_child_that_never_imports_jaxcache(tmp_path: Path) -> None:
+    child = tmp_path / "child.py"
+    child.write_text(textwrap.dedent(CHILD))
+    cache = tmp_path / "cache"
+    first = jaxcache("--cache-dir", str(cache), "run", "--json", "--", sys.executable, str(child), "0")
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout.strip().splitlines()[-1])
+    assert report["hits"] == 0 and report["misses"] == report["requests"] == report["writes"] > 0
+    assert {"jit__lambda", "jit__lambda_"} & set(report["modules"])
+    entries = list(version_folder(cache).glob("*-cache"))
+    assert len(entries) == report["writes"]
+
+    second = jaxcache("--cache-dir", str(cache), "run", "--json", "--", sys.executable, str(child), "7")
+    assert second.returncode == 7  # passed through
+    again = json.loads(second.stdout.strip().splitlines()[-1])
+    assert again["misses"] == 0 and again["hits"] == report["requests"] and again["exit_code"] == 7
+    assert again["saved_seconds"] > 0  # compile times recorded when the first run wrote them
+
+    stats = json.loads(jaxcache("--cache-dir", str(cache), "stats", "--json").stdout)
+    assert stats["runs"] == 2 and stats["hits"] == again["hits"] and stats["misses"] == report["misses"]
+    zeroed = json.loads(jaxcache("--cache-dir", str(cache), "stats", "--zero", "--json").stdout)
+    assert zeroed["runs"] == 0 and zeroed["hits"] == 0 and zeroed["since"] is not None
+
+
+def test_run_sums_every_python_process_of_the_command(tmp_path: Path) -> None:
+    child = tmp_path / "child.py"
+    child.write_text(textwrap.dedent(CHILD))
+    script = tmp_path / "job.sh"
+    script.write_text(f"#!/bin/sh\n{sys.executable} {child} 0\n{sys.executable} {child} 0\n")
+    script.chmod(0o755)
+    result = jaxcache("--cache-dir", str(tmp_path / "c"), "run", "--json", "--", str(script))
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["processes"] == 2 and report["hits"] == report["misses"] > 0
+
+
+def test_run_with_a_missing_command(tmp_path: Path) -> None:
+    result = jaxcache("--cache-dir", str(tmp_path / "c"), "run", "--", "no-such-program-xyz")
+    assert result.returncode == 2 and "command not found: no-such-program-xyz" in result.stderr
+
+
+def _old_version(root: Path, version: str = "0.0.1") -> list[Path]:
+    """Real entries under a marker for an older jaxlib, as an earlier environment leaves them."""
+    old = provenance.ensure_version_dir(root, provenance.VersionInfo(jaxlib=version, jax=version))
+    copies = []
+    for i, path in enumerate(sorted(version_folder_of(root).glob("*-cache"))):
+        target = old / jaxformat.cache_file_name(f"{path.name[:-71]}-{'f' * 63}{i}")
+        shutil.copy2(path, target)
+        copies.append(target)
+    return copies
+
+
+def version_folder_of(root: Path) -> Path:
+    return root / f"jaxlib-{metadata.version('jaxlib')}"
+
+
+def test_hook_prunes_after_an_upgrade_and_then_does_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    run_compile(env_with(JAXCACHE_DIR=str(root)))
+    old = _old_version(root)
+    (root / ".jaxcache").mkdir(exist_ok=True)
+    (root / ".jaxcache" / "hook.json").write_text(json.dumps({"highest_jaxlib": "0.0.1"}))
+    current = sorted(version_folder_of(root).glob("*-cache"))
+
+    first = jaxcache("--cache-dir", str(root), "hook", "--json")
+    assert first.returncode == 0, first.stderr
+    data = json.loads(first.stdout)
+    assert data["upgraded_from"] == "0.0.1" and data["pruned_entries"] == len(old)
+    assert not any(p.exists() for p in old) and all(p.exists() for p in current)
+    assert data["env"]["JAX_COMPILATION_CACHE_DIR"] == str(version_folder_of(root))
+
+    state = (root / ".jaxcache" / "hook.json").read_text()
+    second = jaxcache("--cache-dir", str(root), "hook", "--json")
+    again = json.loads(second.stdout)
+    assert again["upgraded_from"] is None and again["pruned_entries"] == 0 and second.stderr == ""
+    assert (root / ".jaxcache" / "hook.json").read_text() == state
+
+
+def test_hook_never_prunes_a_newer_or_kept_version(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    run_compile(env_with(JAXCACHE_DIR=str(root)))
+    newer = _old_version(root, "99.0.0")  # another environment, ahead of this one
+    data = json.loads(jaxcache("--cache-dir", str(root), "hook", "--json").stdout)
+    assert data["pruned_entries"] == 0 and all(p.exists() for p in newer)
+
+    root2 = tmp_path / "cache2"
+    run_compile(env_with(JAXCACHE_DIR=str(root2)))
+    kept = _old_version(root2, "0.0.1")
+    data = json.loads(jaxcache("--cache-dir", str(root2), "hook", "--json", "--keep-version", "0.0.1").stdout)
+    assert data["upgraded_from"] == "0.0.1" and data["pruned_entries"] == 0 and all(p.exists() for p in kept)
+
+
+def test_hook_output_sets_up_a_plain_jax_process(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    exports = jaxcache("--cache-dir", str(root), "hook", "--shell", "bash").stdout
+    program = "import jax, jax.numpy as jnp; jax.jit(lambda x: x * 3)(jnp.ones(2)).block_until_ready()"
+    subprocess.run(["bash", "-c", f"{exports}\n{sys.executable} -c '{program}'"], check=True, env=env_with(),
+                   timeout=300)
+    assert list(version_folder_of(root).glob("jit__lambda*-cache"))
+    fish = jaxcache("--cache-dir", str(root), "hook", "--shell", "fish").stdout
+    assert f"set -gx JAX_COMPILATION_CACHE_DIR '{version_folder_of(root)}';" in fish
+
+
+def test_hook_imports_no_jax(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from jaxcache.cli import main\n"
+        f"try:\n    main(['--cache-dir', {str(tmp_path / 'c')!r}, 'hook'])\n"
+        "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "print('JAX IMPORTED' if 'jax' in sys.modules else 'NO JAX', file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stderr.strip().splitlines()[-1] == "NO JAX"

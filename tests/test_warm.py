@@ -1,0 +1,153 @@
+"""jaxcache warm and verify: after a warm, a real solve in a fresh process compiles no solver kernel."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from jaxcache.cli import main
+from jaxcache_testing import env_with
+
+
+def warm_json(cache: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict]:
+    """Runs `jaxcache warm --json` in a fresh process, as a user would."""
+    proc = subprocess.run([sys.executable, "-m", "jaxcache", "--cache-dir", str(cache), "warm", "--json", *args],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.stdout, proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def solve_in_fresh_process(cache: Path, *solver_args: str, env: dict[str, str] | None = None) -> dict:
+    """`python -m solver` under `jaxcache run --json`: the child never imports jaxcache."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxcache", "--cache-dir", str(cache), "run", "--json", "--",
+         sys.executable, "-m", "solver", *solver_args],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def solver_kernel_counts(report: dict) -> dict[str, tuple[int, int]]:
+    return {m: (c["hits"], c["misses"]) for m, c in report["modules"].items() if m.startswith("jit_lsq_")}
+
+
+@pytest.mark.parametrize("devices, x64", [(1, False), pytest.param(1, True, marks=pytest.mark.slow),
+                                          pytest.param(2, False, marks=pytest.mark.slow), (2, True)])
+def test_a_warmed_solve_compiles_no_solver_kernel(tmp_path: Path, devices: int, x64: bool) -> None:
+    cache = tmp_path / "cache"
+    flags = ["--problem", "bratu", "--size", "6", "--devices", str(devices)] + (["--x64"] if x64 else [])
+    code, report = warm_json(cache, *flags)
+    assert code == 0 and report["failed"] == 0 and report["compiled"] > 0
+    run_env = env_with(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    solved = solve_in_fresh_process(cache, "--problem", "bratu", "--size", "6", *(["--x64"] if x64 else []),
+                                    env=run_env)
+    counts = solver_kernel_counts(solved)
+    assert set(counts) == {"jit_lsq_residual", "jit_lsq_jacobian", "jit_lsq_factor", "jit_lsq_step"}
+    assert all(misses == 0 and hits >= 1 for hits, misses in counts.values()), counts
+
+
+def test_without_warming_the_same_solve_misses(tmp_path: Path) -> None:
+    """The control for the test above: the counts are real, not always zero."""
+    solved = solve_in_fresh_process(tmp_path / "cold", "--problem", "bratu", "--size", "6")
+    counts = solver_kernel_counts(solved)
+    assert counts and all(misses >= 1 for _, misses in counts.values())
+
+
+def test_second_warm_compiles_nothing_and_verify_passes(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _, first = warm_json(cache, "--problem", "rosenbrock", "--size", "8", "--jobs", "2")
+    assert first["compiled"] > 0
+    code, second = warm_json(cache, "--problem", "rosenbrock", "--size", "8", "--jobs", "2", "--verify")
+    assert code == 0
+    assert second["compiled"] == 0 and second["cached"] == len(second["kernels"]) == len(first["kernels"])
+    assert [v["ok"] for v in second["verify"]] == [True] and second["verify"][0]["missed_kernels"] == []
+
+
+def test_verify_names_the_kernel_that_misses(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    warm_json(cache, "--problem", "bratu", "--size", "6", "--jac-chunk-size", "4")
+    # A run with another chunk size looks up another Jacobian kernel.
+    proc = subprocess.run([sys.executable, "-m", "jaxcache", "--cache-dir", str(cache), "verify", "--json",
+                           "--problem", "bratu", "--size", "6", "--jac-chunk-size", "5"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1
+    run = json.loads(proc.stdout)["runs"][0]
+    assert run["missed_kernels"] == ["jit_lsq_jacobian"]
+
+
+ENTRY_MODULE = """
+import jax, jax.numpy as jnp
+
+def good(x):
+    return jnp.tanh(x) @ x.T
+
+def bad(x):
+    return x @ jnp.ones((3, 3))  # wrong inner dimension for the declared shape
+
+def kernels():
+    spec = jax.ShapeDtypeStruct((4, 5), jnp.float32)
+    return [("good", jax.jit(good), (spec,)), ("bad", jax.jit(bad), (spec,))]
+
+def not_a_list():
+    return 42
+"""
+
+
+def test_a_broken_entry_kernel_fails_alone(tmp_path: Path) -> None:
+    (tmp_path / "userkernels.py").write_text(textwrap.dedent(ENTRY_MODULE))
+    env = env_with(PYTHONPATH=str(tmp_path))
+    code, report = warm_json(tmp_path / "cache", "--entry", "userkernels:kernels", "--entry", "nosuchmodule:fn",
+                             "--entry", "userkernels:not_a_list", "--problem", "rosenbrock", "--size", "4", env=env)
+    assert code == 1
+    by_kernel = {(k["target"].split(" ")[0], k["kernel"]): k for k in report["kernels"]}
+    assert by_kernel[("userkernels:kernels", "good")]["status"] == "compiled"
+    assert by_kernel[("userkernels:kernels", "bad")]["status"] == "failed"
+    assert "TypeError" in by_kernel[("userkernels:kernels", "bad")]["reason"]
+    assert "ModuleNotFoundError" in by_kernel[("nosuchmodule:fn", None)]["reason"]
+    assert "not a list" in by_kernel[("userkernels:not_a_list", None)]["reason"]
+    assert all(k["status"] == "compiled" or k["status"] == "cached"
+               for k in report["kernels"] if k["target"].startswith("rosenbrock"))
+    code, again = warm_json(tmp_path / "cache", "--entry", "userkernels:kernels", env=env)
+    good = next(k for k in again["kernels"] if k["kernel"] == "good")
+    assert good["status"] == "cached"
+
+
+def test_plans_from_pyproject_and_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from jaxcache.warm import plan_from_file, plan_from_pyproject
+
+    (tmp_path / "pyproject.toml").write_text(
+        "[tool.jaxcache.warm]\nproblems = ['bratu']\nsizes = [8, 16]\nx64 = true\n"
+        "targets = [{problem = 'spectral', size = 32, jac_chunk_size = 4, devices = 2}]\n")
+    plan = plan_from_pyproject(tmp_path / "pyproject.toml")
+    assert [t.label for t in plan.targets] == ["bratu-8 [x64]", "bratu-16 [x64]", "spectral-32 chunk=4 [x64, 2dev]"]
+    (tmp_path / "plan.toml").write_text("problems = ['curvefit']\nderiv_mode = 'blocked'\n")
+    assert [t.label for t in plan_from_file(tmp_path / "plan.toml").targets] == ["curvefit-16 blocked"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--problem", "banana"], "problem 'banana' must be one of"),
+        (["--size", "0"], "size 0 must be a positive integer"),
+        (["--jac-chunk-size", "-3"], "jac_chunk_size '-3' must be a positive int or 'auto'"),
+        (["--entry", "no colon"], "must look like 'package.module:function'"),
+        (["--plan", "missing.toml"], "plan file missing.toml does not exist"),
+        (["--devices", "0"], "Invalid value for '--devices'"),
+        (["--plan", "bad.toml"], "unknown key 'problem'"),
+        (["--plan", "bad.toml", "--x64"], "unknown key 'problem'"),
+    ],
+)
+def test_bad_warm_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.toml").write_text("problem = 'bratu'\n")
+    result = CliRunner().invoke(main, ["--cache-dir", str(tmp_path / "c"), "warm", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) <= 3
+    assert not (tmp_path / "c").exists()
