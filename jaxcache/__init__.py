@@ -17,17 +17,17 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it, imported on first use.
 _EXPORTS = {
-    "CheckReport": "check", "Finding": "check", "check": "check", "repair": "check",
-    "Configured": "configure", "configure": "configure",
+    "CheckReport": "integrity", "Finding": "integrity", "check": "integrity", "repair": "integrity",
+    "Configured": "configuration", "configure": "configuration",
     "CacheDirError": "errors", "ConfirmationRequired": "errors", "JaxCacheError": "errors",
     "NotACacheError": "errors", "UsageError": "errors",
     "PrunePlan": "prune", "PruneResult": "prune", "execute": "prune", "plan_prune": "prune",
-    "CacheEntry": "scan", "CacheInfo": "scan", "scan": "scan",
+    "CacheEntry": "scanning", "CacheInfo": "scanning", "scan": "scanning",
     "Settings": "settings", "resolve": "settings",
     "Summary": "summary", "inspect_cache": "summary", "summarize": "summary",
-    "WarmPlan": "warm", "WarmReport": "warm", "build_plan": "warm", "verify": "warm", "warm": "warm",
+    "WarmPlan": "warming", "WarmReport": "warming", "build_plan": "warming", "verify": "warming", "warm": "warming",
     "RunReport": "runstats", "run": "runstats",
-    "HookResult": "hook", "hook": "hook",
+    "HookResult": "prerun", "hook": "prerun",
 }
 __all__ = [
     "CacheDirError",
@@ -74,13 +74,13 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
-    from jaxcache.check import CheckReport, Finding, check, repair
-    from jaxcache.configure import Configured, configure
+    from jaxcache.integrity import CheckReport, Finding, check, repair
+    from jaxcache.configuration import Configured, configure
     from jaxcache.errors import CacheDirError, ConfirmationRequired, JaxCacheError, NotACacheError, UsageError
-    from jaxcache.hook import HookResult, hook
+    from jaxcache.prerun import HookResult, hook
     from jaxcache.prune import PrunePlan, PruneResult, execute, plan_prune
     from jaxcache.runstats import RunReport, run
-    from jaxcache.scan import CacheEntry, CacheInfo, scan
+    from jaxcache.scanning import CacheEntry, CacheInfo, scan
     from jaxcache.settings import Settings, resolve
     from jaxcache.summary import Summary, inspect_cache, summarize
-    from jaxcache.warm import WarmPlan, WarmReport, build_plan, verify, warm
+    from jaxcache.warming import WarmPlan, WarmReport, build_plan, verify, warm

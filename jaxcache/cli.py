@@ -81,10 +81,12 @@ def _confirm(question: str, *, yes: bool, as_json: bool) -> None:
         raise click.Abort()
 
 
-def _scan(settings: Settings):
-    from jaxcache.scan import scan
+def _scan(settings: Settings, *, quick: bool = True):
+    """A scan for listing and planning: sizes from the index where provably unchanged
+    (execute() re-checks every file before deleting it), last uses always fresh."""
+    from jaxcache.scanning import scan
 
-    return scan(settings.root)
+    return scan(settings.root, quick=quick)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
@@ -130,7 +132,7 @@ def config_command(ctx: click.Context, as_json: bool) -> None:
 
     Example: jaxcache config --json
     """
-    from jaxcache.configure import jax_options
+    from jaxcache.configuration import jax_options
 
     settings = _settings(ctx)
     versions = provenance.installed_versions()
@@ -369,10 +371,10 @@ def check_command(ctx: click.Context, repair: bool, as_json: bool) -> None:
 
     Example: jaxcache check --repair
     """
-    from jaxcache.check import check, repair as do_repair
+    from jaxcache.integrity import check, repair as do_repair
 
     settings = _settings(ctx)
-    report = check(_scan(settings), capped=settings.max_size.value != -1)
+    report = check(_scan(settings, quick=False), capped=settings.max_size.value != -1)
     repaired: set[int] = set()
     failures: dict[int, str] = {}
     if repair:
@@ -429,7 +431,7 @@ _FLAG_ONLY = ("jac_chunk_size", "deriv_mode", "x64", "platform", "devices")
 def _resolve_plan(ctx: click.Context, params: dict[str, Any]):
     """Flags, else --plan FILE, else [tool.jaxcache.warm], else the bundled default."""
     from jaxcache.settings import find_pyproject
-    from jaxcache.warm import build_plan, plan_from_file, plan_from_pyproject
+    from jaxcache.warming import build_plan, plan_from_file, plan_from_pyproject
 
     explicit = [n for n in _FLAG_ONLY if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
     flags = dict(jac_chunk_size=params["jac_chunk_size"], deriv_mode=params["deriv_mode"], x64=params["x64"],
@@ -474,8 +476,8 @@ def warm_command(ctx: click.Context, jobs: int | None, then_verify: bool, as_jso
 
     Example: jaxcache warm --problem bratu --size 32 --x64 --verify
     """
-    from jaxcache.configure import prepare_folder
-    from jaxcache.warm import warm
+    from jaxcache.configuration import prepare_folder
+    from jaxcache.warming import warm
 
     settings = _settings(ctx)
     plan = _resolve_plan(ctx, params)
@@ -506,7 +508,7 @@ def warm_command(ctx: click.Context, jobs: int | None, then_verify: bool, as_jso
 
 
 def _verify(ctx: click.Context, plan, settings: Settings, as_json: bool):
-    from jaxcache.warm import verify
+    from jaxcache.warming import verify
 
     def show(result) -> None:
         if not as_json and sys.stderr.isatty():
@@ -631,7 +633,7 @@ def hook_command(ctx: click.Context, shell: str, then_warm: bool, keep_versions:
 
     Example: eval "$(jaxcache hook --shell bash)"
     """
-    from jaxcache.hook import hook, render
+    from jaxcache.prerun import hook, render
 
     result = hook(_settings(ctx), warm=then_warm, keep_versions=keep_versions)
     for message in result.messages:

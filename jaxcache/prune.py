@@ -20,7 +20,7 @@ from pathlib import Path
 from jaxcache import jaxformat
 from jaxcache.errors import UsageError
 from jaxcache.locking import BATCH_SIZE, folder_lock
-from jaxcache.scan import CacheEntry, CacheInfo
+from jaxcache.scanning import CacheEntry, CacheInfo
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     from jaxcache import atomic
     from jaxcache.compilelog import CompileLog
-    from jaxcache.configure import cache_env, configure, prepare_folder
+    from jaxcache.configuration import cache_env, configure, prepare_folder
     from jaxcache.errors import JaxCacheError
     from jaxcache.settings import resolve
 

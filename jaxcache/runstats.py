@@ -23,7 +23,7 @@ from typing import Any
 import filelock
 
 from jaxcache import jaxformat, provenance
-from jaxcache.configure import cache_env, prepare_folder
+from jaxcache.configuration import cache_env, prepare_folder
 from jaxcache.errors import JaxCacheError, UsageError
 from jaxcache.index import META_DIR_NAME
 from jaxcache.settings import Settings

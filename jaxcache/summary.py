@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jaxcache.scan import CacheInfo, scan
+from jaxcache.scanning import CacheInfo, scan
 
 UNKNOWN = "unknown"
 

@@ -120,3 +120,14 @@ def test_a_size_cap_makes_jax_keep_atime_files(tmp_path: Path) -> None:
     info = scan(root)
     assert info.entries and all(e.has_atime for e in info.entries)
     assert all(f.has_lockfile for f in info.folders if f.version)
+
+
+def test_public_api_names_are_the_functions_whatever_was_imported_first() -> None:
+    code = """
+import jaxcache
+from jaxcache import summary, integrity, prerun, warming, scanning, configuration  # noqa: F401
+for name in ("scan", "check", "configure", "hook", "warm", "verify", "plan_prune", "inspect_cache", "run"):
+    assert callable(getattr(jaxcache, name)) and not type(getattr(jaxcache, name)).__name__ == "module", name
+print("ok")
+"""
+    assert run_python(code).stdout.strip() == "ok"

@@ -120,7 +120,7 @@ def test_a_broken_entry_kernel_fails_alone(tmp_path: Path) -> None:
 
 
 def test_plans_from_pyproject_and_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from jaxcache.warm import plan_from_file, plan_from_pyproject
+    from jaxcache.warming import plan_from_file, plan_from_pyproject
 
     (tmp_path / "pyproject.toml").write_text(
         "[tool.jaxcache.warm]\nproblems = ['bratu']\nsizes = [8, 16]\nx64 = true\n"

@@ -304,13 +304,17 @@ def _entries(folder: Path, listing: index.Listing, marker: provenance.VersionInf
     try:
         for key, stat in listing.caches.items():
             used = None
-            if last_used and stat.has_atime:
+            fs_atime = fs_atimes.get(key)
+            if last_used:
                 try:
-                    used = os.stat(key + "-atime", dir_fd=fd, follow_symlinks=False).st_mtime
+                    if stat.has_atime:
+                        used = os.stat(key + "-atime", dir_fd=fd, follow_symlinks=False).st_mtime
+                    elif fs_atime is None:  # uncapped: the filesystem's atime is the only record
+                        fs_atime = os.stat(key + "-cache", dir_fd=fd, follow_symlinks=False).st_atime
                 except FileNotFoundError:
                     pass
             append(CacheEntry(folder, key, key[:-65], stat.size, stat.allocated, stat.mtime_ns / 1e9, used,
-                              stat.has_atime, None, version, platforms.get(key)))
+                              bool(stat.has_atime), fs_atime, version, platforms.get(key)))
     finally:
         if fd >= 0:
             os.close(fd)

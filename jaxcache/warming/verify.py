@@ -6,7 +6,7 @@ reports JAX's persistent-cache hits and misses per module. For a user's entry
 point there is no "real run" to replay, so its kernels are lowered and
 compiled again in a fresh worker, and every one must be a hit.
 
-Run as ``python -m jaxcache.warm.verify`` with ``{"cache_dir", "target"}`` on stdin (the child).
+Run as ``python -m jaxcache.warming.verify`` with ``{"cache_dir", "target"}`` on stdin (the child).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jaxcache.warm.plan import Target, WarmPlan
-from jaxcache.warm.runner import run_workers, worker_env
+from jaxcache.warming.plan import Target, WarmPlan
+from jaxcache.warming.runner import run_workers, worker_env
 
 SOLVER_KERNEL_PREFIX = "jit_lsq_"
 
@@ -73,7 +73,7 @@ def verify(
 
 def _verify_problem(target: Target, cache_dir: Path, env: Mapping[str, str]) -> VerifyResult:
     proc = subprocess.run(
-        [sys.executable, "-m", "jaxcache.warm.verify"],
+        [sys.executable, "-m", "jaxcache.warming.verify"],
         input=json.dumps({"cache_dir": str(cache_dir), "target": target.as_dict()}),
         capture_output=True, text=True, env=worker_env(env, target.platform, target.devices),
     )

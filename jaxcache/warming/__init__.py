@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jaxcache.warm.plan import (
+from jaxcache.warming.plan import (
     DEFAULT_SIZE,
     PROBLEMS,
     Target,
@@ -12,8 +12,8 @@ from jaxcache.warm.plan import (
     plan_from_pyproject,
     plan_from_table,
 )
-from jaxcache.warm.runner import KernelResult, WarmReport, warm
-from jaxcache.warm.verify import VerifyResult, verify
+from jaxcache.warming.runner import KernelResult, WarmReport, warm
+from jaxcache.warming.verify import VerifyResult, verify
 
 __all__ = [
     "DEFAULT_SIZE",

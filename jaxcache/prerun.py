@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jaxcache import provenance
-from jaxcache.configure import cache_env, prepare_folder
+from jaxcache.configuration import cache_env, prepare_folder
 from jaxcache.errors import CacheDirError, JaxCacheError
 from jaxcache.index import META_DIR_NAME
 from jaxcache.settings import Settings
@@ -127,7 +127,7 @@ def hook(settings: Settings, *, warm: bool = False, keep_versions: Sequence[str]
 
 def _prune_other_versions(settings: Settings, jaxlib: str, keep: Sequence[str], result: HookResult) -> None:
     from jaxcache.prune import execute, plan_prune
-    from jaxcache.scan import scan
+    from jaxcache.scanning import scan
 
     plan = plan_prune(scan(settings.root, last_used=False), stale=True, installed_version=jaxlib,
                       keep_versions=keep)
@@ -141,7 +141,7 @@ def _prune_other_versions(settings: Settings, jaxlib: str, keep: Sequence[str], 
 
 def _warm_missing(settings: Settings, jaxlib: str, state: dict[str, Any], result: HookResult) -> None:
     from jaxcache.settings import find_pyproject
-    from jaxcache.warm import build_plan, plan_from_pyproject, warm
+    from jaxcache.warming import build_plan, plan_from_pyproject, warm
 
     pyproject = find_pyproject(Path.cwd())
     plan = (plan_from_pyproject(pyproject) if pyproject else None) or build_plan(source="default (bundled problems)")

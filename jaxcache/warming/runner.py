@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jaxcache.warm.plan import Target, WarmPlan
+from jaxcache.warming.plan import Target, WarmPlan
 
 _DEVICE_FLAG = "--xla_force_host_platform_device_count"
 _DEVICE_FLAG_RE = re.compile(re.escape(_DEVICE_FLAG) + r"=(\d+)")
@@ -125,7 +125,7 @@ def run_workers(
     procs = []
     for worker in range(jobs):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "jaxcache.warm.worker"],
+            [sys.executable, "-m", "jaxcache.warming.worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=wenv,
         )
         assert proc.stdin is not None

@@ -13,7 +13,7 @@ from typing import Literal
 from jaxcache import jaxformat
 from jaxcache.locking import BATCH_SIZE, folder_lock
 from jaxcache.security import writable_by_others
-from jaxcache.scan import CacheEntry, CacheInfo
+from jaxcache.scanning import CacheEntry, CacheInfo
 
 Kind = Literal[
     "corrupt",  # truncated or garbage: JAX warns and recompiles every run, and never replaces it

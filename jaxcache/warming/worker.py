@@ -1,6 +1,6 @@
 """A warm worker: one process configured like a real run, compiling its share of kernels.
 
-Run as ``python -m jaxcache.warm.worker`` with a JSON job on stdin::
+Run as ``python -m jaxcache.warming.worker`` with a JSON job on stdin::
 
     {"cache_dir": ..., "targets": [Target.as_dict(), ...], "worker": j, "workers": J}
 
@@ -24,7 +24,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from jaxcache.warm.plan import Target
+from jaxcache.warming.plan import Target
 
 
 def _emit(**fields: Any) -> None:

@@ -1,0 +1,52 @@
+"""Helpers shared by the benchmark scripts: timing fresh processes and printing tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+PYTHON = sys.executable
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The current environment without inherited cache settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("JAXCACHE_", "JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}
+    env.update(extra)
+    return env
+
+
+def timed_run(cmd: Sequence[str], env: dict[str, str] | None = None) -> tuple[float, str]:
+    """Wall seconds of a fresh process (start to exit), and its stdout."""
+    start = time.perf_counter()
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return seconds, proc.stdout
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [list(map(str, headers))] + [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for i, row in enumerate(cells):
+        print("  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(row, widths))))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def write_json(path: Path | None, data: object) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        print(f"wrote {path}", file=sys.stderr)
