@@ -32,6 +32,10 @@ def install() -> bool:
     if getattr(cls.put, "_jaxcache_atomic", False):
         return True
     original = cls.put
+    # mkstemp creates files 0o600; give entries the mode a plain write would (umask applied).
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = 0o666 & ~umask
 
     def put(self: Any, key: str, value: bytes) -> None:
         if getattr(self, "eviction_enabled", True) or not isinstance(self.path, pathlib.Path):
@@ -45,7 +49,7 @@ def install() -> bool:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(value)
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, mode)
             os.replace(tmp, cache_path)
         except BaseException:
             pathlib.Path(tmp).unlink(missing_ok=True)

@@ -639,3 +639,26 @@ def hook_command(ctx: click.Context, shell: str, then_warm: bool, keep_versions:
     for message in result.messages:
         click.echo(f"jaxcache hook: {message}", err=True)
     click.echo(json.dumps(result.as_dict(), indent=2) if as_json else render(result.env, shell))
+
+
+@main.command("init")
+@click.option("--shared", "group", metavar="GROUP",
+              help="Make a team cache: owned by GROUP, setgid, group-writable, never world-writable.")
+@click.pass_context
+def init_command(ctx: click.Context, group: str | None) -> None:
+    """Create the cache folder with safe permissions (private, or shared with a group).
+
+    Example: jaxcache --cache-dir /shared/jax-cache init --shared physics
+    """
+    from jaxcache.security import init_private, init_shared, shared_info, writable_by_others
+
+    settings = _settings(ctx)
+    if group:
+        init_shared(settings.root, group)
+        click.echo(f"Shared cache for group {group} at {settings.root} (mode 2770). "
+                   "Members should run with umask 0002 so the group can use what they write.", err=True)
+    else:
+        init_private(settings.root)
+    for problem in writable_by_others(settings.root, shared=shared_info(settings.root)):
+        click.echo(f"jaxcache: warning: {problem}", err=True)
+    click.echo(settings.root)

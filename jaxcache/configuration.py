@@ -92,7 +92,12 @@ def prepare_folder(settings: Settings) -> tuple[Path, provenance.VersionInfo | N
             raise CacheDirError(f"{root} is a file, not a folder")
         target = provenance.jax_dir(root, settings.layout.value, versions)
         if target != root and versions is not None:
+            created = not target.exists()
             provenance.ensure_version_dir(root, versions)
+            from jaxcache.security import SHARED_MODE, shared_info
+
+            if created and shared_info(root) is not None:
+                target.chmod(SHARED_MODE)  # a team cache: the group writes here too
     except FileExistsError:
         raise CacheDirError(f"{root} is a file, not a folder") from None
     except PermissionError as e:
@@ -113,6 +118,7 @@ def configure(
     layout: Layout | None = None,
     xla_caches: str | None = None,
     atomic_writes: bool = True,
+    strict: bool | None = None,
 ) -> Configured:
     """Points JAX's persistent compilation cache at a folder, keeping every entry.
 
@@ -131,13 +137,16 @@ def configure(
         atomic_writes: make JAX write each entry to a temporary file and rename
             it into place, so no process ever reads, and no crash ever leaves, a
             half-written entry (see :mod:`jaxcache.atomic`).
+        strict: refuse a folder others can write to instead of warning
+            (default from the ``strict`` setting).
 
     Returns:
         What was set, as a :class:`Configured`.
 
     Raises:
         UsageError: a bad setting anywhere in the resolution chain.
-        CacheDirError: the folder cannot be created or written.
+        CacheDirError: the folder cannot be created or written, or (strict mode)
+            others can write to it.
 
     Example:
         >>> import jaxcache
@@ -150,8 +159,12 @@ def configure(
         min_compile_time_secs=min_compile_time_secs,
         layout=layout,
         xla_caches=xla_caches,
+        strict=strict,
     )
     target, versions = prepare_folder(settings)
+    from jaxcache.security import enforce
+
+    enforce(settings.root, strict=settings.strict.value, stacklevel=3)
 
     import jax
     from jax._src import compilation_cache
@@ -171,10 +184,6 @@ def configure(
         from jaxcache import atomic
 
         atomic.install()
-    from jaxcache.security import writable_by_others
-
-    for problem in writable_by_others(settings.root):
-        warnings.warn(f"jaxcache: {problem}", stacklevel=2)
     return Configured(root=settings.root, jax_dir=target, settings=settings, jax_options=applied, versions=versions)
 
 

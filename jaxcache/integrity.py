@@ -12,7 +12,7 @@ from typing import Literal
 
 from jaxcache import jaxformat
 from jaxcache.locking import BATCH_SIZE, folder_lock
-from jaxcache.security import writable_by_others
+from jaxcache.security import shared_info, writable_by_others
 from jaxcache.scanning import CacheEntry, CacheInfo
 
 Kind = Literal[
@@ -95,11 +95,12 @@ def check(info: CacheInfo, *, capped: bool = False, now: float | None = None) ->
     """
     now = time.time() if now is None else now
     findings: list[Finding] = []
-    for problem in writable_by_others(info.root):
+    shared = shared_info(info.root)
+    for problem in writable_by_others(info.root, shared=shared):
         findings.append(Finding("writable", info.root, problem))
     for folder in info.folders:
         if folder.path != info.root:
-            for problem in writable_by_others(folder.path, parents=False):
+            for problem in writable_by_others(folder.path, parents=False, shared=shared):
                 findings.append(Finding("writable", folder.path, problem))
     # A folder JAX has used with a cap has -atime files. (Not the .lockfile:
     # jaxcache itself creates that one whenever it changes a folder.)
@@ -176,8 +177,12 @@ def repair(report: CheckReport) -> RepairResult:
 def _repair_one(finding: Finding) -> None:
     path = finding.path
     if finding.kind == "writable":
-        mode = path.stat().st_mode
-        path.chmod(statmod.S_IMODE(mode) & ~(statmod.S_IWGRP | statmod.S_IWOTH))
+        if not path.is_dir() or path.is_symlink():
+            raise OSError(f"{path} is not a folder")
+        mode = statmod.S_IMODE(path.stat().st_mode)
+        shared = shared_info(path) or shared_info(path.parent)
+        # A deliberate team cache keeps group write; only world write goes.
+        path.chmod(mode & ~statmod.S_IWOTH if shared is not None else mode & ~(statmod.S_IWGRP | statmod.S_IWOTH))
         return
     parsed = jaxformat.parse_entry_name(path.name)
     if parsed is None or path.is_symlink():

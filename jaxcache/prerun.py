@@ -99,9 +99,12 @@ def hook(settings: Settings, *, warm: bool = False, keep_versions: Sequence[str]
     jax_dir, _ = prepare_folder(settings)
     root = settings.root
     result = HookResult(env=cache_env(settings, jax_dir), jaxlib=versions.jaxlib)
-    from jaxcache.security import writable_by_others
+    from jaxcache.security import shared_info, writable_by_others
 
-    result.messages.extend(writable_by_others(root))
+    problems = writable_by_others(root, shared=shared_info(root))
+    if problems and settings.strict.value:
+        raise CacheDirError(f"refusing an unsafe cache folder (strict mode): {problems[0]}")
+    result.messages.extend(problems)
 
     state = _load_state(root)
     before = dict(state)

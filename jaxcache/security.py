@@ -1,25 +1,129 @@
-"""Who can write to a cache folder. A JAX cache is code: JAX loads and runs its entries,
-so whoever can write to the folder (or replace it through a parent) can run code in
-every process that uses it (see the warning on ``jax.config.update("jax_compilation_cache_dir")``)."""
+"""Who can write to a cache folder, and the deliberate shared cache.
+
+A JAX cache is code: JAX deserializes and runs its entries, so whoever can
+write to the folder (or replace it through a parent) can run code in every
+process that uses it (JAX's own warning on ``jax_compilation_cache_dir``).
+
+A private cache must be writable by its owner only. A team cache is made on
+purpose with :func:`init_shared` (``jaxcache init --shared GROUP``): owned by
+that group, setgid so everything created inside stays in the group, group
+writable, never world writable, and marked in ``<root>/.jaxcache/shared.json``.
+Group write permission on a marked shared cache is expected; anything else is
+reported (``check``), warned about (``configure``, ``hook``), or refused in
+strict mode (``strict = true`` in the config, ``JAXCACHE_STRICT=1``).
+"""
 
 from __future__ import annotations
 
+import grp
+import json
+import os
 import stat as statmod
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
+from jaxcache.errors import CacheDirError, UsageError
 
-def writable_by_others(folder: Path, *, parents: bool = True) -> list[str]:
-    """Why others could write to this folder or replace it through a parent, if they can."""
+SHARED_MARKER = Path(".jaxcache") / "shared.json"
+SHARED_MODE = 0o2770  # setgid, rwx for owner and group, nothing for others
+
+
+@dataclass(frozen=True)
+class Shared:
+    """A deliberate shared cache: the group it belongs to."""
+
+    group: str
+    gid: int
+
+
+def shared_info(root: Path) -> Shared | None:
+    """The shared-cache marker of a root, if it has a trustworthy one (not a symlink)."""
+    marker = root / SHARED_MARKER
+    try:
+        if marker.is_symlink():
+            return None
+        data = json.loads(marker.read_text())
+        return Shared(group=str(data["group"]), gid=int(data["gid"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def writable_by_others(folder: Path, *, parents: bool = True, shared: Shared | None = None) -> list[str]:
+    """Why others could write to this folder or replace it through a parent, if they can.
+
+    Args:
+        folder: the cache root or a version folder.
+        parents: also look at every parent (world-writable without the sticky bit).
+        shared: the root's shared-cache marker: then group write by that group is expected.
+    """
     problems = []
     for path in (folder, *folder.parents) if parents else (folder,):
         try:
             st = path.stat()
         except OSError:
             continue
-        sticky = bool(st.st_mode & statmod.S_ISVTX)
-        if path == folder and st.st_mode & (statmod.S_IWGRP | statmod.S_IWOTH):
-            who = "everyone" if st.st_mode & statmod.S_IWOTH else "its group"
-            problems.append(f"{path} is writable by {who}: whoever can write to a JAX cache can run code in every process using it")
-        elif path != folder and st.st_mode & statmod.S_IWOTH and not sticky:
+        if path == folder:
+            if st.st_mode & statmod.S_IWOTH:
+                problems.append(f"{path} is writable by everyone: whoever can write to a JAX cache can run code "
+                                "in every process using it")
+            elif st.st_mode & statmod.S_IWGRP and not (shared is not None and st.st_gid == shared.gid):
+                problems.append(f"{path} is writable by its group: whoever can write to a JAX cache can run code "
+                                "in every process using it (make a team cache with `jaxcache init --shared GROUP`)")
+        elif st.st_mode & statmod.S_IWOTH and not st.st_mode & statmod.S_ISVTX:
             problems.append(f"parent folder {path} is writable by everyone (no sticky bit): the cache can be replaced")
     return problems
+
+
+def enforce(root: Path, *, strict: bool, stacklevel: int = 3) -> list[str]:
+    """Warns about (or, in strict mode, refuses) a folder others can write to.
+
+    Raises:
+        CacheDirError: strict mode and a problem was found.
+    """
+    problems = writable_by_others(root, shared=shared_info(root))
+    if problems and strict:
+        raise CacheDirError(f"refusing an unsafe cache folder (strict mode): {problems[0]}")
+    for problem in problems:
+        warnings.warn(f"jaxcache: {problem}", stacklevel=stacklevel)
+    return problems
+
+
+def init_shared(root: Path, group: str) -> Shared:
+    """Creates (or converts) a team cache owned by ``group``: setgid, group-writable, not world-writable.
+
+    Raises:
+        UsageError: no such group.
+        CacheDirError: the folder cannot be created or given to the group.
+    """
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise UsageError(f"no such group: {group!r}") from None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for folder in (root, root / ".jaxcache"):
+            folder.mkdir(exist_ok=True)
+            os.chown(folder, -1, gid)
+            os.chmod(folder, SHARED_MODE)
+        marker = root / SHARED_MARKER
+        marker.write_text(json.dumps({"group": group, "gid": gid}) + "\n")
+        os.chown(marker, -1, gid)
+        os.chmod(marker, 0o664)
+    except PermissionError as e:
+        raise CacheDirError(f"permission denied: cannot give {e.filename or root} to group {group!r}") from None
+    except OSError as e:
+        raise CacheDirError(f"cannot set up the shared cache {root}: {e.strerror}") from None
+    return Shared(group=group, gid=gid)
+
+
+def init_private(root: Path) -> None:
+    """Creates a cache folder only its owner can write to.
+
+    Raises:
+        CacheDirError: the folder cannot be created.
+    """
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise CacheDirError(f"cannot create {root}: {e.strerror}") from None

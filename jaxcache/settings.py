@@ -32,6 +32,7 @@ ENV_VARS: dict[str, tuple[str, ...]] = {
     "min_compile_time_secs": ("JAXCACHE_MIN_COMPILE_TIME_SECS",),
     "layout": ("JAXCACHE_LAYOUT",),
     "xla_caches": ("JAXCACHE_XLA_CACHES",),
+    "strict": ("JAXCACHE_STRICT",),
 }
 # Keys of the config file / [tool.jaxcache] table, and the setting each sets.
 CONFIG_KEYS: dict[str, str] = {
@@ -41,6 +42,7 @@ CONFIG_KEYS: dict[str, str] = {
     "min_compile_time_secs": "min_compile_time_secs",
     "layout": "layout",
     "xla_caches": "xla_caches",
+    "strict": "strict",
 }
 # Sub-tables of [tool.jaxcache] that belong to other commands.
 _OTHER_TABLES = frozenset({"warm"})
@@ -68,6 +70,7 @@ class Settings:
         xla_caches: value for ``jax_persistent_cache_enable_xla_caches``; "auto"
             turns XLA's GPU sub-caches off when no GPU plugin is installed, which
             takes the folder's path out of every key.
+        strict: refuse (rather than warn about) a folder others can write to.
     """
 
     cache_dir: Setting
@@ -76,6 +79,7 @@ class Settings:
     min_compile_time_secs: Setting
     layout: Setting
     xla_caches: Setting
+    strict: Setting
 
     @property
     def root(self) -> Path:
@@ -165,6 +169,14 @@ def _coerce(name: str, raw: Any, where: str, base: Path) -> Any:
             if not isinstance(raw, str) or not raw:
                 raise ValueError
             return raw
+        if name == "strict":
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(raw).strip().lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError
     except UsageError as e:
         raise UsageError(f"{where}: {e}" if not str(e).startswith(where) else str(e)) from None
     except (TypeError, ValueError):
@@ -178,6 +190,7 @@ _DEFAULTS: dict[str, Any] = {
     "min_compile_time_secs": 0.0,
     "layout": "versioned",
     "xla_caches": "auto",
+    "strict": False,
 }
 
 
@@ -189,6 +202,7 @@ def resolve(
     min_compile_time_secs: float | None = None,
     layout: Layout | None = None,
     xla_caches: str | None = None,
+    strict: bool | None = None,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     argument_source: str = "argument",
@@ -214,6 +228,7 @@ def resolve(
         "min_compile_time_secs": min_compile_time_secs,
         "layout": layout,
         "xla_caches": xla_caches,
+        "strict": strict,
     }
     layers: list[tuple[str, Path, dict[str, Any]]] = []
     pyproject = find_pyproject(cwd)
