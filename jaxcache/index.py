@@ -60,6 +60,7 @@ class Listing:
         orphans: keys of ``-atime`` files without a ``-cache``.
         symlinks: entry-named symlinks (never followed).
         subfolders: names of subfolders (only listed for a root).
+        temps: jaxcache's temporary files (an atomic write in progress, or a crashed one).
         other: how many other files there are.
         evidence: whether anything JAX or jaxcache writes is there.
         has_lockfile: whether JAX's ``.lockfile`` is there.
@@ -72,6 +73,7 @@ class Listing:
     orphans: list[str] = field(default_factory=list)
     symlinks: list[str] = field(default_factory=list)
     subfolders: list[str] = field(default_factory=list)
+    temps: list[str] = field(default_factory=list)
     other: int = 0
     evidence: bool = False
     has_lockfile: bool = False

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from jaxcache import jaxformat
+from jaxcache.atomic import TEMP_PREFIX
 from jaxcache.locking import BATCH_SIZE, folder_lock
 from jaxcache.security import shared_info, writable_by_others
 from jaxcache.scanning import CacheEntry, CacheInfo
@@ -23,6 +24,7 @@ Kind = Literal[
     "writable",  # others can write to the folder: they can run code in every JAX process using it
     "symlink",  # an entry-named symlink: never followed, never deleted
     "unverifiable",  # zstd entry without the zstandard package here
+    "stale-temp",  # a temporary file of an atomic write whose writer died
 ]
 Severity = Literal["error", "warning", "info"]
 _SEVERITY: dict[str, Severity] = {
@@ -33,8 +35,11 @@ _SEVERITY: dict[str, Severity] = {
     "writable": "error",
     "symlink": "warning",
     "unverifiable": "info",
+    "stale-temp": "warning",
 }
-_REPAIRABLE = frozenset({"corrupt", "missing-atime", "orphan-atime", "foreign-path", "writable"})
+_REPAIRABLE = frozenset({"corrupt", "missing-atime", "orphan-atime", "foreign-path", "writable", "stale-temp"})
+# An atomic write lives for milliseconds: a temporary file this old lost its writer.
+STALE_TEMP_SECS = 300.0
 
 # JAX writes an entry with a plain write_bytes: a file younger than this may be
 # mid-write, so it is neither reported as truncated nor repaired.
@@ -115,6 +120,13 @@ def check(info: CacheInfo, *, capped: bool = False, now: float | None = None) ->
         findings.append(Finding("orphan-atime", path, "-atime file without its -cache entry", key=path.name[:-6]))
     for path in info.symlinks:
         findings.append(Finding("symlink", path, "entry-named symlink (never followed)"))
+    for path in info.temp_files:
+        try:
+            age = now - path.lstat().st_mtime
+        except OSError:
+            continue
+        if age > STALE_TEMP_SECS:
+            findings.append(Finding("stale-temp", path, "temporary file left by a writer that died"))
     return CheckReport(root=info.root, entries_checked=len(info.entries), findings=tuple(findings))
 
 
@@ -183,6 +195,11 @@ def _repair_one(finding: Finding) -> None:
         shared = shared_info(path) or shared_info(path.parent)
         # A deliberate team cache keeps group write; only world write goes.
         path.chmod(mode & ~statmod.S_IWOTH if shared is not None else mode & ~(statmod.S_IWGRP | statmod.S_IWOTH))
+        return
+    if finding.kind == "stale-temp":
+        if not path.name.startswith(TEMP_PREFIX) or path.is_symlink():
+            raise OSError(f"{path.name} is not a jaxcache temporary file")
+        path.unlink(missing_ok=True)
         return
     parsed = jaxformat.parse_entry_name(path.name)
     if parsed is None or path.is_symlink():

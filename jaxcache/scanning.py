@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from jaxcache import index, jaxformat, provenance
+from jaxcache.atomic import TEMP_PREFIX
 from jaxcache.errors import CacheDirError, NotACacheError
 
 
@@ -100,6 +101,7 @@ class CacheInfo:
         orphan_atimes: ``-atime`` files whose ``-cache`` is gone.
         folders: the root and each version folder scanned.
         symlinks: entry-named symlinks, reported and never followed.
+        temp_files: jaxcache's temporary files (atomic writes in progress or crashed).
         other_files: how many files and folders are not JAX's or jaxcache's.
         scanned_at: when the scan ran (seconds since the epoch).
     """
@@ -109,6 +111,7 @@ class CacheInfo:
     orphan_atimes: tuple[Path, ...]
     folders: tuple[FolderInfo, ...]
     symlinks: tuple[Path, ...] = ()
+    temp_files: tuple[Path, ...] = ()
     other_files: int = 0
     scanned_at: float = field(default_factory=time.time)
 
@@ -166,6 +169,7 @@ def _scan(root: Path, *, last_used: bool, quick: bool) -> CacheInfo:
     entries: list[CacheEntry] = []
     orphans: list[Path] = []
     symlinks: list[Path] = []
+    temps: list[Path] = []
     folders: list[FolderInfo] = []
     other = 0
     evidence = False
@@ -179,6 +183,7 @@ def _scan(root: Path, *, last_used: bool, quick: bool) -> CacheInfo:
         entries.extend(_entries(folder, listing, marker, fs_atimes, last_used=last_used))
         orphans.extend(folder / jaxformat.atime_file_name(k) for k in listing.orphans)
         symlinks.extend(folder / name for name in listing.symlinks)
+        temps.extend(folder / name for name in listing.temps)
         other += listing.other
         evidence = evidence or listing.evidence
         folders.append(FolderInfo(path=folder, version=marker.jaxlib if marker else None,
@@ -202,6 +207,7 @@ def _scan(root: Path, *, last_used: bool, quick: bool) -> CacheInfo:
         orphan_atimes=tuple(sorted(orphans)),
         folders=tuple(sorted(folders, key=lambda f: str(f.path))),
         symlinks=tuple(sorted(symlinks)),
+        temp_files=tuple(sorted(temps)),
         other_files=other,
     )
 
@@ -260,7 +266,10 @@ def _list_folder(folder: Path, *, look_for_subfolders: bool, quick: bool) -> tup
                     cache_inodes[key] = dirent.inode()
                 else:
                     atimes.add(key)
-            elif name in _JAXCACHE_NAMES or name in jaxformat.XLA_SUBCACHE_NAMES or name.startswith(".jaxcache-tmp-"):
+            elif name.startswith(TEMP_PREFIX):
+                listing.evidence = True
+                listing.temps.append(name)
+            elif name in _JAXCACHE_NAMES or name in jaxformat.XLA_SUBCACHE_NAMES:
                 listing.evidence = True
                 listing.has_lockfile = listing.has_lockfile or name == jaxformat.LOCKFILE_NAME
             elif look_for_subfolders and dirent.is_dir(follow_symlinks=False):
@@ -301,7 +310,7 @@ def _list_folder(folder: Path, *, look_for_subfolders: bool, quick: bool) -> tup
 
 def _changed(stored: index.Listing, listing: index.Listing) -> bool:
     return (stored.caches != listing.caches or stored.dir_mtime_ns != listing.dir_mtime_ns
-            or stored.orphans != listing.orphans or stored.other != listing.other)
+            or stored.orphans != listing.orphans or stored.other != listing.other or stored.temps != listing.temps)
 
 
 def _settled(listing: index.Listing, settled_before: int) -> index.Listing:

@@ -370,3 +370,16 @@ def test_python_m_jaxcache_and_console_script(cache: Path) -> None:
     data = json.loads(subprocess.run([str(script), "--cache-dir", str(cache), "inspect", "--json"], capture_output=True,
                                      text=True, check=True).stdout)
     assert data["entries"] > 0
+
+
+def test_a_crashed_atomic_write_leaves_a_temp_file_that_check_removes(cache: Path) -> None:
+    from jaxcache.atomic import TEMP_PREFIX
+
+    age(list(cache.rglob("*-cache")), 60)
+    leftover = version_folder(cache) / f"{TEMP_PREFIX}abc123"
+    leftover.write_bytes(b"x\x9c partial")
+    assert jc_json("--cache-dir", str(cache), "check")["ok"] is True  # young: maybe a write in progress
+    age([leftover], 3600)
+    result = jc("--cache-dir", str(cache), "check", "--repair", "--json")
+    findings = json.loads(result.stdout)["findings"]
+    assert [(f["kind"], f["repaired"]) for f in findings] == [("stale-temp", True)] and not leftover.exists()
