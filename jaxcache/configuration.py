@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jaxcache import compilelog, provenance
+from jaxcache import provenance
 from jaxcache.errors import CacheDirError, JaxCacheError
 from jaxcache.settings import Layout, Settings, resolve
-
-logger = logging.getLogger(__name__)
 
 # GPU plugins (jax-cuda12-plugin, jax-cuda13-plugin, jax-rocm*) install into the
 # jax_plugins namespace package, or as jax_cuda*/jax_rocm* packages.
@@ -176,7 +173,9 @@ def configure(
         try:
             jax.config.update(name, value)
         except (AttributeError, KeyError):  # an option this JAX version does not have
-            logger.debug("jax %s has no option %s; skipped", jax.__version__, name)
+            import logging
+
+            logging.getLogger(__name__).debug("jax %s has no option %s; skipped", jax.__version__, name)
             continue
         applied[name] = value
     _install_provenance_recorder()
@@ -211,6 +210,8 @@ _recorder: provenance.WriteRecorder | None = None
 
 
 def _install_provenance_recorder() -> None:
+    from jaxcache import compilelog
+
     global _recorder
     if _recorder is None:
         _recorder = provenance.WriteRecorder()

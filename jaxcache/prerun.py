@@ -9,7 +9,6 @@ small state file and imports no JAX.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -145,6 +144,8 @@ def _prune_other_versions(settings: Settings, jaxlib: str, keep: Sequence[str], 
 def _warm_missing(settings: Settings, jaxlib: str, state: dict[str, Any], result: HookResult) -> None:
     from jaxcache.settings import find_pyproject
     from jaxcache.warming import build_plan, plan_from_pyproject, warm
+
+    import hashlib
 
     pyproject = find_pyproject(Path.cwd())
     plan = (plan_from_pyproject(pyproject) if pyproject else None) or build_plan(source="default (bundled problems)")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,6 +202,8 @@ def _writing_platform() -> str | None:
 
 
 def _write_atomically(path: Path, text: str) -> None:
+    import tempfile
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".jaxcache-tmp-")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

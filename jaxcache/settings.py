@@ -10,7 +10,6 @@ file (``<platformdirs user config dir>/jaxcache/config.toml``), and defaults
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -114,6 +113,8 @@ def find_pyproject(start: Path) -> Path | None:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    import tomllib  # only when there is a file to read: `jaxcache hook` must start fast
+
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
