@@ -124,37 +124,32 @@ def record_write(folder: Path, key: str, platform: str | None, compile_seconds: 
         os.close(fd)
 
 
-def load_platforms(folder: Path) -> dict[str, str]:
-    """Key -> platform for every write recorded in a version folder (torn lines skipped)."""
-    platforms: dict[str, str] = {}
+@dataclass(frozen=True)
+class WriteRecord:
+    """What the write log says about one entry."""
+
+    platform: str | None
+    compile_seconds: float | None
+
+
+def load_writes(folder: Path) -> dict[str, WriteRecord]:
+    """Key -> what was recorded when the entry was written (torn or foreign lines skipped)."""
+    records: dict[str, WriteRecord] = {}
     try:
         with open(folder / WRITES_LOG_NAME, encoding="utf-8", errors="replace") as f:
             text = f.read()
     except OSError:
-        return platforms
+        return records
     for line in text.splitlines():
         fields = line.split("\t")
-        if len(fields) >= 3 and fields[1]:
-            platforms[fields[0]] = fields[1]
-    return platforms
-
-
-def load_compile_seconds(folder: Path) -> dict[str, float]:
-    """Key -> compile seconds measured when the entry was written (finer than the header's whole seconds)."""
-    seconds: dict[str, float] = {}
-    try:
-        with open(folder / WRITES_LOG_NAME, encoding="utf-8", errors="replace") as f:
-            text = f.read()
-    except OSError:
-        return seconds
-    for line in text.splitlines():
-        fields = line.split("\t")
-        if len(fields) >= 4 and fields[3]:
-            try:
-                seconds[fields[0]] = float(fields[3])
-            except ValueError:
-                continue
-    return seconds
+        if len(fields) < 3:
+            continue
+        try:
+            seconds = float(fields[3]) if len(fields) > 3 and fields[3] else None
+        except ValueError:
+            seconds = None
+        records[fields[0]] = WriteRecord(platform=fields[1] or None, compile_seconds=seconds)
+    return records
 
 
 class WriteRecorder:

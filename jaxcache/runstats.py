@@ -23,6 +23,7 @@ from typing import Any
 import filelock
 
 from jaxcache import jaxformat, provenance
+from jaxcache.compilelog import ModuleCounts
 from jaxcache.configuration import cache_env, prepare_folder
 from jaxcache.errors import JaxCacheError, UsageError
 from jaxcache.index import META_DIR_NAME
@@ -34,14 +35,9 @@ _COUNTERS = ("requests", "hits", "misses", "writes", "compile_seconds", "saved_s
 
 
 @dataclass
-class Totals:
-    """Counts summed over modules (or over runs)."""
+class Totals(ModuleCounts):
+    """A module's (or a run's) counts, plus the compile seconds its hits saved."""
 
-    requests: int = 0
-    hits: int = 0
-    misses: int = 0
-    writes: int = 0
-    compile_seconds: float = 0.0
     saved_seconds: float = 0.0
 
     def add(self, other: Totals) -> None:
@@ -78,7 +74,8 @@ def _saved_seconds(root: Path, hit_keys: list[str]) -> dict[str, float]:
     folders = [root, *[p for p in root.iterdir() if p.is_dir() and provenance.read_marker(p)]] if root.is_dir() else []
     measured: dict[str, float] = {}
     for folder in folders:
-        measured.update(provenance.load_compile_seconds(folder))
+        measured.update({k: w.compile_seconds for k, w in provenance.load_writes(folder).items()
+                         if w.compile_seconds is not None})
     for key in set(hit_keys):
         if key in measured:
             out[key] = measured[key]

@@ -325,7 +325,7 @@ def _entries(folder: Path, listing: index.Listing, marker: provenance.VersionInf
              fs_atimes: dict[str, float], *, last_used: bool) -> list[CacheEntry]:
     """CacheEntry records for one listed folder (stat-ing -atime files for last use if asked)."""
     version = marker.jaxlib if marker is not None else None
-    platforms = provenance.load_platforms(folder) if marker is not None else {}
+    writes = provenance.load_writes(folder) if marker is not None else {}
     entries = []
     append = entries.append
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY) if last_used else -1
@@ -342,7 +342,8 @@ def _entries(folder: Path, listing: index.Listing, marker: provenance.VersionInf
                 except FileNotFoundError:
                     pass
             append(CacheEntry(folder, key, key[:-65], stat.size, stat.allocated, stat.mtime_ns / 1e9, used,
-                              bool(stat.has_atime), fs_atime, version, platforms.get(key)))
+                              bool(stat.has_atime), fs_atime, version,
+                              writes[key].platform if key in writes else None))
     finally:
         if fd >= 0:
             os.close(fd)
