@@ -209,11 +209,12 @@ def inspect_command(ctx: click.Context, top: int, as_json: bool) -> None:
         )
 
 
-_SORTS: dict[str, tuple[Callable[[dict], Any], bool]] = {
-    "size": (lambda r: r["bytes"], True),
-    "age": (lambda r: r["_recency"], False),
-    "name": (lambda r: (r["name"], r["key"]), False),
-    "compile-time": (lambda r: r["compile_seconds"] if r["compile_seconds"] is not None else -1, True),
+_SORTS: dict[str, tuple[Callable[[Any], Any], bool]] = {
+    "size": (lambda d: d.entry.bytes, True),
+    "age": (lambda d: d.entry.recency, False),
+    "name": (lambda d: (d.entry.module, d.entry.key), False),
+    "compile-time": (lambda d: d.measured_compile_seconds if d.measured_compile_seconds is not None
+                     else (d.compile_seconds if d.compile_seconds is not None else -1), True),
 }
 
 
@@ -228,40 +229,24 @@ def ls_command(ctx: click.Context, sort_by: str, pattern: str | None, as_json: b
 
     Example: jaxcache ls --sort size --name 'jit_step*'
     """
-    from jaxcache import jaxformat
-    from jaxcache.prune import matches_name, validate_glob
+    from jaxcache.summary import describe_entries
 
-    settings = _settings(ctx)
-    info = _scan(settings)
-    entries = info.entries
-    if pattern is not None:
-        validate_glob(pattern)
-        entries = tuple(e for e in entries if matches_name(e, pattern))
-    rows = []
-    for e in entries:
-        try:
-            seconds = jaxformat.read_compile_seconds(e.path)
-        except (OSError, jaxformat.EntryFormatError):
-            seconds = None
-        rows.append({
-            "name": e.module, "key": e.key, "bytes": e.bytes, "allocated_bytes": e.allocated_bytes,
-            "version": e.version, "platform": e.platform, "compile_seconds": seconds,
-            "last_used": display.iso(e.last_used), "written": display.iso(e.written),
-            "path": str(e.path), "_recency": e.recency,
-        })
     key, reverse = _SORTS[sort_by]
-    rows.sort(key=key, reverse=reverse)
+    details = sorted(describe_entries(_scan(_settings(ctx)), name=pattern), key=key, reverse=reverse)
     if as_json:
-        _emit_json([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows])
+        _emit_json([d.as_dict() for d in details])
         return
-    table_rows = [
-        (r["name"], r["key"][-64:][:12], display.size(r["bytes"]), r["version"] or "unknown", r["platform"] or "-",
-         "-" if r["compile_seconds"] is None else f"{r['compile_seconds']}s", display.ago(r["_recency"]))
-        for r in rows
-    ]
-    click.echo(display.table(("NAME", "HASH", "SIZE", "VERSION", "PLATFORM", "COMPILE", "LAST USED"), table_rows,
+
+    def compile_time(d: Any) -> str:
+        if d.measured_compile_seconds is not None:
+            return f"{d.measured_compile_seconds:.2f}s"
+        return "-" if d.compile_seconds is None else f"{d.compile_seconds}s"
+
+    rows = [(d.entry.module, d.entry.key[-64:][:12], display.size(d.entry.bytes), d.entry.version or "unknown",
+             d.entry.platform or "-", compile_time(d), display.ago(d.entry.recency)) for d in details]
+    click.echo(display.table(("NAME", "HASH", "SIZE", "VERSION", "PLATFORM", "COMPILE", "LAST USED"), rows,
                              right=(2, 5)))
-    click.echo(f"{len(rows)} entries, {display.size(sum(r['bytes'] for r in rows))}", err=True)
+    click.echo(f"{len(rows)} entries, {display.size(sum(d.entry.bytes for d in details))}", err=True)
 
 
 def _print_plan(plan, *, dry_run: bool, limit: int = 20) -> None:

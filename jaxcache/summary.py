@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jaxcache.scanning import CacheInfo, scan
+from jaxcache.scanning import CacheEntry, CacheInfo, scan
 
 UNKNOWN = "unknown"
 
@@ -114,3 +114,58 @@ def summarize(info: CacheInfo, *, installed_version: str | None) -> Summary:
         oldest_written=min(written, default=None),
         newest_written=max(written, default=None),
     )
+
+
+@dataclass(frozen=True)
+class EntryDetails:
+    """One entry as ``jaxcache ls`` shows it.
+
+    Attributes:
+        entry: the scanned entry.
+        compile_seconds: whole seconds from the entry's header (JAX stores ``int(seconds)``),
+            None if unreadable or zstd without zstandard.
+        measured_compile_seconds: the precise time recorded when jaxcache saw the write.
+    """
+
+    entry: CacheEntry
+    compile_seconds: int | None
+    measured_compile_seconds: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        e = self.entry
+        return {
+            "name": e.module, "key": e.key, "bytes": e.bytes, "allocated_bytes": e.allocated_bytes,
+            "version": e.version, "platform": e.platform, "compile_seconds": self.compile_seconds,
+            "measured_compile_seconds": self.measured_compile_seconds,
+            "last_used": _iso(e.last_used), "written": _iso(e.written), "path": str(e.path),
+        }
+
+
+def _iso(timestamp: float | None) -> str | None:
+    from datetime import datetime, timezone
+
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+def describe_entries(info: CacheInfo, *, name: str | None = None) -> list[EntryDetails]:
+    """Every entry (matching the ``name`` glob, if given) with its compile times.
+
+    Reads each entry's header (a few KB, with ``O_NOATIME``).
+    """
+    from jaxcache import jaxformat, provenance
+    from jaxcache.prune import matches_name, validate_glob
+
+    if name is not None:
+        validate_glob(name)
+    writes = {f.path: provenance.load_writes(f.path) for f in info.folders if f.version is not None}
+    out = []
+    for e in info.entries:
+        if name is not None and not matches_name(e, name):
+            continue
+        try:
+            seconds = jaxformat.read_compile_seconds(e.path)
+        except (OSError, jaxformat.EntryFormatError):
+            seconds = None
+        record = writes.get(e.folder, {}).get(e.key)
+        out.append(EntryDetails(e, seconds, record.compile_seconds if record else None))
+    return out
