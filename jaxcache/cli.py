@@ -359,7 +359,13 @@ def check_command(ctx: click.Context, repair: bool, as_json: bool) -> None:
     from jaxcache.integrity import check, repair as do_repair
 
     settings = _settings(ctx)
-    report = check(_scan(settings, quick=False), capped=settings.max_size.value != -1)
+    info = _scan(settings, quick=False)
+    capped = settings.max_size.value != -1
+    if len(info.entries) > 1000 and not as_json and sys.stderr.isatty():
+        with click.progressbar(length=len(info.entries), label="Checking", file=sys.stderr) as bar:
+            report = check(info, capped=capped, progress=lambda done: bar.update(done - bar.pos))
+    else:
+        report = check(info, capped=capped)
     repaired: set[int] = set()
     failures: dict[int, str] = {}
     if repair:

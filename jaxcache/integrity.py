@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat as statmod
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -88,7 +88,13 @@ class RepairResult:
     failed: tuple[tuple[Finding, str], ...]
 
 
-def check(info: CacheInfo, *, capped: bool = False, now: float | None = None) -> CheckReport:
+def check(
+    info: CacheInfo,
+    *,
+    capped: bool = False,
+    now: float | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> CheckReport:
     """Checks every entry of a scanned cache.
 
     Args:
@@ -97,6 +103,7 @@ def check(info: CacheInfo, *, capped: bool = False, now: float | None = None) ->
             every entry needs its ``-atime``. Also assumed for a folder that
             has any ``-atime`` file.
         now: the current time (for tests).
+        progress: called with the number of entries checked so far, every 256 entries.
     """
     now = time.time() if now is None else now
     findings: list[Finding] = []
@@ -112,7 +119,9 @@ def check(info: CacheInfo, *, capped: bool = False, now: float | None = None) ->
     needs_atime = {e.folder for e in info.entries if e.has_atime}
     if capped:
         needs_atime.update(f.path for f in info.folders)
-    for entry in info.entries:
+    for done, entry in enumerate(info.entries, start=1):
+        if progress is not None and done % 256 == 0:
+            progress(done)
         if now - entry.written < IN_PROGRESS_SECS:
             continue
         findings.extend(_check_entry(entry, needs_atime=entry.folder in needs_atime))
