@@ -95,16 +95,19 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 @click.group(cls=_Group, context_settings=CONTEXT_SETTINGS)
 @click.option(
     "--cache-dir",
-    type=click.Path(path_type=Path, file_okay=True, dir_okay=True),
+    metavar="PATH",
     help="Cache root (default: JAXCACHE_DIR, JAX_COMPILATION_CACHE_DIR, [tool.jaxcache], user config, platformdirs).",
 )
 @click.version_option(__version__, "--version", prog_name="jaxcache")
 @click.pass_context
-def main(ctx: click.Context, cache_dir: Path | None) -> None:
+def main(ctx: click.Context, cache_dir: str | None) -> None:
     """Configure, inspect, prune and check JAX's persistent compilation cache.
 
     Example: jaxcache inspect
     """
+    if cache_dir is not None and not cache_dir.strip():
+        # An unset "$VAR" must never mean "the current folder" for a command that deletes.
+        raise click.BadParameter("is empty", param_hint="'--cache-dir'")
     ctx.ensure_object(dict)
     ctx.obj["cache_dir"] = cache_dir
 
@@ -494,6 +497,11 @@ def warm_command(ctx: click.Context, jobs: int | None, then_verify: bool, as_jso
                        f"{cached} already cached, {failed} failed ({report.seconds:.1f} s).")
         if verified is not None:
             _print_verify(verified)
+    if not report.ok:
+        failed = [r for r in report.results if r.status == "failed"]
+        first = failed[0]
+        click.echo(f"jaxcache: error: {len(failed)} of {len(report.results)} failed, the others were warmed; "
+                   f"first: {first.target}{': ' + first.kernel if first.kernel else ''}: {first.reason}", err=True)
     if not report.ok or (verified is not None and not all(v.ok for v in verified)):
         sys.exit(1)
 

@@ -25,7 +25,7 @@ import filelock
 from jaxcache import jaxformat, provenance
 from jaxcache.compilelog import ModuleCounts
 from jaxcache.configuration import cache_env, prepare_folder
-from jaxcache.errors import JaxCacheError, UsageError
+from jaxcache.errors import CacheDirError, JaxCacheError, UsageError
 from jaxcache.index import META_DIR_NAME
 from jaxcache.settings import Settings
 
@@ -166,7 +166,13 @@ def record_run(root: Path, report: RunReport) -> None:
 
 
 def load_stats(root: Path) -> dict[str, Any]:
-    """The cumulative figures (zeros if none were recorded)."""
+    """The cumulative figures (zeros if none were recorded).
+
+    Raises:
+        CacheDirError: the root exists but is not a folder.
+    """
+    if root.exists() and not root.is_dir():
+        raise CacheDirError(f"{root} is a file, not a folder")
     data: dict[str, Any] = {"runs": 0, **{name: 0 for name in _COUNTERS}, "since": None}
     try:
         stored = json.loads(_stats_path(root).read_text())

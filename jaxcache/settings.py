@@ -107,12 +107,17 @@ def find_pyproject(start: Path) -> Path | None:
     """The nearest ``pyproject.toml`` at or above ``start`` that has ``[tool.jaxcache]``."""
     for folder in (start, *start.parents):
         candidate = folder / "pyproject.toml"
-        if candidate.is_file() and "jaxcache" in _read_toml(candidate).get("tool", {}):
+        if candidate.is_file() and "jaxcache" in read_toml(candidate).get("tool", {}):
             return candidate
     return None
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file's contents.
+
+    Raises:
+        UsageError: unreadable, not UTF-8, or invalid TOML (one line naming the file).
+    """
     import tomllib  # only when there is a file to read: `jaxcache hook` must start fast
 
     try:
@@ -120,6 +125,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{path}: invalid TOML ({e})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not UTF-8 text") from None
     except OSError as e:
         raise UsageError(f"{path}: cannot read ({e.strerror})") from None
 
@@ -130,7 +137,7 @@ def load_table(path: Path, *, pyproject: bool) -> dict[str, Any]:
     Raises:
         UsageError: invalid TOML, an unknown key, or a non-table ``[tool.jaxcache]``.
     """
-    data = _read_toml(path)
+    data = read_toml(path)
     where = f"[tool.jaxcache] of {path}" if pyproject else str(path)
     table = data.get("tool", {}).get("jaxcache", {}) if pyproject else data
     if not isinstance(table, dict):
@@ -147,6 +154,7 @@ def _coerce(name: str, raw: Any, where: str, base: Path) -> Any:
     try:
         if name == "cache_dir":
             if not isinstance(raw, (str, os.PathLike)) or not str(raw).strip():
+                # An unset "$VAR" must never mean "the current folder" for a command that deletes.
                 raise UsageError(f"{where}: the cache folder must be a non-empty path, got {raw!r}")
             path = Path(os.path.expandvars(os.path.expanduser(str(raw))))
             # Absolute and resolved: a relative path or a symlink would fork every key.

@@ -63,4 +63,7 @@ def parse_duration(text: str) -> timedelta:
             f"invalid duration {text!r}: use a number with a unit (s, m, h, d, w), e.g. 30d or 12h"
         )
     seconds = sum(float(n) * _DURATION_UNITS[u.lower()] for n, u in parts)
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except (OverflowError, ValueError):
+        raise UsageError(f"duration {text!r} is too long") from None

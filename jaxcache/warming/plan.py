@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -202,24 +201,22 @@ def plan_from_table(table: Mapping[str, Any], source: str) -> WarmPlan:
 
 def plan_from_file(path: Path) -> WarmPlan:
     """A plan file: the same keys as ``[tool.jaxcache.warm]``, at the top level or under it."""
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise UsageError(f"plan file {path} does not exist") from None
-    except IsADirectoryError:
-        raise UsageError(f"plan file {path} is a folder") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"plan file {path}: invalid TOML ({e})") from None
+    from jaxcache.settings import read_toml
+
+    if not path.exists():
+        raise UsageError(f"plan file {path} does not exist")
+    if path.is_dir():
+        raise UsageError(f"plan file {path} is a folder")
+    data = read_toml(path)
     table = data.get("tool", {}).get("jaxcache", {}).get("warm", data) if "tool" in data else data
     return plan_from_table(table, f"plan file {path}")
 
 
 def plan_from_pyproject(pyproject: Path) -> WarmPlan | None:
     """The ``[tool.jaxcache.warm]`` table of a pyproject.toml, if it has one."""
-    with open(pyproject, "rb") as f:
-        data = tomllib.load(f)
-    table = data.get("tool", {}).get("jaxcache", {}).get("warm")
+    from jaxcache.settings import read_toml
+
+    table = read_toml(pyproject).get("tool", {}).get("jaxcache", {}).get("warm")
     if table is None:
         return None
     return plan_from_table(table, f"[tool.jaxcache.warm] of {pyproject}")
