@@ -227,6 +227,7 @@ def assert_remaining_entries_hit(outcome: Outcome, remaining: set[str], *, cap: 
     return events
 
 
+@pytest.mark.slow
 def test_capped_cache_with_prune_loop_and_readers(tmp_path: Path) -> None:
     """JAX's own LRU (max_size) and `jaxcache prune --max-size` both evict while 4 processes write."""
     entry = 5_500  # about one entry's size
@@ -253,6 +254,7 @@ def test_capped_cache_with_prune_loop_and_readers(tmp_path: Path) -> None:
     assert errors == []
 
 
+@pytest.mark.slow
 def test_uncapped_atomic_cache_with_prune_loop_and_readers(tmp_path: Path) -> None:
     """No size cap: JAX takes no lock and writes no -atime; jaxcache.configure makes its writes atomic."""
     entry = 5_500

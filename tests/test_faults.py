@@ -163,6 +163,7 @@ def check_then_repair(root: Path, env: dict[str, str], allowed: set[str]) -> lis
     return kinds
 
 
+@pytest.mark.slow
 def test_prune_killed_at_random_points(big_capped_cache: tuple[Path, int], tmp_path: Path) -> None:
     template, target = big_capped_cache
     env = env_with(JAXCACHE_MAX_SIZE="1GB")
@@ -216,6 +217,7 @@ def test_prune_killed_at_random_points(big_capped_cache: tuple[Path, int], tmp_p
         f"no kill landed while entries were being deleted: {outcomes}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_warm_killed_at_a_random_point(tmp_path: Path, seed: int) -> None:
     root = tmp_path / "cache"
