@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 
 from jaxcache import jaxformat
 from jaxcache_testing import env_with, version_folder
