@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.x64:
         jax.config.update("jax_enable_x64", True)
-    from solver import least_squares, problems  # noqa: PLC0415
+    from solver import SolverError, least_squares, problems  # noqa: PLC0415
 
     try:
         objective, x0 = problems.get(
@@ -82,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = least_squares(
             objective, x0, max_nfev=args.max_nfev, x_scale="jac" if args.x_scale_jac else 1.0
         )
+    except SolverError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
     except ValueError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -3,12 +3,12 @@
 `least_squares` calls only the four module-level jitted functions below, each
 a function of arrays plus hashable static configuration:
 
-| kernel | module name | static config |
-|---|---|---|
-| `lsq_residual_jit` | ``jit_lsq_residual`` | `ResidualSpec` |
-| `lsq_jacobian_jit` | ``jit_lsq_jacobian`` | `ResidualSpec`, `JacobianPlan` |
-| `lsq_factor_jit` | ``jit_lsq_factor`` | ``jac_scale`` |
-| `lsq_step_jit` | ``jit_lsq_step`` | none |
+| kernel | module name | static config | calls |
+|---|---|---|---|
+| `lsq_residual_jit` | ``jit_lsq_residual`` | `ResidualSpec` | once, at ``x0`` |
+| `lsq_jacobian_jit` | ``jit_lsq_jacobian`` | `ResidualSpec`, `JacobianPlan` | per iteration |
+| `lsq_factor_jit` | ``jit_lsq_factor`` | ``jac_scale`` | per iteration |
+| `lsq_step_jit` | ``jit_lsq_step`` | `ResidualSpec` | per iteration (all trials) |
 
 `kernels` lists them for one objective and initial point, each as a
 `Kernel` whose ``fn`` is the undecorated function with its static
@@ -33,7 +33,8 @@ import numpy as np
 from solver import memory
 from solver.jacobian import lsq_jacobian, lsq_residual
 from solver.objective import ObjectiveFunction
-from solver.step import lsq_factor, lsq_step
+from solver.step import Factorization, lsq_factor
+from solver.trial import Limits, Point, lsq_step
 
 __all__ = [
     "Kernel",
@@ -47,7 +48,7 @@ __all__ = [
 lsq_residual_jit = jax.jit(lsq_residual, static_argnames=("spec",))
 lsq_jacobian_jit = jax.jit(lsq_jacobian, static_argnames=("spec", "plan"))
 lsq_factor_jit = jax.jit(lsq_factor, static_argnames=("jac_scale",))
-lsq_step_jit = jax.jit(lsq_step)
+lsq_step_jit = jax.jit(lsq_step, static_argnames=("spec",))
 
 
 class Kernel(NamedTuple):
@@ -67,6 +68,19 @@ class Kernel(NamedTuple):
     def compile(self) -> Any:
         """Lowers and compiles the kernel (writing the persistent cache if enabled)."""
         return jax.jit(self.fn).lower(*self.args).compile()
+
+
+def _bind(fn: Callable[..., Any], **static: Any) -> Callable[..., Any]:
+    """``functools.partial(fn, **static)`` that keeps ``fn``'s name.
+
+    The name becomes the module name (``jit_<name>``), which is part of the
+    persistent-cache key: jax 0.6 names a bare partial ``jit__unnamed_wrapped_function_``,
+    so without this a warmed kernel would never match the real call there.
+    """
+    bound = functools.partial(fn, **static)
+    bound.__name__ = fn.__name__  # type: ignore[attr-defined]
+    bound.__qualname__ = fn.__qualname__  # type: ignore[attr-defined]
+    return bound
 
 
 def _spec_of(tree: Any) -> Any:
@@ -99,29 +113,30 @@ def kernels(
     x = jax.ShapeDtypeStruct((n,), dtype)
     data = _spec_of(objective.data)
     scalar = jax.ShapeDtypeStruct((), dtype)
+    flag = jax.ShapeDtypeStruct((), np.bool_)
+    count = jax.ShapeDtypeStruct((), np.int32)
+    vec_m = jax.ShapeDtypeStruct((m,), dtype)
+    fac = Factorization(
+        s=jax.ShapeDtypeStruct((k,), dtype), V=jax.ShapeDtypeStruct((n, k), dtype),
+        suf=jax.ShapeDtypeStruct((k,), dtype), grad=x, scale_inv=x, full_rank=flag,
+        g_norm=scalar, gram=flag,
+    )
     out = [
-        Kernel("residual", functools.partial(lsq_residual, spec=objective.spec), (x, data)),
+        Kernel("residual", _bind(lsq_residual, spec=objective.spec), (x, data)),
         Kernel(
             "jacobian",
-            functools.partial(lsq_jacobian, spec=objective.spec, plan=objective.plan),
+            _bind(lsq_jacobian, spec=objective.spec, plan=objective.plan),
             (x, data),
         ),
         Kernel(
             "factor",
-            functools.partial(lsq_factor, jac_scale=isinstance(x_scale, str) and x_scale == "jac"),
-            (jax.ShapeDtypeStruct((m, n), dtype), jax.ShapeDtypeStruct((m,), dtype), x),
+            _bind(lsq_factor, jac_scale=isinstance(x_scale, str) and x_scale == "jac"),
+            (jax.ShapeDtypeStruct((m, n), dtype), vec_m, x, flag),
         ),
         Kernel(
             "step",
-            lsq_step,
-            (
-                jax.ShapeDtypeStruct((k,), dtype),
-                jax.ShapeDtypeStruct((n, k), dtype),
-                jax.ShapeDtypeStruct((k,), dtype),
-                jax.ShapeDtypeStruct((), np.bool_),
-                scalar,
-                scalar,
-            ),
+            _bind(lsq_step, spec=objective.spec),
+            (Point(x, vec_m, scalar), fac, scalar, scalar, count, Limits(count, scalar, scalar, scalar), data),
         ),
     ]
     for block, model in enumerate(objective.memory_models):
@@ -134,7 +149,7 @@ def kernels(
             out.append(
                 Kernel(
                     f"probe_jacobian[block={block},c={chunk}]",
-                    functools.partial(lsq_jacobian, spec=spec, plan=plan),
+                    _bind(lsq_jacobian, spec=spec, plan=plan),
                     (x, _spec_of(pdata)),
                 )
             )

@@ -1,12 +1,15 @@
 """`least_squares`: a scaled trust-region Levenberg-Marquardt method (no bounds).
 
 The outer loop follows scipy's ``trf`` without bounds (and MINPACK's LM): per
-iteration one SVD of the scaled Jacobian (`solver.step.lsq_factor`), then as
-many trial radii as needed solved from that one factorization
-(`solver.step.lsq_step`), each trial costing one residual evaluation. The
-loop itself is host-side NumPy on scalars and vectors; everything of size
-``m x n`` stays on the device and runs in the four module-level kernels of
-`solver.kernels`, so a warmed persistent cache covers the whole solve.
+iteration one factorization of the scaled Jacobian (`solver.step.lsq_factor`),
+then as many trial radii as needed solved from it, each trial costing one
+residual evaluation, all inside one kernel (`solver.trial.lsq_step`, which
+also checks ``gtol``). The host loop dispatches the Jacobian, factor and step
+kernels and reads one small tuple of scalars per iteration to decide whether
+to go on (a callback or ``verbose=2`` adds one read); iterates, residuals and
+factorizations stay on the device and run only in the four module-level
+kernels of `solver.kernels`, so a warmed persistent cache covers the whole
+solve and no other computation is compiled.
 """
 
 from __future__ import annotations
@@ -16,11 +19,15 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 
+from solver.errors import SolverError
 from solver.kernels import lsq_factor_jit, lsq_jacobian_jit, lsq_residual_jit, lsq_step_jit
 from solver.objective import Objective, ObjectiveFunction
 from solver.result import LeastSquaresResult
+from solver.step import Factorization
+from solver.trial import Limits, Point
 
 __all__ = ["IterationInfo", "least_squares"]
 
@@ -38,36 +45,6 @@ class IterationInfo(NamedTuple):
     step_norm: float
     nfev: int
     njev: int
-
-
-def _update_radius(
-    Delta: float, actual: float, predicted: float, step_norm: float, bound_hit: bool
-) -> tuple[float, float]:
-    if predicted > 0:
-        ratio = actual / predicted
-    elif predicted == actual == 0:
-        ratio = 1.0
-    else:
-        ratio = 0.0
-    if ratio < 0.25:
-        Delta = 0.25 * step_norm
-    elif ratio > 0.75 and bound_hit:
-        Delta *= 2.0
-    return Delta, ratio
-
-
-def _termination(
-    dF: float, F: float, dx_norm: float, x_norm: float, ratio: float, ftol: float, xtol: float
-) -> int | None:
-    f_ok = dF < ftol * F and ratio > 0.25
-    x_ok = dx_norm < xtol * (xtol + x_norm)
-    if f_ok and x_ok:
-        return 4
-    if f_ok:
-        return 2
-    if x_ok:
-        return 3
-    return None
 
 
 def _validate(
@@ -151,40 +128,50 @@ def least_squares(
     scale_inv = _scale_inv(x_scale, n)
     jac_scale = isinstance(x_scale, str)
     max_nfev = 100 * n if max_nfev is None else int(max_nfev)
+    limits = Limits(
+        np.asarray(max_nfev, np.int32), np.asarray(ftol, dtype), np.asarray(xtol, dtype), np.asarray(gtol, dtype)
+    )
+    per_iteration_host = callback is not None or verbose == 2
 
-    def residual(x: np.ndarray) -> tuple[Any, np.ndarray]:
-        f_dev = lsq_residual_jit(x, data, spec=spec)
-        return f_dev, np.asarray(f_dev, dtype=np.float64)
-
-    def factor(x: np.ndarray, f_dev: Any, scale_inv: np.ndarray) -> Any:
+    def factor(x: Any, f: Any, scale_inv: Any, try_gram: Any) -> Factorization:
+        if plan.num_devices > 1:
+            x = np.asarray(x)  # uncommitted, so the sharded kernel places it as when warmed
         J = lsq_jacobian_jit(x, data, spec=spec, plan=plan)
         if plan.num_devices > 1:
             J = np.asarray(J)  # gathered, so the factor kernel sees one device, as warmed
-        fac = lsq_factor_jit(J, f_dev, scale_inv.astype(dtype), jac_scale=jac_scale)
+        fac = lsq_factor_jit(J, f, scale_inv, try_gram, jac_scale=jac_scale)
         del J  # the Jacobian is not needed past its factorization
         return fac
 
-    x = x0.astype(dtype)
-    f_dev, f = residual(x)
-    nfev = 1
-    if not np.all(np.isfinite(f)):
+    x = jax.device_put(x0.astype(dtype))
+    f = lsq_residual_jit(x, data, spec=spec)
+    f_host = np.asarray(f, dtype=np.float64)
+    if not np.all(np.isfinite(f_host)):
         raise ValueError("residuals are not finite at x0")
-    fac = factor(x, f_dev, scale_inv)
+    point = Point(x, f, np.asarray(0.5 * (f_host @ f_host), dtype))
+    nfev = 1
+    scale_arg = scale_inv.astype(dtype)
+    # fac.gram feeds the next factorization's try_gram: once rejected, the Gram
+    # path is not tried again in this solve (and no host round trip decides it).
+    fac = factor(x, f, scale_arg, np.asarray(True))
     njev = 1
-    scale_inv = np.asarray(fac.scale_inv, dtype=np.float64)
-    cost = 0.5 * float(f @ f)
-    Delta = float(np.linalg.norm(x0 * scale_inv)) or 1.0
-    alpha = 0.0
+    scale0 = np.asarray(fac.scale_inv, dtype=np.float64)
+    Delta = np.asarray(float(np.linalg.norm(np.asarray(x0, np.float64) * scale0)) or 1.0, dtype)
+    alpha = np.asarray(0.0, dtype)
+    nfev_dev = np.asarray(nfev, np.int32)
     status: int | None = None
     iteration = 0
     step_norm = 0.0
     while True:
-        g = np.asarray(fac.grad, dtype=np.float64)
-        g_norm = float(np.max(np.abs(g)))
-        if g_norm < gtol:
-            status = 1
+        # gtol is checked inside the step kernel, so a plain solve reads the
+        # device once per iteration; a callback or verbose=2 needs more, and
+        # the last iteration too, as gtol wins over ftol/xtol (as in scipy).
+        if per_iteration_host or status is not None or nfev >= max_nfev:
+            g_norm = float(fac.g_norm)
+            if g_norm < gtol:
+                status = 1
         if callback is not None and iteration > 0 and status is None:
-            info = IterationInfo(iteration, x.copy(), cost, g_norm, step_norm, nfev, njev)
+            info = IterationInfo(iteration, np.asarray(point.x), float(point.cost), g_norm, step_norm, nfev, njev)
             try:
                 stop = callback(info)
             except StopIteration:
@@ -193,52 +180,37 @@ def least_squares(
                 status = -2
         if status is not None or nfev >= max_nfev:
             break
-        d = 1 / scale_inv
-        actual = -1.0
-        while actual <= 0 and nfev < max_nfev:
-            st = lsq_step_jit(
-                fac.s, fac.V, fac.uf, fac.full_rank,
-                np.asarray(Delta, dtype), np.asarray(alpha, dtype),
+        trial = lsq_step_jit(point, fac, Delta, alpha, nfev_dev, limits, data, spec=spec)
+        Delta, alpha, nfev_dev = trial.Delta, trial.alpha, trial.nfev
+        actual, new_nfev, code, step_norm = jax.device_get((trial.actual, trial.nfev, trial.status, trial.step_norm))
+        new_nfev, step_norm = int(new_nfev), float(step_norm)
+        status = int(code) or None
+        if new_nfev == nfev and status is None:
+            # The kernel made no trial and gave no reason: never loop on it forever.
+            raise SolverError(
+                "the step kernel returned without evaluating a trial step; its executable is wrong "
+                "(seen with jax 0.6.0 loading it from the persistent compilation cache)"
             )
-            step_h = np.asarray(st.step, dtype=np.float64)
-            alpha = float(st.alpha)
-            predicted = float(st.predicted_reduction)
-            step = d * step_h
-            x_new = (x + step).astype(dtype)
-            f_new_dev, f_new = residual(x_new)
-            nfev += 1
-            step_h_norm = float(np.linalg.norm(step_h))
-            if not np.all(np.isfinite(f_new)):
-                Delta = 0.25 * step_h_norm
-                continue
-            cost_new = 0.5 * float(f_new @ f_new)
-            actual = cost - cost_new
-            Delta_new, ratio = _update_radius(Delta, actual, predicted, step_h_norm, step_h_norm > 0.95 * Delta)
-            step_norm = float(np.linalg.norm(step))
-            status = _termination(actual, cost, step_norm, float(np.linalg.norm(x)), ratio, ftol, xtol)
-            if status is not None:
-                break
-            alpha *= Delta / Delta_new
-            Delta = Delta_new
+        nfev = new_nfev
+        if status == 1:  # gtol held at the current point; no trial was made
+            break
         if actual > 0:
-            x, f_dev, f, cost = x_new, f_new_dev, f_new, cost_new
-            del fac
-            fac = factor(x, f_dev, scale_inv)
+            point = trial.point
+            fac = factor(point.x, point.f, fac.scale_inv if jac_scale else scale_arg, fac.gram)
             njev += 1
-            if jac_scale:
-                scale_inv = np.asarray(fac.scale_inv, dtype=np.float64)
         else:
             step_norm = 0.0
         iteration += 1
         if verbose == 2:
             logger.log(_log_level, "iter %4d  nfev %4d  cost %.6e  step %.3e  optimality %.3e",
-                       iteration, nfev, cost, step_norm, g_norm)
+                       iteration, nfev, float(point.cost), step_norm, float(fac.g_norm))
+    g_norm, cost = jax.device_get((fac.g_norm, point.cost))
     result = LeastSquaresResult(
-        x=x,
-        cost=cost,
-        fun=np.asarray(f_dev),
+        x=np.asarray(point.x),
+        cost=float(cost),
+        fun=np.asarray(point.f),
         grad=np.asarray(fac.grad),
-        optimality=g_norm,
+        optimality=float(g_norm),
         nfev=nfev,
         njev=njev,
         nit=iteration,

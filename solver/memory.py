@@ -23,6 +23,7 @@ node's RAM is not the job's.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple
@@ -37,15 +38,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUTO_MEMORY_FRACTION",
-    "CPU_CHUNK_WORKING_SET_BYTES",
+    "CPU_CHUNK_L2_FACTOR",
+    "DEFAULT_L2_BYTES",
     "ESTIMATE_BYTES_PER_COLUMN_FACTOR",
     "MemoryModel",
     "available_memory",
     "cgroup_memory_available",
     "choose_chunk_size",
+    "cpu_l2_bytes",
     "fit_memory_model",
     "memory_budget",
     "probe_chunk_sizes",
+    "whole_jacobian_cap",
+    "working_set_cap",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,11 +58,21 @@ logger = logging.getLogger(__name__)
 AUTO_MEMORY_FRACTION = 0.5
 """Share of free device memory "auto" plans for; the rest is for the SVD and the caller."""
 ESTIMATE_BYTES_PER_COLUMN_FACTOR = 4
-CPU_CHUNK_WORKING_SET_BYTES = 8 << 20
-"""On CPU, "auto" also caps ``m1 * chunk`` at this many bytes: a chunk whose working
-set leaves the cache is slower, not faster (benchmarks/solver_chunks.py: on
-`spectral` sizes 128-512 on 2 CPU cores, chunks past 2-8 MiB of per-chunk temp
-memory were no faster, and sometimes slower; timings there vary by +-30%)."""
+CPU_CHUNK_L2_FACTOR = 4
+"""On CPU, "auto" aims one chunk's temp memory ``m1 * chunk`` at about this many
+times the per-core L2 cache (a soft target; the budget stays a hard limit),
+and takes all columns at once (the loop-free program) only when their temp
+memory ``m1 * dim_x`` fits in L2 itself. A chunk is a ``(rows, chunk)``
+block of tangents pushed through the residual: smaller chunks pay the loop
+and re-read the residual's data per chunk, larger ones spill the block out
+of the caches. Measured on `spectral` (benchmarks/solver_chunks.py, sizes
+128-512, float32 and float64, 2 EPYC cores, 1 MiB L2 per core): the fastest
+chunks had about 2-8 MiB of temp memory, chunks of 16+ MiB were 10-20%
+slower, and the loop-free program 15-40% slower once past L2 (size 128,
+float64: 2 MiB). See `choose_chunk_size` for the rounding."""
+DEFAULT_L2_BYTES = 1 << 20
+"""The L2 size assumed where sysfs does not tell it."""
+_CPU_CACHE = Path("/sys/devices/system/cpu/cpu0/cache")
 _UNLIMITED = 1 << 60
 _CGROUP = Path("/sys/fs/cgroup")
 
@@ -218,14 +233,19 @@ def choose_chunk_size(
     *,
     num_devices: int = 1,
     working_set: int | None = None,
+    whole_limit: int | None = None,
 ) -> int:
-    """The largest chunk in ``[1, dim_x]`` whose predicted peak fits ``budget``.
+    """The chunk "auto" picks: the largest power of two that fits ``budget``.
 
-    With several devices each holds its own chunk, so the columns a device
-    handles (``ceil(dim_x / num_devices)``) bound the chunk. ``working_set``
-    (bytes) further caps ``m1 * chunk`` (see `CPU_CHUNK_WORKING_SET_BYTES`).
-    A chunk smaller than all columns is rounded down to a power of two,
-    the sizes the compiler vectorizes best.
+    ``budget`` is a hard limit: the predicted peak ``m0 + m1 * chunk`` must fit.
+    ``working_set`` (bytes, CPU only; see `CPU_CHUNK_L2_FACTOR`) is a soft
+    target for one chunk's temp memory ``m1 * chunk``: the power of two
+    nearest to ``working_set / m1`` (so between 0.7x and 1.4x of it), and
+    all columns at once (a loop-free program) only when ``m1 * dim_x`` is
+    within ``whole_limit`` (default ``working_set``). With several devices each holds its own chunk,
+    so the columns a device handles (``ceil(dim_x / num_devices)``) bound
+    the chunk. Chunks below that bound are powers of two, the sizes the
+    compiler vectorizes best.
     """
     cap = -(-dim_x // num_devices)
     if model.m1 <= 0:
@@ -237,12 +257,47 @@ def choose_chunk_size(
             model.predict(1), budget,
         )
     if working_set is not None:
-        chunk = min(chunk, int(working_set // model.m1))
+        columns = working_set / model.m1
+        target = 1 << max(0, round(math.log2(columns))) if columns >= 1 else 1
+        limit = working_set if whole_limit is None else whole_limit
+        if target >= cap and model.m1 * cap > limit and cap > 1:
+            target = 1 << ((cap - 1).bit_length() - 1)  # the largest power of two below cap
+        chunk = min(chunk, target)
     chunk = max(1, min(cap, chunk))
     return chunk if chunk == cap else 1 << (chunk.bit_length() - 1)
 
 
+def _parse_size(text: str) -> int | None:
+    text = text.strip().upper()
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    try:
+        if text and text[-1] in units:
+            return int(text[:-1]) * units[text[-1]]
+        return int(text)
+    except ValueError:
+        return None
+
+
+def cpu_l2_bytes(root: Path = _CPU_CACHE) -> int:
+    """The per-core L2 (unified or data) cache size from sysfs, else `DEFAULT_L2_BYTES`."""
+    try:
+        for index in sorted(root.glob("index*")):
+            if (index / "level").read_text().strip() == "2" and (index / "type").read_text().strip() != "Instruction":
+                size = _parse_size((index / "size").read_text())
+                if size:
+                    return size
+    except OSError:
+        pass
+    return DEFAULT_L2_BYTES
+
+
 def working_set_cap(device: jax.Device | None = None) -> int | None:
-    """`CPU_CHUNK_WORKING_SET_BYTES` on CPU; None (no cap) on accelerators."""
+    """``CPU_CHUNK_L2_FACTOR * L2`` bytes on CPU; None (no target) on accelerators."""
     device = device if device is not None else jax.devices()[0]
-    return CPU_CHUNK_WORKING_SET_BYTES if device.platform == "cpu" else None
+    return CPU_CHUNK_L2_FACTOR * cpu_l2_bytes() if device.platform == "cpu" else None
+
+
+def whole_jacobian_cap(device: jax.Device | None = None) -> int | None:
+    """The L2 size on CPU: the most temp memory the loop-free all-columns chunk may take."""
+    device = device if device is not None else jax.devices()[0]
+    return cpu_l2_bytes() if device.platform == "cpu" else None

@@ -254,6 +254,7 @@ class ObjectiveFunction:
                     memory.choose_chunk_size(
                         model, budget, self.dim_x, num_devices=ndev,
                         working_set=memory.working_set_cap() if model.source == "compiler" else None,
+                        whole_limit=memory.whole_jacobian_cap() if model.source == "compiler" else None,
                     )
                 )
                 models.append(model)

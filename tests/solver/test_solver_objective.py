@@ -121,6 +121,30 @@ def test_choose_chunk_size_bounds() -> None:
     assert memory.choose_chunk_size(model, 2800, 50) == 16
 
 
+def test_choose_chunk_size_working_set_target() -> None:
+    model = memory.MemoryModel(1000.0, 100.0, "compiler")
+    # the power of two nearest to working_set / m1 in log scale (22 -> 16, 23 -> 32), within the budget
+    assert memory.choose_chunk_size(model, 10**9, 256, working_set=2200) == 16
+    assert memory.choose_chunk_size(model, 10**9, 256, working_set=2300) == 32
+    assert memory.choose_chunk_size(model, 1000 + 100 * 20, 256, working_set=2300) == 16
+    # all columns only when all of them fit the working set
+    assert memory.choose_chunk_size(model, 10**9, 50, working_set=5000) == 50
+    assert memory.choose_chunk_size(model, 10**9, 50, working_set=4900) == 32
+    assert memory.choose_chunk_size(model, 10**9, 50, working_set=6400, whole_limit=4900) == 32
+
+
+def test_cpu_l2_bytes(tmp_path: Path) -> None:
+    assert memory.cpu_l2_bytes(tmp_path) == memory.DEFAULT_L2_BYTES
+    for index, (level, kind, size) in enumerate([("1", "Data", "48K"), ("2", "Unified", "1024K")]):
+        d = tmp_path / f"index{index}"
+        d.mkdir()
+        (d / "level").write_text(level + "\n")
+        (d / "type").write_text(kind + "\n")
+        (d / "size").write_text(size + "\n")
+    assert memory.cpu_l2_bytes(tmp_path) == 1 << 20
+    assert memory.working_set_cap() == memory.CPU_CHUNK_L2_FACTOR * memory.cpu_l2_bytes()
+
+
 def test_cgroup_limits(tmp_path: Path) -> None:
     assert memory.cgroup_memory_available(tmp_path) is None
     (tmp_path / "memory.max").write_text("max\n")

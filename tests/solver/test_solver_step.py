@@ -1,0 +1,77 @@
+"""The per-iteration linear algebra: both factorization paths and the trust-region step
+against scipy's own subproblem solver."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from scipy.optimize._lsq.common import solve_lsq_trust_region
+
+from solver.step import lsq_factor, trust_region_step
+
+_factor = jax.jit(lsq_factor, static_argnames=("jac_scale",))
+_step = jax.jit(trust_region_step)
+
+
+def _problem(m: int, n: int, cond: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(m * 1000 + n)
+    U, _ = np.linalg.qr(rng.standard_normal((m, n)))
+    V, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    s = np.geomspace(1.0, 1.0 / cond, n)
+    return (U * s) @ V.T, rng.standard_normal(m)
+
+
+def _reference(J: np.ndarray, f: np.ndarray, Delta: float) -> np.ndarray:
+    U, s, Vt = np.linalg.svd(J, full_matrices=False)
+    p, _, _ = solve_lsq_trust_region(J.shape[1], J.shape[0], U.T @ f, s, Vt.T, Delta)
+    return p
+
+
+@pytest.mark.parametrize(("m", "n"), [(40, 8), (8, 8), (200, 12)])
+@pytest.mark.parametrize("try_gram", [True, False])
+def test_both_paths_match_scipy_trust_region_step(m: int, n: int, try_gram: bool) -> None:
+    J, f = _problem(m, n)
+    fac = _factor(J, f, np.ones(n), np.asarray(try_gram), jac_scale=False)
+    assert bool(fac.gram) == try_gram  # well conditioned: the Gram path is taken when tried
+    np.testing.assert_allclose(fac.s, np.linalg.svd(J, compute_uv=False), rtol=1e-12)
+    np.testing.assert_allclose(fac.grad, f @ J, rtol=1e-12)
+    assert float(fac.g_norm) == pytest.approx(np.abs(f @ J).max())
+    for Delta in (100.0, 0.3, 1e-3):  # Gauss-Newton, then ever more damped steps
+        st = _step(fac, np.asarray(Delta), np.asarray(0.0))
+        np.testing.assert_allclose(st.step, _reference(J, f, Delta), rtol=1e-6, atol=1e-12)
+        p = np.asarray(st.step)
+        expected = -(0.5 * np.sum((J @ p) ** 2) + (J.T @ f) @ p)
+        np.testing.assert_allclose(st.predicted_reduction, expected, rtol=1e-10)
+
+
+def test_ill_conditioned_jacobian_falls_back_to_svd() -> None:
+    J, f = _problem(40, 8, cond=1e7)
+    fac = _factor(J, f, np.ones(8), np.asarray(True), jac_scale=False)
+    assert not bool(fac.gram)
+    np.testing.assert_allclose(fac.s, np.linalg.svd(J, compute_uv=False), rtol=1e-9)
+    st = _step(fac, np.asarray(100.0), np.asarray(0.0))
+    np.testing.assert_allclose(st.step, _reference(J, f, 100.0), rtol=1e-6)
+
+
+def test_badly_scaled_columns_skip_the_gram_path() -> None:
+    J, f = _problem(40, 8)
+    J = J * np.geomspace(1.0, 1e-6, 8)  # column norms alone show kappa >= 1e6
+    fac = _factor(J, f, np.ones(8), np.asarray(True), jac_scale=False)
+    assert not bool(fac.gram)
+    norms = np.linalg.norm(J, axis=0)
+    fac = _factor(J, f, norms, np.asarray(True), jac_scale=False)  # d = 1 / norms
+    assert bool(fac.gram)  # the same J with its columns scaled back is well conditioned
+    st = _step(fac, np.asarray(100.0), np.asarray(0.0))
+    Jh = J / norms
+    np.testing.assert_allclose(st.step, _reference(Jh, f, 100.0), rtol=1e-6)
+
+
+def test_wide_jacobian_is_rank_deficient() -> None:
+    J, f = _problem(8, 8)
+    J = J[:5]
+    fac = _factor(J, f[:5], np.ones(8), np.asarray(True), jac_scale=False)
+    assert not bool(fac.gram) and not bool(fac.full_rank)
+    assert fac.V.shape == (8, 5)
+    st = _step(fac, np.asarray(0.5), np.asarray(0.0))
+    np.testing.assert_allclose(st.step, _reference(J, f[:5], 0.5), rtol=1e-6, atol=1e-12)
