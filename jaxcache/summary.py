@@ -74,10 +74,108 @@ def _rollup(cells: dict[tuple[str, str, str], list[int]], axis: int) -> dict[str
     return {k: Group(*v) for k, v in ordered}
 
 
+_SUMMARY_FILE = "summary.json"
+
+
 def inspect_cache(root: Path, *, installed_version: str | None) -> Summary:
     """What ``jaxcache inspect`` reports: a quick scan (sizes from the index, no
-    last-use times) summarized. Fast enough for a 100k-file cache."""
-    return summarize(scan(root, quick=True, last_used=False), installed_version=installed_version)
+    last-use times) summarized.
+
+    The summary of a cache none of whose folders changed since it was computed
+    is reused: entries are created and deleted only by adding and removing files,
+    which moves their folder's mtime, and the platform log only grows. (The same
+    trust rule as the index: the snapshot must be taken well after the last change.)
+    """
+    root = Path(root)
+    cached = _read_summary_cache(root)
+    state = _folder_state(root, cached.get("folders", {}))
+    if state is not None and cached.get("folders") == state and "summary" in cached:
+        return _summary_from_dict(cached["summary"], installed_version)
+    summary = summarize(scan(root, quick=True, last_used=False), installed_version=installed_version)
+    fresh = _folder_state(root, None)
+    if fresh is not None and _trusted(fresh):
+        _write_summary_cache(root, {"folders": fresh, "summary": summary.as_dict()})
+    return summary
+
+
+def _folder_state(root: Path, known: dict[str, list[int]] | None) -> dict[str, list[int]] | None:
+    """mtime of the root and of each version folder, and the size of each write log.
+
+    With ``known`` (the folders of a cached summary), only those are looked at;
+    the root's unchanged mtime proves the set of folders is unchanged.
+    """
+    import os
+
+    from jaxcache import provenance
+
+    try:
+        state = {".": [os.stat(root).st_mtime_ns, 0]}
+        if known is None:
+            names = [d.name for d in os.scandir(root)
+                     if d.name.startswith(provenance.VERSION_DIR_PREFIX) and d.is_dir(follow_symlinks=False)]
+        else:
+            names = [n for n in known if n != "."]
+        for name in names:
+            folder = root / name
+            try:
+                log_size = os.stat(folder / provenance.WRITES_LOG_NAME).st_size
+            except FileNotFoundError:
+                log_size = 0
+            state[name] = [os.stat(folder).st_mtime_ns, log_size]
+    except OSError:
+        return None
+    return state
+
+
+def _trusted(state: dict[str, list[int]]) -> bool:
+    import time
+
+    newest = max(mtime for mtime, _ in state.values())
+    return time.time_ns() - newest > 2 * 10**9
+
+
+def _cache_path(root: Path) -> Path:
+    from jaxcache.index import META_DIR_NAME
+
+    return root / META_DIR_NAME / _SUMMARY_FILE
+
+
+def _read_summary_cache(root: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        path = _cache_path(root)
+        if path.is_symlink():
+            return {}
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_summary_cache(root: Path, data: dict[str, Any]) -> None:
+    import json
+    import os
+
+    path = _cache_path(root)
+    try:
+        if not os.access(root, os.W_OK) or path.parent.is_symlink():
+            return
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f"{_SUMMARY_FILE}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def _summary_from_dict(data: dict[str, Any], installed_version: str | None) -> Summary:
+    groups = {k: {name: Group(**g) for name, g in data[k].items()} for k in ("by_version", "by_platform", "by_module")}
+    others = [g for v, g in groups["by_version"].items() if v not in (UNKNOWN, installed_version)]
+    fields = {k: v for k, v in data.items() if k not in groups and k != "cache_dir"}
+    fields.update(installed_version=installed_version, other_version_entries=sum(g.entries for g in others),
+                  other_version_bytes=sum(g.bytes for g in others))
+    return Summary(cache_dir=Path(data["cache_dir"]), **groups, **fields)
 
 
 def summarize(info: CacheInfo, *, installed_version: str | None) -> Summary:

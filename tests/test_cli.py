@@ -383,3 +383,22 @@ def test_a_crashed_atomic_write_leaves_a_temp_file_that_check_removes(cache: Pat
     result = jc("--cache-dir", str(cache), "check", "--repair", "--json")
     findings = json.loads(result.stdout)["findings"]
     assert [(f["kind"], f["repaired"]) for f in findings] == [("stale-temp", True)] and not leftover.exists()
+
+
+def test_inspect_reuses_its_summary_only_while_no_folder_changed(cache: Path) -> None:
+    from jaxcache import inspect_cache
+
+    inspect_cache(cache, installed_version=INSTALLED)  # creates jaxcache's own index folders
+    past = time.time() - 60
+    for folder in (cache, *cache.glob("jaxlib-*")):
+        os.utime(folder, (past, past))  # as if nothing had changed for a minute
+    first = inspect_cache(cache, installed_version=INSTALLED)
+    assert (cache / ".jaxcache" / "summary.json").exists()
+    again = inspect_cache(cache, installed_version=INSTALLED)
+    assert again == first
+    assert inspect_cache(cache, installed_version="9.9.9").other_version_entries == first.entries
+    # A new entry changes its folder's mtime: the summary is computed afresh.
+    src = next(version_folder(cache).glob("*-cache"))
+    shutil.copy2(src, src.with_name(f"jit_new-{'a' * 64}-cache"))
+    after = inspect_cache(cache, installed_version=INSTALLED)
+    assert after.entries == first.entries + 1 and "jit_new" in after.by_module
