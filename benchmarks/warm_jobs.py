@@ -33,7 +33,9 @@ def main() -> int:
                 seconds, out = timed_run([PYTHON, "-m", "jaxcache", "--cache-dir", tmp, "warm", "--json",
                                           "--jobs", str(jobs), *flags], clean_env())
                 report = json.loads(out)
-                assert report["failed"] == 0 and report["cached"] == 0, report
+                # Kernels of equal shapes share a key (a 16x16 factor is a 16x16 factor), so a
+                # few report "cached" within one plan; none may fail.
+                assert report["failed"] == 0, report
                 kernels = len(report["kernels"])
                 times[jobs].append(seconds)
     one, two = median(times[1]), median(times[2])

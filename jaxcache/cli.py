@@ -524,7 +524,8 @@ def _print_verify(results) -> None:
     for v in results:
         hits = sum(int(c.get("hits", 0)) for c in v.modules.values())
         misses = sum(int(c.get("misses", 0)) for c in v.modules.values())
-        status = "ok" if v.ok else ("error" if v.error else "MISSED " + ", ".join(v.missed_kernels))
+        status = "ok" if v.ok else ("error" if v.error else ("MISSED " + ", ".join(v.missed_kernels)
+                                                            if v.missed_kernels else "DID NOT CONVERGE"))
         rows.append((v.target, hits, misses, status, v.error or ", ".join(v.other_compiles)))
     click.echo(display.table(("TARGET", "HITS", "MISSES", "VERIFY", "NOTE"), rows, right=(1, 2)))
     bad = [v for v in results if not v.ok]

@@ -151,3 +151,9 @@ def test_bad_warm_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: l
     assert result.exit_code == 2, result.output
     assert message in result.stderr and len(result.stderr.strip().splitlines()) <= 3
     assert not (tmp_path / "c").exists()
+
+
+def test_verify_reports_convergence(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    code, report = warm_json(cache, "--problem", "rosenbrock", "--size", "4", "--verify")
+    assert code == 0 and report["verify"][0]["converged"] is True
