@@ -88,34 +88,29 @@ def inspect_cache(root: Path, *, installed_version: str | None) -> Summary:
     """
     root = Path(root)
     cached = _read_summary_cache(root)
-    state = _folder_state(root, cached.get("folders", {}))
+    state = _folder_state(root, [n for n in cached.get("folders", {}) if n != "."])
     if state is not None and cached.get("folders") == state and "summary" in cached:
         return _summary_from_dict(cached["summary"], installed_version)
-    summary = summarize(scan(root, quick=True, last_used=False), installed_version=installed_version)
-    fresh = _folder_state(root, None)
+    info = scan(root, quick=True, last_used=False)
+    summary = summarize(info, installed_version=installed_version)
+    fresh = _folder_state(root, [f.path.name for f in info.folders if f.path != root])
     if fresh is not None and _trusted(fresh):
         _write_summary_cache(root, {"folders": fresh, "summary": summary.as_dict()})
     return summary
 
 
-def _folder_state(root: Path, known: dict[str, list[int]] | None) -> dict[str, list[int]] | None:
-    """mtime of the root and of each version folder, and the size of each write log.
+def _folder_state(root: Path, names: list[str]) -> dict[str, list[int]] | None:
+    """mtime of the root and of each named version folder, and the size of its write log.
 
-    With ``known`` (the folders of a cached summary), only those are looked at;
-    the root's unchanged mtime proves the set of folders is unchanged.
+    The root's unchanged mtime proves that the set of version folders is unchanged.
     """
     import os
 
     from jaxcache import provenance
 
+    state = {}
     try:
-        state = {".": [os.stat(root).st_mtime_ns, 0]}
-        if known is None:
-            names = [d.name for d in os.scandir(root)
-                     if d.name.startswith(provenance.VERSION_DIR_PREFIX) and d.is_dir(follow_symlinks=False)]
-        else:
-            names = [n for n in known if n != "."]
-        for name in names:
+        for name in (".", *names):
             folder = root / name
             try:
                 log_size = os.stat(folder / provenance.WRITES_LOG_NAME).st_size
