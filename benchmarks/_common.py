@@ -8,6 +8,7 @@ import statistics
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,3 +51,16 @@ def write_json(path: Path | None, data: object) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data, indent=2) + "\n")
         print(f"wrote {path}", file=sys.stderr)
+
+
+def build_synthetic_cache(folder: Path, entries: int) -> int:
+    """``entries`` real-format zlib entries, each with its ``-atime`` record (distinct
+    last uses); returns the total bytes of the ``-cache`` files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = zlib.compress((1).to_bytes(4, "big") + os.urandom(1500))
+    now = time.time_ns()
+    for i in range(entries):
+        key = f"jit_fn{i % 97}-{i:064x}"
+        (folder / f"{key}-cache").write_bytes(payload)
+        (folder / f"{key}-atime").write_bytes((now - i * 1_000_000).to_bytes(8, "little"))
+    return entries * len(payload)

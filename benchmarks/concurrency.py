@@ -34,13 +34,12 @@ import sys
 import tempfile
 import threading
 import time
-import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from _common import PYTHON, clean_env, print_table, write_json  # noqa: E402
+from _common import PYTHON, build_synthetic_cache, clean_env, print_table, write_json  # noqa: E402
 from test_concurrency import WRITER_PROGRAM, parse_events  # noqa: E402
 
 ENTRY_BYTES = 5_500  # about one of the writer program's entries
@@ -112,18 +111,6 @@ def writers_part(args: argparse.Namespace, tmp: Path) -> list[dict]:
     return rows
 
 
-def build(folder: Path, entries: int) -> int:
-    """E real-format zlib entries with distinct -atime records; returns the total -cache bytes."""
-    folder.mkdir(parents=True, exist_ok=True)
-    payload = zlib.compress((1).to_bytes(4, "big") + os.urandom(1500))
-    now = time.time_ns()
-    for i in range(entries):
-        key = f"jit_fn{i % 97}-{i:064x}"
-        (folder / f"{key}-cache").write_bytes(payload)
-        (folder / f"{key}-atime").write_bytes((now - i * 1_000_000).to_bytes(8, "little"))
-    return entries * len(payload)
-
-
 def eviction_part(args: argparse.Namespace, tmp: Path) -> list[dict]:
     from jax._src.lru_cache import LRUCache
 
@@ -133,7 +120,7 @@ def eviction_part(args: argparse.Namespace, tmp: Path) -> list[dict]:
     for r in range(args.eviction_repeat):
         for name in results:
             folder = tmp / f"evict-{r}-{len(left)}"
-            total = build(folder, args.entries)
+            total = build_synthetic_cache(folder, args.entries)
             target = total // 2
             start = time.perf_counter()
             if name.startswith("jaxcache"):

@@ -17,23 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import statistics
 import sys
 import tempfile
 import time
-import zlib
 from pathlib import Path
 
-
-def build(folder: Path, entries: int) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    payload = zlib.compress((1).to_bytes(4, "big") + os.urandom(1500))
-    now = time.time_ns()
-    for i in range(entries):
-        key = f"jit_fn{i % 97}-{secrets.token_hex(32)}"
-        (folder / f"{key}-cache").write_bytes(payload)
-        (folder / f"{key}-atime").write_bytes((now - i * 1_000_000).to_bytes(8, "little"))
+from _common import build_synthetic_cache
 
 
 def timed(fn, repeat: int) -> tuple[float, object]:
@@ -61,7 +51,7 @@ def main() -> int:
         folder = args.dir or Path(tmp) / "cache"
         if not any(folder.glob("*-cache")) if folder.exists() else True:
             print(f"building {args.entries} entries ({2 * args.entries} files) in {folder} ...", file=sys.stderr)
-            build(folder, args.entries)
+            build_synthetic_cache(folder, args.entries)
         total = sum(1 for _ in os.scandir(folder))
         info = jaxcache.scan(folder)
         cap = info.total_bytes // 2
