@@ -32,6 +32,9 @@ class _Group(click.Group):
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # bare `jaxcache`: the help, as Click shows it
+                click.echo(e.format_message(), err=True)
+                sys.exit(e.exit_code)
             where = e.ctx.command_path if e.ctx is not None else "jaxcache"
             click.echo(f"jaxcache: error: {e.format_message()} (see '{where} --help')", err=True)
             sys.exit(e.exit_code)

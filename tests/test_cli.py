@@ -402,3 +402,8 @@ def test_inspect_reuses_its_summary_only_while_no_folder_changed(cache: Path) ->
     shutil.copy2(src, src.with_name(f"jit_new-{'a' * 64}-cache"))
     after = inspect_cache(cache, installed_version=INSTALLED)
     assert after.entries == first.entries + 1 and "jit_new" in after.by_module
+
+
+def test_bare_command_shows_the_help() -> None:
+    result = jc()
+    assert result.exit_code in (0, 2) and "Commands:" in result.output and "error" not in result.output
