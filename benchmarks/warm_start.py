@@ -1,15 +1,22 @@
 """Does a warmed cache make the first real run fast? Cold vs warmed vs the floor, side by side.
 
-For each bundled problem, in fresh processes (``python -m solver``):
+For each bundled problem, fresh processes each run one solve script that times,
+inside the process, ``import jax, solver`` and a first solve, then a second
+solve of a freshly built objective:
 
-- cold:    an empty cache; JAX traces, lowers and compiles every kernel.
-- warmed:  after ``jaxcache warm`` of the same configuration; kernels load from the cache.
-- floor:   ``import`` plus the same solve's compute, measured in one process on a second
-           solve (nothing to trace, lower or compile): no cache can go below it.
+- cold:       an empty cache; JAX traces, lowers and compiles every kernel.
+- jax cache:  after ``jaxcache warm``, with the executable store off
+              (``JAXCACHE_EXECUTABLES=0``): JAX's persistent cache alone, so
+              every kernel is still traced and lowered.
+- warmed:     after ``jaxcache warm``, everything on: kernels load from the
+              executable store, nothing is traced, lowered or compiled.
+- floor:      import + the second solve of the warmed process (nothing left to
+              load or compile): no cache can go below it.
 
-The cache is configured through the environment exactly as ``jaxcache run`` and
-``jaxcache hook`` do it. Also reported: how much of a warmed run is tracing and
-lowering (never cached by JAX), measured in-process.
+"in-process" is import + first solve, the quantity the floor is made of;
+"wall" is the whole process from start to exit (adds interpreter start-up and
+JAX's teardown, about 0.35 s here, to every mode alike). The cache is configured
+through the environment exactly as ``jaxcache run`` and ``jaxcache hook`` do it.
 
 Usage:
     python benchmarks/warm_start.py [--problem bratu --size 24 ...] [--repeat 3] [--json out.json]
@@ -25,40 +32,39 @@ from pathlib import Path
 
 from _common import PYTHON, clean_env, median, print_table, timed_run, write_json
 
-FLOOR = r"""
+SOLVE = r"""
 import json, sys, time
 t0 = time.perf_counter()
 import jax
 import solver
 t_import = time.perf_counter() - t0
 problem, size = sys.argv[1], int(sys.argv[2])
-objective, x0 = solver.problems.get(problem, size)
-solver.least_squares(objective, x0)            # first solve: traces, compiles (or loads)
-objective, x0 = solver.problems.get(problem, size)
 t1 = time.perf_counter()
-solver.least_squares(objective, x0)            # second solve: compute only
-print(json.dumps({"import": t_import, "compute": time.perf_counter() - t1}))
-"""
-
-TRACE = r"""
-import json, sys, time
-import jax
-import solver
-problem, size = sys.argv[1], int(sys.argv[2])
 objective, x0 = solver.problems.get(problem, size)
-t0 = time.perf_counter()
-lowered = [jax.jit(k.fn).lower(*k.args) for k in solver.kernels(objective, x0)]
-print(json.dumps({"trace_lower": time.perf_counter() - t0, "kernels": len(lowered)}))
+first = solver.least_squares(objective, x0)
+t2 = time.perf_counter()
+objective, x0 = solver.problems.get(problem, size)
+second = solver.least_squares(objective, x0)
+t3 = time.perf_counter()
+assert first.success and second.success and first.nfev == second.nfev
+print(json.dumps({"import": t_import, "first": t2 - t1, "second": t3 - t2}))
 """
 
 
-def cache_env(root: Path) -> dict[str, str]:
+def cache_env(root: Path, **extra: str) -> dict[str, str]:
     from jaxcache.configuration import cache_env as env_for, prepare_folder
     from jaxcache.settings import resolve
 
     settings = resolve(cache_dir=root)
     jax_dir, _ = prepare_folder(settings)
-    return clean_env(**env_for(settings, jax_dir))
+    return clean_env(**env_for(settings, jax_dir), **extra)
+
+
+def solve(problem: str, size: int, env: dict[str, str]) -> dict[str, float]:
+    wall, out = timed_run([PYTHON, "-c", SOLVE, problem, str(size)], env)
+    times = json.loads(out)
+    return {"wall": wall, "in_process": times["import"] + times["first"], "floor": times["import"] + times["second"],
+            "import": times["import"]}
 
 
 def main() -> int:
@@ -72,27 +78,35 @@ def main() -> int:
     sizes = args.size or [24, 256, 16][: len(problems)]
     rows, results = [], []
     for problem, size in zip(problems, sizes):
-        solve = [PYTHON, "-m", "solver", "--problem", problem, "--size", str(size)]
-        cold, warmed, floor, trace = [], [], [], []
+        cold, jax_only, warmed = [], [], []
         for _ in range(args.repeat):
             with tempfile.TemporaryDirectory() as tmp:
-                cold.append(timed_run(solve, cache_env(Path(tmp)))[0])
+                cold.append(solve(problem, size, cache_env(Path(tmp))))
         with tempfile.TemporaryDirectory() as tmp:
             env = cache_env(Path(tmp))
             timed_run([PYTHON, "-m", "jaxcache", "--cache-dir", tmp, "warm", "--problem", problem,
                        "--size", str(size)], env)
-            for _ in range(args.repeat):
-                warmed.append(timed_run(solve, env)[0])
-                f = json.loads(timed_run([PYTHON, "-c", FLOOR, problem, str(size)], env)[1])
-                floor.append(f["import"] + f["compute"])
-                trace.append(json.loads(timed_run([PYTHON, "-c", TRACE, problem, str(size)], env)[1])["trace_lower"])
-        c, w, f, t = median(cold), median(warmed), median(floor), median(trace)
-        rows.append((f"{problem}-{size}", c, w, f, c / w, w / f, t))
-        results.append({"problem": problem, "size": size, "cold_s": c, "warmed_s": w, "floor_s": f,
-                        "cold_over_warmed": c / w, "warmed_over_floor": w / f, "trace_lower_s": t,
-                        "cold_runs": cold, "warmed_runs": warmed, "floor_runs": floor})
-    print(f"fresh processes, median of {args.repeat}; floor = import + compute of a second in-process solve")
-    print_table(("problem", "cold s", "warmed s", "floor s", "cold/warmed", "warmed/floor", "trace+lower s"), rows)
+            for _ in range(args.repeat):  # interleaved, so drift hits both alike
+                jax_only.append(solve(problem, size, {**env, "JAXCACHE_EXECUTABLES": "0"}))
+                warmed.append(solve(problem, size, env))
+
+        def m(runs: list[dict[str, float]], field: str) -> float:
+            return median([r[field] for r in runs])
+
+        c, j, w, f = m(cold, "in_process"), m(jax_only, "in_process"), m(warmed, "in_process"), m(warmed, "floor")
+        cw, ww = m(cold, "wall"), m(warmed, "wall")
+        rows.append((f"{problem}-{size}", c, j, w, f, c / w, w / f, cw, ww, cw / ww))
+        results.append({
+            "problem": problem, "size": size,
+            "cold_s": c, "jax_cache_only_s": j, "warmed_s": w, "floor_s": f,
+            "cold_over_warmed": c / w, "warmed_over_floor": w / f, "jax_cache_only_over_floor": j / f,
+            "cold_wall_s": cw, "warmed_wall_s": ww, "cold_over_warmed_wall": cw / ww,
+            "runs": {"cold": cold, "jax_cache_only": jax_only, "warmed": warmed},
+        })
+    print(f"fresh processes, median of {args.repeat}; in-process seconds = import + first solve; "
+          "floor = import + a second solve in the warmed process")
+    print_table(("problem", "cold", "jax cache", "warmed", "floor", "cold/warmed", "warmed/floor",
+                 "cold wall", "warmed wall", "wall ratio"), rows)
     write_json(args.json, {"repeat": args.repeat, "results": results})
     return 0
 

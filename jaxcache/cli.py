@@ -189,6 +189,9 @@ def inspect_command(ctx: click.Context, top: int, as_json: bool) -> None:
             f"Written     {display.ago(summary.oldest_written)} .. {display.ago(summary.newest_written)}"
             "  (last uses: `jaxcache ls --sort age`)",
         ]
+    if summary.executables:
+        out.append(f"Executables {summary.executables} stored whole ({display.size(summary.executables_bytes)}): "
+                   "the solver's kernels, loaded without tracing")
     out.append(f"Orphans     {summary.orphan_atimes} -atime files without an entry; "
                f"{summary.without_atime} entries without -atime; {summary.other_files} other files kept")
     click.echo("\n".join(out))
@@ -255,6 +258,10 @@ def ls_command(ctx: click.Context, sort_by: str, pattern: str | None, as_json: b
     click.echo(f"{len(rows)} entries, {display.size(sum(d.entry.bytes for d in details))}", err=True)
 
 
+def _executables_note(count: int, size: int) -> str:
+    return f" and {count} stored executables ({display.size(size)})" if count else ""
+
+
 def _print_plan(plan, *, dry_run: bool, limit: int = 20) -> None:
     rows = [(d.entry.module, d.entry.key[-64:][:12], display.size(d.entry.bytes), d.entry.version or "unknown", d.reason)
             for d in plan.deletions[:limit]]
@@ -262,11 +269,12 @@ def _print_plan(plan, *, dry_run: bool, limit: int = 20) -> None:
         click.echo(display.table(("NAME", "HASH", "SIZE", "VERSION", "WHY"), rows, right=(2,)))
         if len(plan.deletions) > limit:
             click.echo(f"... and {len(plan.deletions) - limit} more")
-    if not plan.deletions:
+    if not plan.deletions and not plan.executables:
         click.echo(f"Nothing to delete; keeping {plan.kept_entries} entries ({display.size(plan.kept_bytes)}).")
         return
     verb = "Would delete" if dry_run else "Deleting"
-    click.echo(f"{verb} {len(plan.deletions)} entries, freeing {display.size(plan.freed_bytes)}; "
+    note = _executables_note(len(plan.executables), sum(e.bytes for e in plan.executables))
+    click.echo(f"{verb} {len(plan.deletions)} entries{note}, freeing {display.size(plan.freed_bytes)}; "
                f"keeping {plan.kept_entries} entries ({display.size(plan.kept_bytes)}).")
 
 
@@ -275,12 +283,14 @@ def _run_plan(plan, *, dry_run: bool, yes: bool, as_json: bool) -> None:
 
     if not as_json:
         _print_plan(plan, dry_run=dry_run)
-    if dry_run or not plan.deletions:
+    if dry_run or not (plan.deletions or plan.executables):
         if as_json:
             _emit_json({"dry_run": dry_run, "deleted": plan.keys, "freed_bytes": plan.freed_bytes,
-                        "kept_entries": plan.kept_entries, "kept_bytes": plan.kept_bytes, "skipped": []})
+                        "kept_entries": plan.kept_entries, "kept_bytes": plan.kept_bytes, "skipped": [],
+                        "executables_deleted": [e.key for e in plan.executables]})
         return
-    _confirm(f"Delete {len(plan.deletions)} entries?", yes=yes, as_json=as_json)
+    note = _executables_note(len(plan.executables), sum(e.bytes for e in plan.executables))
+    _confirm(f"Delete {len(plan.deletions)} entries{note}?", yes=yes, as_json=as_json)
     if len(plan.deletions) > 2000 and not as_json and sys.stderr.isatty():
         with click.progressbar(length=len(plan.deletions), label="Deleting", file=sys.stderr) as bar:
             state = {"done": 0}
@@ -292,14 +302,17 @@ def _run_plan(plan, *, dry_run: bool, yes: bool, as_json: bool) -> None:
             result = execute(plan, progress=step)
     else:
         result = execute(plan)
+    skipped = [(e.key, why) for e, why in result.skipped] + [(e.path.name, why) for e, why in result.executables_skipped]
     if as_json:
         _emit_json({"dry_run": False, "deleted": [e.key for e in result.deleted], "freed_bytes": result.freed_bytes,
                     "kept_entries": plan.kept_entries, "kept_bytes": plan.kept_bytes,
-                    "skipped": [{"key": e.key, "reason": why} for e, why in result.skipped]})
+                    "skipped": [{"key": key, "reason": why} for key, why in skipped],
+                    "executables_deleted": [e.key for e in result.executables_deleted]})
     else:
-        click.echo(f"Deleted {len(result.deleted)} entries, freed {display.size(result.freed_bytes)}.")
-        for entry, why in result.skipped:
-            click.echo(f"skipped {entry.key}: {why}", err=True)
+        note = _executables_note(len(result.executables_deleted), sum(e.bytes for e in result.executables_deleted))
+        click.echo(f"Deleted {len(result.deleted)} entries{note}, freed {display.size(result.freed_bytes)}.")
+        for key, why in skipped:
+            click.echo(f"skipped {key}: {why}", err=True)
 
 
 yes_option = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
@@ -405,7 +418,7 @@ def _plan_options(fn: Callable) -> Callable:
     """The options that choose what to warm (shared by warm and verify)."""
     options = [
         click.option("--problem", "problems", multiple=True, metavar="NAME",
-                     help="A bundled problem: rosenbrock, bratu, spectral, curvefit (repeatable)."),
+                     help="A bundled problem: rosenbrock, bratu, spectral, curvefit, kinetics (repeatable)."),
         click.option("--size", "sizes", multiple=True, type=int, metavar="N", help="Problem size (repeatable)."),
         click.option("--jac-chunk-size", default="auto", show_default=True, metavar="N|auto"),
         click.option("--deriv-mode", type=click.Choice(["batched", "blocked"]), default="batched", show_default=True),

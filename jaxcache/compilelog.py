@@ -7,6 +7,11 @@ JAX logs, with ``record.args`` as shown (``jax/_src/compiler.py``,
     jax._src.compiler           "PERSISTENT COMPILATION CACHE MISS for '%s' with key %r"     (module, key)
     jax._src.compiler           "'%s' took at least %.2f seconds to compile (%.2fs)"          (module, min, secs)
     jax._src.compilation_cache  "Writing %s to persistent compilation cache with key %r"     (module, key)
+    jaxcache.executables        "Executable store hit for '%s' with key %r"                  (module, key)
+
+The last is jaxcache's own executable store (`jaxcache.executables`): a
+kernel loaded from it was never even looked up in JAX's cache, and counts as
+a hit.
 
 They are DEBUG records, so a *tap* lowers those two loggers to DEBUG and
 then drops, after its listeners have seen them, every record below the level
@@ -25,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 
 COMPILER_LOGGER = "jax._src.compiler"
 CACHE_LOGGER = "jax._src.compilation_cache"
+STORE_LOGGER = "jaxcache.executables"
 
 HIT = "hit"
 MISS = "miss"
@@ -40,7 +46,7 @@ def classify(record: logging.LogRecord) -> tuple[str, str, str | float] | None:
     args = record.args
     if not isinstance(msg, str) or not isinstance(args, tuple) or not args:
         return None
-    if msg.startswith("Persistent compilation cache hit for") and len(args) == 2:
+    if (msg.startswith("Persistent compilation cache hit for") or msg.startswith("Executable store hit for")) and len(args) == 2:
         return HIT, str(args[0]), str(args[1])
     if msg.startswith("PERSISTENT COMPILATION CACHE MISS for") and len(args) == 2:
         return MISS, str(args[0]), str(args[1])
@@ -82,7 +88,7 @@ def _tap_for(name: str) -> _Tap:
 
 def listen(listener: Listener) -> Callable[[], None]:
     """Calls ``listener(kind, module, key_or_seconds)`` for each record; returns an undo."""
-    taps = [_tap_for(COMPILER_LOGGER), _tap_for(CACHE_LOGGER)]
+    taps = [_tap_for(COMPILER_LOGGER), _tap_for(CACHE_LOGGER), _tap_for(STORE_LOGGER)]
     for tap in taps:
         tap.listeners.append(listener)
 

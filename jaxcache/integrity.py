@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from jaxcache import jaxformat
+from jaxcache import executables, jaxformat
 from jaxcache.atomic import TEMP_PREFIX
 from jaxcache.locking import BATCH_SIZE, folder_lock
-from jaxcache.security import shared_info, writable_by_others
 from jaxcache.scanning import CacheEntry, CacheInfo
+from jaxcache.security import shared_info, writable_by_others
 
 Kind = Literal[
     "corrupt",  # truncated or garbage: JAX warns and recompiles every run, and never replaces it
@@ -25,6 +25,7 @@ Kind = Literal[
     "symlink",  # an entry-named symlink: never followed, never deleted
     "unverifiable",  # zstd entry without the zstandard package here
     "stale-temp",  # a temporary file of an atomic write whose writer died
+    "damaged-executable",  # a stored executable whose payload does not match its header: never loaded
 ]
 Severity = Literal["error", "warning", "info"]
 _SEVERITY: dict[str, Severity] = {
@@ -36,8 +37,10 @@ _SEVERITY: dict[str, Severity] = {
     "symlink": "warning",
     "unverifiable": "info",
     "stale-temp": "warning",
+    "damaged-executable": "warning",
 }
-_REPAIRABLE = frozenset({"corrupt", "missing-atime", "orphan-atime", "foreign-path", "writable", "stale-temp"})
+_REPAIRABLE = frozenset({"corrupt", "missing-atime", "orphan-atime", "foreign-path", "writable", "stale-temp",
+                         "damaged-executable"})
 # An atomic write lives for milliseconds: a temporary file this old lost its writer.
 STALE_TEMP_SECS = 300.0
 
@@ -136,6 +139,14 @@ def check(
             continue
         if age > STALE_TEMP_SECS:
             findings.append(Finding("stale-temp", path, "temporary file left by a writer that died"))
+    for item in info.executables:
+        try:
+            whole = executables.file_is_whole(item.path, executables.read_header(item.path), verify_checksum=True)
+        except (OSError, executables.ExecutableFormatError):
+            continue  # gone meanwhile, or replaced by something the next scan classifies
+        if not whole:
+            findings.append(Finding("damaged-executable", item.path,
+                                    "stored executable: the payload does not match its header (runs ignore it)"))
     return CheckReport(root=info.root, entries_checked=len(info.entries), findings=tuple(findings))
 
 
@@ -204,6 +215,15 @@ def _repair_one(finding: Finding) -> None:
         shared = shared_info(path) or shared_info(path.parent)
         # A deliberate team cache keeps group write; only world write goes.
         path.chmod(mode & ~statmod.S_IWOTH if shared is not None else mode & ~(statmod.S_IWGRP | statmod.S_IWOTH))
+        return
+    if finding.kind == "damaged-executable":
+        if path.parent.name != executables.FOLDER_NAME or path.is_symlink() or not executables.is_store_name(path.name):
+            raise OSError(f"{path.name} is not a stored executable")
+        try:
+            executables.read_header(path)  # proven ours by its header before it goes
+        except executables.ExecutableFormatError as e:
+            raise OSError(str(e)) from None
+        path.unlink(missing_ok=True)
         return
     if finding.kind == "stale-temp":
         if not path.name.startswith(TEMP_PREFIX) or path.is_symlink():

@@ -35,6 +35,7 @@ class HookResult:
     jaxlib: str
     upgraded_from: str | None = None
     pruned_entries: int = 0
+    pruned_executables: int = 0
     freed_bytes: int = 0
     warmed: dict[str, int] | None = None
     messages: list[str] = field(default_factory=list)
@@ -135,6 +136,7 @@ def _prune_other_versions(settings: Settings, jaxlib: str, keep: Sequence[str], 
                       keep_versions=keep)
     done = execute(plan)
     result.pruned_entries = len(done.deleted)
+    result.pruned_executables = len(done.executables_deleted)
     result.freed_bytes = done.freed_bytes
     result.messages.append(
         f"jaxlib {result.upgraded_from} -> {jaxlib}: pruned {len(done.deleted)} entries the new version can never hit"

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from jaxcache import jaxformat
+from jaxcache import executables, jaxformat
 from jaxcache.errors import UsageError
+from jaxcache.executables import StoredExecutable
 from jaxcache.locking import BATCH_SIZE, folder_lock
 from jaxcache.scanning import CacheEntry, CacheInfo
 
@@ -33,16 +34,22 @@ class Deletion:
 
 @dataclass(frozen=True)
 class PrunePlan:
-    """What a prune would delete, and how much it frees."""
+    """What a prune would delete, and how much it frees.
+
+    ``executables`` are files of the executable store the same policy selects
+    (they hold compiled kernels too, keyed without JAX's key); ``kept_bytes``
+    counts the store files kept.
+    """
 
     root: Path
     deletions: tuple[Deletion, ...]
     kept_entries: int
     kept_bytes: int
+    executables: tuple[StoredExecutable, ...] = ()
 
     @property
     def freed_bytes(self) -> int:
-        return sum(d.entry.bytes for d in self.deletions)
+        return sum(d.entry.bytes for d in self.deletions) + sum(e.bytes for e in self.executables)
 
     @property
     def keys(self) -> list[str]:
@@ -55,10 +62,12 @@ class PruneResult:
 
     deleted: tuple[CacheEntry, ...]
     skipped: tuple[tuple[CacheEntry, str], ...]
+    executables_deleted: tuple[StoredExecutable, ...] = ()
+    executables_skipped: tuple[tuple[StoredExecutable, str], ...] = ()
 
     @property
     def freed_bytes(self) -> int:
-        return sum(e.bytes for e in self.deleted)
+        return sum(e.bytes for e in self.deleted) + sum(e.bytes for e in self.executables_deleted)
 
 
 def validate_glob(pattern: str) -> str:
@@ -70,7 +79,7 @@ def validate_glob(pattern: str) -> str:
     return pattern
 
 
-def matches_name(entry: CacheEntry, pattern: str) -> bool:
+def matches_name(entry: CacheEntry | StoredExecutable, pattern: str) -> bool:
     """A glob over the module name (``jit_step*``) or the whole key."""
     return fnmatch.fnmatchcase(entry.module, pattern) or fnmatch.fnmatchcase(entry.key, pattern)
 
@@ -107,7 +116,8 @@ def plan_prune(
         UsageError: no policy given, or ``stale`` without a version to compare with.
     """
     now = time.time() if now is None else now
-    selectors: list[tuple[Callable[[CacheEntry], bool], Callable[[CacheEntry], str]]] = []
+    Item = CacheEntry | StoredExecutable
+    selectors: list[tuple[Callable[[Item], bool], Callable[[Item], str]]] = []
     if everything:
         selectors.append((lambda e: True, lambda e: "clear"))
     if stale:
@@ -128,15 +138,27 @@ def plan_prune(
     if not selectors and max_size is None:
         raise UsageError("nothing to prune: give --stale, --older-than, --max-size or --name")
 
+    def selected(item: Item) -> bool:
+        return bool(selectors) and all(select(item) for select, _ in selectors)
+
     deletions: list[Deletion] = []
     kept: list[CacheEntry] = []
     for entry in info.entries:
-        if selectors and all(select(entry) for select, _ in selectors):
+        if selected(entry):
             deletions.append(Deletion(entry, "; ".join(why(entry) for _, why in selectors)))
         else:
             kept.append(entry)
+    gone_executables = [e for e in info.executables if selected(e)]
+    kept_executables = [e for e in info.executables if not selected(e)]
     if max_size is not None:
-        kept_bytes = sum(e.bytes for e in kept)
+        # Stored executables go first: each is a faster copy of a kernel whose
+        # JAX entry stays, so dropping one costs a trace, never a compile.
+        kept_bytes = sum(e.bytes for e in kept) + sum(e.bytes for e in kept_executables)
+        for item in sorted(kept_executables, key=lambda e: e.recency):
+            if kept_bytes <= max_size:
+                break
+            gone_executables.append(item)
+            kept_bytes -= item.bytes
         for entry in lru_order(kept):
             if kept_bytes <= max_size:
                 break
@@ -144,8 +166,11 @@ def plan_prune(
             kept_bytes -= entry.bytes
         evicted = {d.entry.key for d in deletions}
         kept = [e for e in kept if e.key not in evicted]
+        kept_executables = [e for e in kept_executables if e not in gone_executables]
     return PrunePlan(
-        root=info.root, deletions=tuple(deletions), kept_entries=len(kept), kept_bytes=sum(e.bytes for e in kept)
+        root=info.root, deletions=tuple(deletions), kept_entries=len(kept),
+        kept_bytes=sum(e.bytes for e in kept) + sum(e.bytes for e in kept_executables),
+        executables=tuple(gone_executables),
     )
 
 
@@ -218,7 +243,15 @@ def execute(plan: PrunePlan, *, progress: Callable[[int], None] | None = None) -
             done += len(batch)
             if progress is not None:
                 progress(done)
-    return PruneResult(deleted=tuple(deleted), skipped=tuple(skipped))
+    gone, not_gone = [], []
+    for item in plan.executables:
+        reason = executables.delete(item)
+        if reason is None:
+            gone.append(item)
+        else:
+            not_gone.append((item, reason))
+    return PruneResult(deleted=tuple(deleted), skipped=tuple(skipped),
+                       executables_deleted=tuple(gone), executables_skipped=tuple(not_gone))
 
 
 def _delete_entry(dir_fd: int, entry: CacheEntry) -> str | None:

@@ -80,6 +80,10 @@ def _saved_seconds(root: Path, hit_keys: list[str]) -> dict[str, float]:
         if key in measured:
             out[key] = measured[key]
             continue
+        stored = _stored_compile_seconds(folders, key)
+        if stored is not None:
+            out[key] = stored
+            continue
         for folder in folders:
             try:
                 seconds = jaxformat.read_compile_seconds(folder / jaxformat.cache_file_name(key))
@@ -88,6 +92,21 @@ def _saved_seconds(root: Path, hit_keys: list[str]) -> dict[str, float]:
             out[key] = float(seconds or 0)
             break
     return out
+
+
+def _stored_compile_seconds(folders: list[Path], key: str) -> float | None:
+    """The compile seconds in the header of an executable-store hit (``<module>-<sha256>``)."""
+    from jaxcache import executables
+
+    name = key[-64:] + executables.SUFFIX
+    if not executables.is_store_name(name):
+        return None
+    for folder in folders:
+        try:
+            return float(executables.read_header(folder / executables.FOLDER_NAME / name).get("compile_seconds", 0.0))
+        except (OSError, executables.ExecutableFormatError, TypeError, ValueError):
+            continue
+    return None
 
 
 def run(command: Sequence[str], settings: Settings, *, env: Mapping[str, str] | None = None) -> RunReport:

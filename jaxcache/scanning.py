@@ -12,17 +12,18 @@ from __future__ import annotations
 import gc
 import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 import stat as statmod
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
-from jaxcache import index, jaxformat, provenance
+from jaxcache import executables, index, jaxformat, provenance
 from jaxcache.atomic import TEMP_PREFIX
 from jaxcache.errors import CacheDirError, NotACacheError
+from jaxcache.executables import StoredExecutable
 
 
 class CacheEntry(NamedTuple):
@@ -104,6 +105,7 @@ class CacheInfo:
         temp_files: jaxcache's temporary files (atomic writes in progress or crashed).
         other_files: how many files and folders are not JAX's or jaxcache's.
         scanned_at: when the scan ran (seconds since the epoch).
+        executables: the executable store's files (see :mod:`jaxcache.executables`).
     """
 
     root: Path
@@ -114,6 +116,7 @@ class CacheInfo:
     temp_files: tuple[Path, ...] = ()
     other_files: int = 0
     scanned_at: float = field(default_factory=time.time)
+    executables: tuple[StoredExecutable, ...] = ()
 
     @property
     def total_bytes(self) -> int:
@@ -171,6 +174,7 @@ def _scan(root: Path, *, last_used: bool, quick: bool) -> CacheInfo:
     symlinks: list[Path] = []
     temps: list[Path] = []
     folders: list[FolderInfo] = []
+    stored: list[StoredExecutable] = []
     other = 0
     evidence = False
 
@@ -186,6 +190,10 @@ def _scan(root: Path, *, last_used: bool, quick: bool) -> CacheInfo:
         temps.extend(folder / name for name in listing.temps)
         other += listing.other
         evidence = evidence or listing.evidence
+        found, not_stored = executables.list_folder(folder)
+        stored.extend(replace(item, version=marker.jaxlib if marker else None) for item in found)
+        other += len(not_stored)
+        evidence = evidence or bool(found)
         folders.append(FolderInfo(path=folder, version=marker.jaxlib if marker else None,
                                   jax_version=marker.jax if marker else None, has_lockfile=listing.has_lockfile))
         for name in listing.subfolders:
@@ -209,6 +217,7 @@ def _scan(root: Path, *, last_used: bool, quick: bool) -> CacheInfo:
         symlinks=tuple(sorted(symlinks)),
         temp_files=tuple(sorted(temps)),
         other_files=other,
+        executables=tuple(stored),
     )
 
 
@@ -269,6 +278,8 @@ def _list_folder(folder: Path, *, look_for_subfolders: bool, quick: bool) -> tup
             elif name.startswith(TEMP_PREFIX):
                 listing.evidence = True
                 listing.temps.append(name)
+            elif name == executables.FOLDER_NAME and dirent.is_dir(follow_symlinks=False):
+                pass  # the executable store: listed (and its files proven) by the scan
             elif name in _JAXCACHE_NAMES or name in jaxformat.XLA_SUBCACHE_NAMES:
                 listing.evidence = True
                 listing.has_lockfile = listing.has_lockfile or name == jaxformat.LOCKFILE_NAME

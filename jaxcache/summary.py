@@ -42,6 +42,8 @@ class Summary:
     other_files: int
     oldest_written: float | None
     newest_written: float | None
+    executables: int = 0
+    executables_bytes: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +62,8 @@ class Summary:
             "other_files": self.other_files,
             "oldest_written": self.oldest_written,
             "newest_written": self.newest_written,
+            "executables": self.executables,
+            "executables_bytes": self.executables_bytes,
         }
 
 
@@ -100,13 +104,14 @@ def inspect_cache(root: Path, *, installed_version: str | None) -> Summary:
 
 
 def _folder_state(root: Path, names: list[str]) -> dict[str, list[int]] | None:
-    """mtime of the root and of each named version folder, and the size of its write log.
+    """mtime of the root and of each named version folder, the size of its write
+    log, and the mtime of its executable store (0 without one).
 
     The root's unchanged mtime proves that the set of version folders is unchanged.
     """
     import os
 
-    from jaxcache import provenance
+    from jaxcache import executables, provenance
 
     state = {}
     try:
@@ -116,7 +121,11 @@ def _folder_state(root: Path, names: list[str]) -> dict[str, list[int]] | None:
                 log_size = os.stat(folder / provenance.WRITES_LOG_NAME).st_size
             except FileNotFoundError:
                 log_size = 0
-            state[name] = [os.stat(folder).st_mtime_ns, log_size]
+            try:
+                store_mtime = os.stat(folder / executables.FOLDER_NAME).st_mtime_ns
+            except FileNotFoundError:
+                store_mtime = 0
+            state[name] = [os.stat(folder).st_mtime_ns, log_size, store_mtime]
     except OSError:
         return None
     return state
@@ -125,7 +134,7 @@ def _folder_state(root: Path, names: list[str]) -> dict[str, list[int]] | None:
 def _trusted(state: dict[str, list[int]]) -> bool:
     import time
 
-    newest = max(mtime for mtime, _ in state.values())
+    newest = max(max(folder[0], folder[2]) for folder in state.values())
     return time.time_ns() - newest > 2 * 10**9
 
 
@@ -206,6 +215,8 @@ def summarize(info: CacheInfo, *, installed_version: str | None) -> Summary:
         other_files=info.other_files,
         oldest_written=min(written, default=None),
         newest_written=max(written, default=None),
+        executables=len(info.executables),
+        executables_bytes=sum(e.bytes for e in info.executables),
     )
 
 

@@ -14,7 +14,7 @@ from typing import NoReturn
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
-_PROBLEMS = ("rosenbrock", "bratu", "spectral", "curvefit")
+_PROBLEMS = ("rosenbrock", "bratu", "spectral", "curvefit", "kinetics")
 
 
 class _Parser(argparse.ArgumentParser):

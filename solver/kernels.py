@@ -24,12 +24,22 @@ change the key.
 from __future__ import annotations
 
 import functools
+import hashlib
+import logging
+import os
+import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+from jax._src.config import (
+    trace_context,  # what jit's own cache keys on (x64, precision, ...)
+)
 
+from jaxcache import executables
 from solver import memory
 from solver.jacobian import lsq_jacobian, lsq_residual
 from solver.objective import ObjectiveFunction
@@ -37,13 +47,18 @@ from solver.step import Factorization, lsq_factor
 from solver.trial import Limits, Point, lsq_step
 
 __all__ = [
+    "BoundKernel",
     "Kernel",
+    "bound",
     "kernels",
     "lsq_factor_jit",
     "lsq_jacobian_jit",
     "lsq_residual_jit",
     "lsq_step_jit",
+    "prefetch",
 ]
+
+logger = logging.getLogger(__name__)
 
 lsq_residual_jit = jax.jit(lsq_residual, static_argnames=("spec",))
 lsq_jacobian_jit = jax.jit(lsq_jacobian, static_argnames=("spec", "plan"))
@@ -66,8 +81,214 @@ class Kernel(NamedTuple):
     args: tuple[Any, ...]
 
     def compile(self) -> Any:
-        """Lowers and compiles the kernel (writing the persistent cache if enabled)."""
+        """Lowers and compiles the kernel (writing the persistent cache if enabled).
+
+        The solver's own kernels go through the executable store exactly as
+        `least_squares` calls them (see `bound`).
+        """
+        jitted = _JITTED.get(getattr(self.fn, "func", None))
+        if jitted is not None:
+            compiled = compile_through_store(jitted, self.fn.keywords, self.args)
+            if compiled is not None:
+                return compiled
         return jax.jit(self.fn).lower(*self.args).compile()
+
+    def warm(self) -> str | None:
+        """Makes sure a later run finds this kernel compiled: what ``jaxcache warm`` does.
+
+        Returns:
+            ``"cached"`` when the executable store already has it (checked from
+            its header, nothing loaded), ``"compiled"`` when it was compiled
+            and stored now (compiled afresh if only JAX's cache had it), None
+            when the store does not serve this kernel (JAX's cache alone decides).
+        """
+        jitted = _JITTED.get(getattr(self.fn, "func", None))
+        target = _store_target(jitted, self.fn.keywords) if jitted is not None else None
+        if target is None:
+            self.compile()
+            return None
+        folder, identity = target
+        module = f"jit_{jitted.__name__}"
+        if executables.is_stored(self.args, identity=identity, folder=folder):
+            return "cached"
+        executables.load_or_compile(
+            jitted, self.args, self.fn.keywords, identity=identity, module=module, folder=folder, fresh=True
+        )
+        return "compiled"
+
+
+_JITTED = {
+    lsq_residual: lsq_residual_jit,
+    lsq_jacobian: lsq_jacobian_jit,
+    lsq_factor: lsq_factor_jit,
+    lsq_step: lsq_step_jit,
+}
+# (identity, argument structure) -> the compiled kernel, for every later call in this process.
+_COMPILED: dict[tuple[Any, ...], Callable[..., Any]] = {}
+
+
+@functools.cache
+def source_fingerprint() -> str:
+    """A hash of the solver package's source: a stored executable is only reused by the same code."""
+    root = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _function_name(fn: Any) -> str | None:
+    """``module:qualname`` of a module-level function of this package, else None.
+
+    Only such functions can be named without tracing them: a lambda, a closure
+    or a user's function may change in ways no name shows.
+    """
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    if not module or not qualname or module.split(".")[0] != __name__.split(".")[0] or "<" in qualname:
+        return None
+    found: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return f"{module}:{qualname}" if found is fn else None
+
+
+def _static_identity(value: Any) -> str | None:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return repr(value)
+    if isinstance(value, tuple):
+        parts = [_static_identity(v) for v in value]
+        return None if None in parts else f"{type(value).__qualname__}({','.join(parts)})"  # type: ignore[arg-type]
+    if callable(value):
+        return _function_name(value)
+    return None
+
+
+def _identity(jitted: Any, static: dict[str, Any]) -> str | None:
+    """What names a kernel's code and static configuration across processes, or None."""
+    parts = [_static_identity(static[name]) for name in sorted(static)]
+    if None in parts:
+        return None
+    return "|".join([f"{__name__}:{jitted.__name__}", source_fingerprint(), *sorted(static), *parts])  # type: ignore[list-item]
+
+
+def _store_target(jitted: Any, static: dict[str, Any]) -> tuple[Path, str] | None:
+    """The executable store's folder and the kernel's identity, or None (store off, or unnamed code)."""
+    if any(getattr(value, "num_devices", 1) > 1 for value in static.values()):
+        # A deserialized multi-device executable does not place its inputs as jit
+        # does ("expected 2 shards"): sharded kernels take the ordinary path.
+        return None
+    folder = executables.active_folder()
+    identity = _identity(jitted, static) if folder is not None else None
+    return None if identity is None else (folder, identity)
+
+
+def compile_through_store(jitted: Any, static: dict[str, Any], specs: tuple[Any, ...]) -> Any | None:
+    """The compiled kernel from the executable store (compiling and storing on a miss), or None
+    when the store is off or the kernel cannot be named."""
+    target = _store_target(jitted, static)
+    if target is None:
+        return None
+    compiled, _ = executables.load_or_compile(
+        jitted, specs, static, identity=target[1], module=f"jit_{jitted.__name__}", folder=target[0]
+    )
+    return compiled
+
+
+def kernel_memory(jitted: Any, static: dict[str, Any], specs: tuple[Any, ...]) -> dict[str, int] | None:
+    """The compiler's memory analysis of a kernel (`jaxcache.executables.memory_of`).
+
+    Through the store this reads a stored header and loads nothing; None where
+    the backend has no analysis.
+    """
+    target = _store_target(jitted, static)
+    if target is None:
+        return executables.memory_of(jitted.lower(*specs, **static).compile())
+    return executables.memory_analysis(
+        jitted, specs, static, identity=target[1], module=f"jit_{jitted.__name__}", folder=target[0]
+    )
+
+
+def _call_key(identity: str, args: Any) -> tuple[Any, ...]:
+    """What decides which compiled kernel serves a call: arrays or their specs give the same key."""
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    return (identity, trace_context(), treedef,
+            *((tuple(np.shape(a)), np.dtype(a.dtype), bool(getattr(a, "weak_type", False))) for a in leaves))
+
+
+class BoundKernel:
+    """A jitted kernel with its static arguments bound, served from the executable store.
+
+    The first call for each argument structure uses an executable loaded from
+    the store (by `prefetch`, or then and there: no tracing, no lowering), or
+    compiles and stores one; later calls reuse it. See `bound`.
+    """
+
+    def __init__(self, jitted: Any, static: dict[str, Any], folder: Path, identity: str) -> None:
+        self.jitted, self.static, self.folder, self.identity = jitted, static, folder, identity
+        self.module = f"jit_{jitted.__name__}"
+        self.plain = functools.partial(jitted, **static)
+
+    def prefetch(self, specs: tuple[Any, ...]) -> None:
+        """Loads the stored executable for these abstract arguments, if there is one (thread-safe)."""
+        key = _call_key(self.identity, specs)
+        if key in _COMPILED or key in _PREFETCHED:
+            return
+        compiled = executables.load(specs, identity=self.identity, module=self.module, folder=self.folder)
+        if compiled is not None:
+            _PREFETCHED[key] = compiled
+
+    def __call__(self, *args: Any) -> Any:
+        key = _call_key(self.identity, args)
+        compiled = _COMPILED.get(key)
+        if compiled is not None:
+            return compiled(*args)
+        compiled = _PREFETCHED.pop(key, None)
+        if compiled is None:
+            compiled = compile_through_store(self.jitted, self.static, executables.abstract(args)) or self.plain
+        try:
+            out = compiled(*args)
+        except (TypeError, ValueError) as err:
+            # A stored executable that does not accept these arguments (placement,
+            # layout): run the ordinary way, which is always right.
+            logger.warning("compiled %s rejected its arguments (%s); using jax.jit", self.module, err)
+            compiled, out = self.plain, self.plain(*args)
+        _COMPILED[key] = compiled
+        return out
+
+
+# Loaded by `prefetch`, not yet called: the first call checks that the executable accepts its arguments.
+_PREFETCHED: dict[tuple[Any, ...], Any] = {}
+
+
+def bound(jitted: Any, **static: Any) -> Callable[..., Any]:
+    """``jitted`` with its static arguments bound, as `least_squares` calls it.
+
+    With the executable store on (see `jaxcache.executables`) and a kernel
+    that can be named, a `BoundKernel`; otherwise plain ``jitted``.
+    """
+    target = _store_target(jitted, static)
+    if target is None:
+        return functools.partial(jitted, **static)
+    return BoundKernel(jitted, static, *target)
+
+
+def prefetch(calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> None:
+    """Loads the stored executables of several kernels at once, one thread per core.
+
+    Deserializing a large CPU executable takes up to a second and releases
+    the GIL, so loading a solve's kernels side by side halves a warm start on
+    two cores. Only loads: a kernel missing from the store is compiled at its
+    first call, as usual.
+    """
+    todo = [(kernel, specs) for kernel, specs in calls if isinstance(kernel, BoundKernel)]
+    if len(todo) < 2:
+        for kernel, specs in todo:
+            kernel.prefetch(specs)
+        return
+    executables.prepare_runtime()  # once, before the threads
+    with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1)) as pool:
+        for future in [pool.submit(kernel.prefetch, specs) for kernel, specs in todo]:
+            future.result()
 
 
 def _bind(fn: Callable[..., Any], **static: Any) -> Callable[..., Any]:

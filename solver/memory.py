@@ -196,7 +196,8 @@ def fit_memory_model(objective: ObjectiveFunction, *, block: int | None) -> Memo
 
 
 def _fit_memory_model(objective: ObjectiveFunction, block: int | None) -> MemoryModel:
-    from solver.kernels import lsq_jacobian_jit  # noqa: PLC0415 (kernels imports objective)
+    from jaxcache import executables
+    from solver.kernels import kernel_memory, lsq_jacobian_jit
 
     n, itemsize = objective.dim_x, np.dtype(objective.dtype).itemsize
     rows = objective.dim_f if block is None else objective.spec.dims[block]
@@ -206,14 +207,11 @@ def _fit_memory_model(objective: ObjectiveFunction, block: int | None) -> Memory
     temps = []
     for chunk in sorted(set(probe_chunk_sizes(n))):
         spec, plan, data = probe_plan(objective, block, chunk)
-        try:
-            stats = lsq_jacobian_jit.lower(x_spec, data, spec=spec, plan=plan).compile().memory_analysis()
-        except Exception as err:  # noqa: BLE001 (backends without the analysis raise)
-            logger.info("memory_analysis unavailable (%s); using the estimate", err)
-            stats = None
+        stats = kernel_memory(lsq_jacobian_jit, {"spec": spec, "plan": plan}, executables.abstract((x_spec, data)))
         if stats is None:
+            logger.info("memory_analysis unavailable; using the estimate")
             break
-        temps.append((chunk, float(stats.temp_size_in_bytes), float(stats.argument_size_in_bytes)))
+        temps.append((chunk, float(stats["temp_size_in_bytes"]), float(stats["argument_size_in_bytes"])))
     if not temps:
         return MemoryModel(jac_bytes + 2 * n * itemsize, estimate_m1, "estimate")
     c_a, t_a, args = temps[0]

@@ -98,6 +98,11 @@ def _entries(root: Path, version: str) -> dict[str, Path]:
     return {p.name[: -len("-cache")]: p for p in (root / f"jaxlib-{version}").glob("*-cache")}
 
 
+def _stored(root: Path, version: str) -> list[Path]:
+    """The executable store's files in a version's folder (compiled kernels jaxcache keeps beside JAX's)."""
+    return sorted((root / f"jaxlib-{version}" / "executables").glob("*.jaxexe"))
+
+
 def _bytes(paths) -> tuple[int, int]:
     stats = [p.stat() for p in paths]
     return sum(s.st_size for s in stats), sum(s.st_blocks * 512 for s in stats)
@@ -163,6 +168,12 @@ def test_upgrade_from_jax_0_9_to_0_10_with_one_shared_cache(pythons: dict[str, P
     assert inspected["entries"] == len(old_entries) + len(new_entries)
     assert inspected["bytes"] == old_size + new_size
     assert (inspected["other_version_entries"], inspected["other_version_bytes"]) == (len(old_entries), old_size)
+    # Each version's warm (old) or first solve (new) also stored the solver's kernels whole.
+    old_stored, new_stored = _stored(root, OLD), _stored(root, NEW)
+    assert len(old_stored) >= len(SOLVER_KERNELS) and len(new_stored) >= len(SOLVER_KERNELS)
+    assert inspected["executables"] == len(old_stored) + len(new_stored), inspected
+    old_size += _bytes(old_stored)[0]  # prune frees and keeps both kinds
+    new_size += _bytes(new_stored)[0]
 
     # 3. prune --stale: the plan names exactly the old version's entries; deleting removes exactly those.
     before = _snapshot(root)
@@ -178,7 +189,8 @@ def test_upgrade_from_jax_0_9_to_0_10_with_one_shared_cache(pythons: dict[str, P
     assert sorted(pruned["deleted"]) == sorted(old_entries), pruned
     assert (pruned["freed_bytes"], pruned["kept_entries"], pruned["kept_bytes"]) == (old_size, len(new_entries),
                                                                                       new_size)
-    assert _snapshot(root) == _without(before, _rel(root, old_entries.values()))
+    assert sorted(pruned["executables_deleted"]) == sorted(p.name[:-7] for p in old_stored), pruned
+    assert _snapshot(root) == _without(before, _rel(root, [*old_entries.values(), *old_stored]))
     inspected = new.jaxcache(root, "inspect", "--json")
     assert set(inspected["by_version"]) == {NEW} and inspected["other_version_entries"] == 0, inspected
 
@@ -188,7 +200,8 @@ def test_upgrade_from_jax_0_9_to_0_10_with_one_shared_cache(pythons: dict[str, P
     old.warm(hooked)
     hooked_old = _entries(hooked, OLD)
     assert sorted(k.rsplit("-", 1)[0] for k in hooked_old) == sorted(k.rsplit("-", 1)[0] for k in old_entries)
-    hooked_size, _ = _bytes(hooked_old.values())
+    hooked_stored = _stored(hooked, OLD)
+    hooked_size = _bytes(hooked_old.values())[0] + _bytes(hooked_stored)[0]
     # The same situation, for `hook --keep-version` (only the version folders matter to it).
     kept = tmp_path / "kept"
     shutil.copytree(hooked, kept, symlinks=True)
@@ -196,12 +209,14 @@ def test_upgrade_from_jax_0_9_to_0_10_with_one_shared_cache(pythons: dict[str, P
     before = _snapshot(hooked)
     result = new.jaxcache(hooked, "hook", "--json")
     assert (result["jaxlib"], result["upgraded_from"]) == (NEW, OLD), result
-    assert (result["pruned_entries"], result["freed_bytes"]) == (len(hooked_old), hooked_size), result
+    assert (result["pruned_entries"], result["pruned_executables"], result["freed_bytes"]) == (
+        len(hooked_old), len(hooked_stored), hooked_size), result
     assert result["env"]["JAX_COMPILATION_CACHE_DIR"] == str(hooked / f"jaxlib-{NEW}"), result["env"]
     after = _snapshot(hooked)
     # Exactly the old entries went; the only new file is the new version's folder marker.
     assert set(after) - set(before) == {f"jaxlib-{NEW}/.jaxcache-version.json"}, sorted(set(after) - set(before))
-    assert _without(before, _rel(hooked, hooked_old.values())) == {k: v for k, v in after.items() if k in before}
+    assert _without(before, _rel(hooked, [*hooked_old.values(), *hooked_stored])) == {
+        k: v for k, v in after.items() if k in before}
     assert json.loads((hooked / ".jaxcache" / "hook.json").read_text())["highest_jaxlib"] == NEW
 
     before = after

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from jaxcache.errors import UsageError
 
 # Mirrors solver.problems.NAMES, so that reading a plan needs no JAX import.
-PROBLEMS = ("rosenbrock", "bratu", "spectral", "curvefit")
+PROBLEMS = ("rosenbrock", "bratu", "spectral", "curvefit", "kinetics")
 # The size `python -m solver` uses by default, so a plain run hits what a plain warm wrote.
 DEFAULT_SIZE = 16
 PLATFORMS = ("cpu", "gpu", "tpu")

@@ -38,14 +38,19 @@ def _one_line(error: BaseException) -> str:
 
 
 class KernelSpec:
-    """One kernel to compile: a name and how to compile it."""
+    """One kernel to compile: a name, how to compile it, and its module name if known.
 
-    def __init__(self, name: str, compile: Callable[[], Any]):
+    ``compile`` returns ``"cached"`` or ``"compiled"`` when it knows (the
+    executable store), else anything, and JAX's log of the compile decides.
+    """
+
+    def __init__(self, name: str, compile: Callable[[], Any], module: str | None = None):
         self.name = name
         self.compile = compile
+        self.module = module
 
 
-def _aot(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> None:
+def _aot(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> None:  # JAX's log decides
     """``jax.jit(f).lower(*specs).compile()``; an already-jitted ``f`` is lowered as it is,
     since wrapping it in another jit would nest a call and change the key."""
     import jax
@@ -61,7 +66,7 @@ def bundled_kernels(target: Target) -> list[KernelSpec]:
     objective, x0 = solver.problems.get(
         target.problem, target.size, deriv_mode=target.deriv_mode, jac_chunk_size=target.jac_chunk_size
     )
-    return [KernelSpec(k.name, k.compile) for k in solver.kernels(objective, x0)]
+    return [KernelSpec(k.name, k.warm, f"jit_{k.fn.__name__}") for k in solver.kernels(objective, x0)]
 
 
 def entry_kernels(entry: str) -> list[KernelSpec]:
@@ -144,14 +149,15 @@ def run(job: dict[str, Any]) -> int:
             log = CompileLog().start()
             start = time.perf_counter()
             try:
-                kernel.compile()
-                status, reason = ("cached" if log.hits and not log.misses else "compiled"), None
+                # A kernel the executable store serves says itself whether it was there.
+                status = kernel.compile() or ("cached" if log.hits and not log.misses else "compiled")
+                reason = None
             except Exception as e:  # report and go on with the others
                 status, reason = "failed", _one_line(e)
                 failed = True
             finally:
                 log.stop()
-            modules = sorted(log.modules)
+            modules = sorted(log.modules) or [kernel.module]
             _emit(target=target.label, kernel=kernel.name, module=modules[0] if len(modules) == 1 else ",".join(modules),
                   status=status, seconds=round(time.perf_counter() - start, 4), reason=reason)
     return 1 if failed else 0

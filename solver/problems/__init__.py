@@ -8,6 +8,7 @@
 | ``bratu`` | ``size**2`` | ``size**2`` |
 | ``spectral`` | ``size`` | ``size`` (dense, costly columns) |
 | ``curvefit`` | ``2 * size`` | ``80 * size`` fit + ``2 * size`` Tikhonov (two blocks) |
+| ``kinetics`` | 10 | ``6 * size`` (a ``size``-step integration, unrolled: compiling dominates) |
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from __future__ import annotations
 import numpy as np
 
 from solver.objective import ChunkSize, DerivMode, ObjectiveFunction
-from solver.problems import bratu, curvefit, rosenbrock, spectral
+from solver.problems import bratu, curvefit, kinetics, rosenbrock, spectral
 
 __all__ = ["NAMES", "get"]
 
-_MODULES = {"rosenbrock": rosenbrock, "bratu": bratu, "spectral": spectral, "curvefit": curvefit}
+_MODULES = {"rosenbrock": rosenbrock, "bratu": bratu, "spectral": spectral, "curvefit": curvefit, "kinetics": kinetics}
 NAMES: tuple[str, ...] = tuple(_MODULES)
 
 

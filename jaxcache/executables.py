@@ -1,0 +1,593 @@
+"""Whole compiled executables beside the persistent cache, so a warm start skips tracing too.
+
+JAX's persistent cache keys an entry by the *lowered* program, so even with
+every entry present a fresh process must trace and lower each function to find
+it: 0.2-0.4 s per solver kernel, plus the "auto" chunk probes, against a few
+milliseconds to load the executable (see ``JAX_CACHE_FACTS.md``). For kernels
+whose code can be named without tracing it (the bundled solver's: a
+module-level function in a package whose source is hashed), this store keeps
+the `jax.stages.Compiled` itself (`jax.experimental.serialize_executable`),
+keyed by what decides the program before tracing:
+
+- the caller's *identity* of the kernel: function, source fingerprint, static arguments;
+- the abstract arguments (tree structure, shapes, dtypes, weak types);
+- the environment: Python, jax and jaxlib versions, the backend and its
+  devices, every config value JAX's own tracing cache keys on
+  (``trace_context``: x64, matmul precision, ...), and ``XLA_FLAGS``.
+
+A miss compiles through the ordinary path (so the persistent cache is written
+or hit as usual) and stores the result. A file that cannot be read or loaded
+is treated as a miss and replaced.
+
+On disk: ``<jax cache folder>/executables/<sha256>.jaxexe``, each file
+`MAGIC`, a 4-byte big-endian header length, a JSON header (kernel, module,
+versions, platform, compile seconds) that jaxcache reads without unpickling,
+then the pickled payload, zlib-compressed. Loading a payload runs code from it, exactly as
+loading a JAX cache entry runs the code in it: the store is as trusted as the
+cache folder (see the README's security section).
+
+This module imports JAX only inside the functions that need it, so jaxcache's
+scanning and pruning can use the format side without it.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import hashlib
+import json
+import logging
+import os
+import pickle
+import re
+import struct
+import sys
+import tempfile
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ENV_SWITCH",
+    "FOLDER_NAME",
+    "ExecutableFormatError",
+    "StoredExecutable",
+    "active_folder",
+    "delete",
+    "list_folder",
+    "load_or_compile",
+    "read_header",
+    "stats",
+]
+
+logger = logging.getLogger(__name__)
+
+FOLDER_NAME = "executables"
+SUFFIX = ".jaxexe"
+MAGIC = b"JAXCACHE-EXE-1\n"
+ENV_SWITCH = "JAXCACHE_EXECUTABLES"  # "0", "off", "false" or "no" turns the store off
+_FORMAT = 1
+_NAME_RE = re.compile(r"[0-9a-f]{64}" + re.escape(SUFFIX))
+_HEADER_LEN = struct.Struct(">I")
+_MAX_HEADER = 1 << 16
+
+# Per process: what each module name did, for `jaxcache verify` and tests.
+_STATS: dict[str, Counter[str]] = {}
+
+
+class ExecutableFormatError(ValueError):
+    """A file in the store that is not a readable stored executable."""
+
+
+@dataclass(frozen=True)
+class StoredExecutable:
+    """One file of the store, described from its header (never unpickled).
+
+    Attributes:
+        path: the file.
+        key: its key (the file name's hash).
+        bytes: file size.
+        written: modification time (seconds since the epoch).
+        last_used: access time; loads read the file, so it moves under ``relatime``.
+        module: the kernel's module name, e.g. ``jit_lsq_step``.
+        jaxlib: the jaxlib version that wrote it.
+        platform: the backend platform it was compiled for.
+        compile_seconds: how long lowering plus compiling took when it was stored.
+        version: the jaxlib version of the folder holding it (its marker); None when unknown.
+    """
+
+    path: Path
+    key: str
+    bytes: int
+    written: float
+    last_used: float
+    module: str
+    jaxlib: str
+    platform: str
+    compile_seconds: float
+    version: str | None = None
+
+    @property
+    def recency(self) -> float:
+        return max(self.written, self.last_used)
+
+
+def is_store_name(name: str) -> bool:
+    """Whether a file name is one the store writes."""
+    return _NAME_RE.fullmatch(name) is not None
+
+
+def read_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a stored executable.
+
+    Raises:
+        ExecutableFormatError: the file is not a stored executable.
+        OSError: it cannot be read.
+    """
+    with open(path, "rb") as f:
+        head = f.read(len(MAGIC) + _HEADER_LEN.size)
+        if len(head) < len(MAGIC) + _HEADER_LEN.size or not head.startswith(MAGIC):
+            raise ExecutableFormatError(f"{path.name}: not a stored executable")
+        (length,) = _HEADER_LEN.unpack(head[len(MAGIC):])
+        if length > _MAX_HEADER:
+            raise ExecutableFormatError(f"{path.name}: header of {length} bytes")
+        raw = f.read(length)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ExecutableFormatError(f"{path.name}: unreadable header") from None
+    if not isinstance(header, dict) or header.get("format") != _FORMAT:
+        raise ExecutableFormatError(f"{path.name}: unknown format")
+    return header
+
+
+def list_folder(cache_folder: Path) -> tuple[list[StoredExecutable], list[Path]]:
+    """The stored executables of one JAX cache folder, and the files there that are not.
+
+    ``cache_folder`` is the folder JAX writes entries to (a version folder or a
+    flat cache); the store is its ``executables`` subfolder. Files whose header
+    cannot be read come back in the second list (the store is never trusted by
+    name alone).
+    """
+    folder = cache_folder / FOLDER_NAME
+    good: list[StoredExecutable] = []
+    bad: list[Path] = []
+    try:
+        it = os.scandir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return good, bad
+    with it:
+        for dirent in it:
+            path = Path(dirent.path)
+            if not is_store_name(dirent.name) or not dirent.is_file(follow_symlinks=False):
+                if not dirent.name.startswith(_TEMP_PREFIX):
+                    bad.append(path)
+                continue
+            try:
+                st = dirent.stat(follow_symlinks=False)
+                header = read_header(path)
+            except FileNotFoundError:
+                continue  # replaced or deleted meanwhile
+            except (OSError, ExecutableFormatError):
+                bad.append(path)
+                continue
+            good.append(StoredExecutable(
+                path=path, key=dirent.name[: -len(SUFFIX)], bytes=st.st_size, written=st.st_mtime,
+                last_used=st.st_atime, module=str(header.get("module", "?")), jaxlib=str(header.get("jaxlib", "?")),
+                platform=str(header.get("platform", "?")), compile_seconds=float(header.get("compile_seconds", 0.0)),
+            ))
+    good.sort(key=lambda e: e.key)
+    return good, bad
+
+
+def delete(item: StoredExecutable) -> str | None:
+    """Deletes one stored executable after proving it is one; returns why not, if not."""
+    try:
+        read_header(item.path)
+    except FileNotFoundError:
+        return "already gone"
+    except ExecutableFormatError:
+        return "contents are not a stored executable"
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+    if item.path.is_symlink():
+        return "not a regular file"
+    try:
+        item.path.unlink()
+    except FileNotFoundError:
+        return "already gone"
+    except OSError as e:
+        return f"cannot delete ({e.strerror})"
+    return None
+
+
+# --- the running side (imports JAX) ---------------------------------------------------------
+
+_TEMP_PREFIX = ".tmp-"
+_SWITCH_OFF = frozenset({"0", "off", "false", "no"})
+
+
+def active_folder() -> Path | None:
+    """Where this process stores executables: ``executables`` in JAX's cache folder.
+
+    None when the persistent cache is off, is not a local folder, or
+    ``JAXCACHE_EXECUTABLES`` turns the store off.
+    """
+    if os.environ.get(ENV_SWITCH, "").strip().lower() in _SWITCH_OFF:
+        return None
+    import jax
+
+    cache_dir = jax.config.jax_compilation_cache_dir
+    if not cache_dir or "://" in str(cache_dir):
+        return None
+    if not getattr(jax.config, "jax_enable_compilation_cache", True):
+        return None
+    return Path(cache_dir) / FOLDER_NAME
+
+
+def _describe(value: Any, depth: int = 0) -> str | None:
+    """A description of a config value that is the same in every process, or None.
+
+    Plain values describe themselves; objects whose repr carries an address
+    (JAX's ``AxisEnv``) are described by their slots. Anything else is not
+    trusted: the caller then does not use the store.
+    """
+    if depth > 8:
+        return None
+    if value is None or isinstance(value, (bool, int, float, str, bytes, enum.Enum)):
+        return repr(value)
+    if isinstance(value, (tuple, list)):
+        parts = [_describe(v, depth + 1) for v in value]
+        return None if None in parts else "(" + ",".join(parts) + ")"  # type: ignore[arg-type]
+    if isinstance(value, (frozenset, set)):
+        parts = [_describe(v, depth + 1) for v in value]
+        return None if None in parts else "{" + ",".join(sorted(parts)) + "}"  # type: ignore[arg-type]
+    if isinstance(value, Mapping):
+        items = [(_describe(k, depth + 1), _describe(v, depth + 1)) for k, v in value.items()]
+        if any(k is None or v is None for k, v in items):
+            return None
+        return "{" + ",".join(sorted(f"{k}:{v}" for k, v in items)) + "}"
+    text = repr(value)
+    if " at 0x" not in text:
+        return text
+    slots = getattr(type(value), "__slots__", None)
+    if not slots:
+        return None
+    fields = [s for s in slots if not s.startswith("__")]
+    parts = [_describe(getattr(value, s, None), depth + 1) for s in fields]
+    if None in parts:
+        return None
+    return type(value).__qualname__ + "(" + ",".join(f"{s}={p}" for s, p in zip(fields, parts)) + ")"
+
+
+def environment() -> str | None:
+    """Everything outside the kernel and its arguments that decides the executable, or None."""
+    import jax
+    import jaxlib
+    from jax._src import config as jax_config
+
+    context = _describe(jax_config.trace_context())
+    if context is None:
+        return None
+    devices = jax.devices()
+    client = devices[0].client
+    return json.dumps([
+        _FORMAT, sys.version_info[:2], jax.__version__, jaxlib.__version__, client.platform,
+        client.platform_version, [(d.id, d.device_kind, d.process_index) for d in devices],
+        jax.process_count(), context, os.environ.get("XLA_FLAGS", ""), os.environ.get("LIBTPU_INIT_ARGS", ""),
+    ])
+
+
+def abstract(args: Any) -> Any:
+    """``args`` as `jax.ShapeDtypeStruct` leaves (no shardings, as ``jaxcache warm`` lowers them)."""
+    import jax
+    import numpy as np
+
+    def spec(a: Any) -> Any:
+        return jax.ShapeDtypeStruct(tuple(a.shape) if hasattr(a, "shape") else np.shape(a), a.dtype, weak_type=bool(getattr(a, "weak_type", False)))
+
+    return jax.tree_util.tree_map(spec, args)
+
+
+def _arguments_key(specs: Any) -> str:
+    import jax
+
+    leaves, treedef = jax.tree_util.tree_flatten(specs)
+    return repr((str(treedef), [(tuple(s.shape), str(s.dtype), bool(s.weak_type)) for s in leaves]))
+
+
+def store_key(identity: str, specs: Any, environment_key: str) -> str:
+    """The store's key: a sha256 over the kernel's identity, its arguments and the environment."""
+    digest = hashlib.sha256()
+    for part in (identity, _arguments_key(specs), environment_key):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def stats() -> dict[str, dict[str, int]]:
+    """Per module name, this process's store loads, stores and unusable files."""
+    return {module: dict(counts) for module, counts in _STATS.items()}
+
+
+def _count(module: str, what: str) -> None:
+    _STATS.setdefault(module, Counter())[what] += 1
+
+
+def load_or_compile(
+    jitted: Any,
+    specs: Any,
+    static: Mapping[str, Any],
+    *,
+    identity: str,
+    module: str,
+    folder: Path,
+    fresh: bool = False,
+) -> tuple[Any, str]:
+    """The compiled kernel: loaded from the store, else compiled (and stored when possible).
+
+    An executable JAX loaded from its persistent cache cannot be serialized
+    again (the result fails at run time with "Function ... not found", jax 0.6
+    to 0.10 on CPU), so only one compiled in this process is stored. A run
+    that finds the kernel in JAX's cache therefore just uses it; ``fresh``
+    (what ``jaxcache warm`` asks for) compiles it once more, outside JAX's
+    cache, to store it.
+
+    Args:
+        jitted: the `jax.jit` function; compiled as ``jitted.lower(*specs, **static).compile()``.
+        specs: the abstract positional arguments (see `abstract`).
+        static: static keyword arguments.
+        identity: names the kernel's code and static arguments in a way that
+            is the same in every process and changes whenever they do.
+        module: the module name, for reports (``jit_lsq_step``).
+        folder: the store (see `active_folder`).
+        fresh: store the kernel even when JAX's cache has it.
+
+    Returns:
+        The `jax.stages.Compiled`, and ``"loaded"`` (from the store),
+        ``"stored"`` (compiled here and stored) or ``"compiled"`` (not stored).
+    """
+    env = environment()
+    if env is None:
+        return jitted.lower(*specs, **static).compile(), "compiled"
+    key = store_key(identity, specs, env)
+    path = folder / (key + SUFFIX)
+    compiled = load(specs, identity=identity, module=module, folder=folder)
+    if compiled is not None:
+        return compiled, "loaded"
+    start = time.perf_counter()
+    before = _jax_cache_events()
+    compiled = jitted.lower(*specs, **static).compile()
+    if not _compiled_by_xla(before, _jax_cache_events()):
+        # From JAX's persistent cache, or the same executable again from its
+        # in-memory caches: neither can be serialized safely.
+        if not fresh:
+            logger.debug("%s was not compiled here (JAX's cache had it); not stored", module)
+            return compiled, "compiled"
+        compiled = _compile_outside_jax_cache(lambda: jitted.lower(*specs, **static))
+    if _save(path, compiled, module, time.perf_counter() - start):
+        _count(module, "stored")
+        logger.debug("Executable store write for '%s' with key %r", module, f"{module}-{key}")
+        return compiled, "stored"
+    return compiled, "compiled"
+
+
+def is_stored(specs: Any, *, identity: str, folder: Path) -> bool:
+    """Whether the store has this kernel for these arguments (a readable header; nothing loaded)."""
+    env = environment()
+    if env is None:
+        return False
+    path = folder / (store_key(identity, specs, env) + SUFFIX)
+    try:
+        return file_is_whole(path, read_header(path))
+    except (OSError, ExecutableFormatError):
+        return False
+
+
+def file_is_whole(path: Path, header: dict[str, Any], *, verify_checksum: bool = False) -> bool:
+    """Whether a stored file holds exactly the payload its header describes (size; checksum if asked)."""
+    with open(path, "rb") as f:
+        f.seek(len(MAGIC))
+        (length,) = _HEADER_LEN.unpack(f.read(_HEADER_LEN.size))
+        f.seek(0, os.SEEK_END)
+        body_size = f.tell() - len(MAGIC) - _HEADER_LEN.size - length
+        if body_size != header.get("payload_bytes"):
+            return False
+        if not verify_checksum:
+            return True
+        f.seek(len(MAGIC) + _HEADER_LEN.size + length)
+        return zlib.crc32(f.read()) == header.get("payload_crc32")
+
+
+def load(specs: Any, *, identity: str, module: str, folder: Path) -> Any | None:
+    """The stored executable for this kernel and these abstract arguments, or None (see `load_or_compile`)."""
+    env = environment()
+    if env is None:
+        return None
+    key = store_key(identity, specs, env)
+    compiled = _load(folder / (key + SUFFIX), module)
+    if compiled is not None:
+        _count(module, "loaded")
+        logger.debug("Executable store hit for '%s' with key %r", module, f"{module}-{key}")
+    return compiled
+
+
+_MEMORY_FIELDS = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes",
+                  "alias_size_in_bytes", "generated_code_size_in_bytes")
+
+
+def memory_of(compiled: Any) -> dict[str, int] | None:
+    """The compiler's memory analysis as a dict (None where the backend has none)."""
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 (backends without the analysis raise)
+        return None
+    if stats is None:
+        return None
+    return {name: int(getattr(stats, name, 0)) for name in _MEMORY_FIELDS}
+
+
+def memory_analysis(
+    jitted: Any, specs: Any, static: Mapping[str, Any], *, identity: str, module: str, folder: Path
+) -> dict[str, int] | None:
+    """The kernel's memory analysis (see `memory_of`), read from a stored header when there is one.
+
+    Reading the header costs microseconds where loading the executable costs
+    up to a second for a large program: "auto" chunk sizing needs only these
+    numbers from its probe kernels, never the probes themselves.
+    """
+    env = environment()
+    if env is not None:
+        path = folder / (store_key(identity, specs, env) + SUFFIX)
+        try:
+            memory = read_header(path).get("memory")
+        except (OSError, ExecutableFormatError):
+            memory = None
+        if isinstance(memory, dict) and all(isinstance(memory.get(f), int) for f in _MEMORY_FIELDS):
+            _count(module, "analysis")
+            return memory
+    compiled, _ = load_or_compile(jitted, specs, static, identity=identity, module=module, folder=folder)
+    return memory_of(compiled)
+
+
+_REQUESTS_EVENT = "/jax/compilation_cache/compile_requests_use_cache"
+_HITS_EVENT = "/jax/compilation_cache/cache_hits"
+_jax_events: Counter[str] = Counter()
+
+
+@functools.cache
+def _listen_to_jax_cache() -> None:
+    import jax.monitoring
+
+    def on_event(event: str, **_: Any) -> None:
+        if event in (_REQUESTS_EVENT, _HITS_EVENT):
+            _jax_events[event] += 1
+
+    jax.monitoring.register_event_listener(on_event)
+
+
+def _jax_cache_events() -> tuple[int, int]:
+    _listen_to_jax_cache()
+    return _jax_events[_REQUESTS_EVENT], _jax_events[_HITS_EVENT]
+
+
+def _compiled_by_xla(before: tuple[int, int], after: tuple[int, int]) -> bool:
+    """Whether a compile between two `_jax_cache_events` asked JAX's cache and missed: XLA compiled."""
+    return after[0] > before[0] and after[1] == before[1]
+
+
+def _compile_outside_jax_cache(lower: Callable[[], Any]) -> Any:
+    """A fresh XLA compile of ``lower()``: JAX's in-memory caches cleared (they would hand back
+    the same executable) and its persistent cache off for this one compile."""
+    import jax
+    from jax._src import compilation_cache
+
+    was = jax.config.jax_enable_compilation_cache
+    jax.clear_caches()
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()  # JAX decides once whether the cache is used
+    try:
+        return lower().compile()
+    finally:
+        jax.config.update("jax_enable_compilation_cache", was)
+        compilation_cache.reset_cache()
+
+
+@functools.cache
+def prepare_runtime() -> None:
+    """Registers what lowering would have: LAPACK's kernels, which CPU executables call.
+
+    JAX fills LAPACK's function table while lowering a linear-algebra op
+    (``jaxlib.lapack.prepare_lapack_call``); an executable loaded without any
+    lowering would call through an empty table and crash the process.
+    """
+    try:
+        from jaxlib import lapack
+
+        lapack._lapack.initialize()
+    except (ImportError, AttributeError) as err:  # a jaxlib without it has nothing to prepare
+        logger.debug("LAPACK not initialized: %s", err)
+
+
+def _load(path: Path, module: str) -> Any | None:
+    import jax
+    from jax.experimental import serialize_executable
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        logger.warning("cannot read stored executable %s (%s); compiling instead", path, e.strerror)
+        _count(module, "unusable")
+        return None
+    try:
+        if not data.startswith(MAGIC):
+            raise ExecutableFormatError("bad magic")
+        (length,) = _HEADER_LEN.unpack_from(data, len(MAGIC))
+        start = len(MAGIC) + _HEADER_LEN.size + length
+        header = json.loads(data[len(MAGIC) + _HEADER_LEN.size: start])
+        body = data[start:]
+        if len(body) != header["payload_bytes"] or zlib.crc32(body) != header["payload_crc32"]:
+            raise ExecutableFormatError("the payload does not match its header (truncated or damaged)")
+        payload, in_tree, out_tree = pickle.loads(zlib.decompress(body))
+        by_id = {d.id: d for d in jax.devices()}
+        # The devices it was compiled for; the default (every device) would make a
+        # one-device program expect one shard per device.
+        devices = [by_id[i] for i in header["devices"]]
+        prepare_runtime()
+        return serialize_executable.deserialize_and_load(payload, in_tree, out_tree, execution_devices=devices)
+    except Exception as err:  # noqa: BLE001 (a damaged or foreign file must never stop a run)
+        logger.warning("stored executable %s is unusable (%s: %s); compiling instead",
+                       path.name, type(err).__name__, err)
+        _count(module, "unusable")
+        return None
+
+
+def _save(path: Path, compiled: Any, module: str, seconds: float) -> bool:
+    import jax
+    import jaxlib
+    from jax.experimental import serialize_executable
+
+    try:
+        devices = sorted({d.id for sharding in jax.tree_util.tree_leaves(compiled.output_shardings)
+                          for d in sharding.device_set})
+        payload, in_tree, out_tree = serialize_executable.serialize(compiled)
+        # Level 1: a third of the size for a few milliseconds; decompressing is faster still.
+        body = zlib.compress(pickle.dumps((payload, in_tree, out_tree), protocol=pickle.HIGHEST_PROTOCOL), 1)
+    except Exception as err:  # noqa: BLE001 (some executables cannot be serialized: run without storing)
+        logger.debug("cannot serialize %s: %s", module, err)
+        return False
+    header = json.dumps({
+        "format": _FORMAT, "module": module, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+        "platform": jax.devices()[0].platform, "compile_seconds": round(seconds, 4), "written": time.time(),
+        "memory": memory_of(compiled), "devices": devices,
+        "payload_bytes": len(body), "payload_crc32": zlib.crc32(body),
+    }).encode()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TEMP_PREFIX)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(MAGIC + _HEADER_LEN.pack(len(header)) + header + body)
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)  # readers see the whole file or none
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        logger.warning("cannot store the executable of %s in %s (%s)", module, path.parent, e.strerror)
+        return False
+    return True
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+

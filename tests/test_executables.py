@@ -1,0 +1,201 @@
+"""The executable store: after ``jaxcache warm`` a fresh solve loads every solver kernel whole
+(no tracing, no lowering, no JAX cache lookup), gets the same answer, and survives damage."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from jaxcache_testing import env_with, version_folder
+
+from jaxcache import executables
+from jaxcache.prune import execute, plan_prune
+from jaxcache.scanning import scan
+
+SOLVER_KERNELS = {"jit_lsq_residual", "jit_lsq_jacobian", "jit_lsq_factor", "jit_lsq_step"}
+
+# A fresh process configured like `jaxcache run`: the JSON line says what the store
+# did, what JAX's cache was asked, and the answer.
+SOLVE = r"""
+import json, logging, sys
+import jaxcache
+jaxcache.configure(sys.argv[1])
+from jaxcache import executables
+from jaxcache.compilelog import CompileLog
+log = CompileLog().start()
+jax_requests = []
+class Requests(logging.Filter):  # first in line: sees JAX's DEBUG records before jaxcache's tap drops them
+    def filter(self, record):
+        if isinstance(record.msg, str) and "persistent compilation cache" in record.msg.lower():
+            jax_requests.append(str(record.args[0]))
+        return True
+logging.getLogger("jax._src.compiler").filters.insert(0, Requests())
+import solver
+objective, x0 = solver.problems.get(sys.argv[2], int(sys.argv[3]))
+result = solver.least_squares(objective, x0)
+print(json.dumps({"store": executables.stats(), "jax_requests": sorted(set(jax_requests)),
+                  "hits": {m: c.hits for m, c in log.modules.items()},
+                  "x": result.x.tolist(), "cost": result.cost, "nfev": result.nfev, "success": bool(result.success)}))
+"""
+
+
+def _solve(cache: Path, problem: str = "bratu", size: int = 6, **env: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", SOLVE, str(cache), problem, str(size)],
+                          capture_output=True, text=True, env=env_with(**env), timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "stderr": proc.stderr}
+
+
+def _warm(cache: Path, *args: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "jaxcache", "--cache-dir", str(cache), "warm", "--json",
+                           "--problem", "bratu", "--size", "6", *args],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def warmed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cache = tmp_path_factory.mktemp("warmed") / "cache"
+    _warm(cache)
+    return cache
+
+
+def test_a_warmed_solve_loads_every_kernel_whole_and_asks_jax_for_none(warmed: Path) -> None:
+    solved = _solve(warmed)
+    assert solved["success"]
+    loaded = {m for m, c in solved["store"].items() if c.get("loaded")}
+    assert loaded == SOLVER_KERNELS, solved["store"]
+    assert not any(c.get("stored") for c in solved["store"].values()), solved["store"]
+    # Not traced, not lowered: JAX's persistent cache was never even consulted for them.
+    assert not SOLVER_KERNELS & set(solved["jax_requests"]), solved["jax_requests"]
+    # ...and jaxcache's compile log (what `run`, `stats` and `verify` count) calls each load a hit.
+    assert all(solved["hits"].get(m, 0) >= 1 for m in SOLVER_KERNELS), solved["hits"]
+
+
+def test_the_stored_kernels_give_the_same_answer_as_compiling(warmed: Path) -> None:
+    stored = _solve(warmed)
+    compiled = _solve(warmed, JAXCACHE_EXECUTABLES="0")
+    assert not compiled["store"], compiled["store"]  # switched off: nothing loaded or stored
+    assert SOLVER_KERNELS <= set(compiled["jax_requests"])
+    assert (stored["nfev"], stored["cost"], stored["x"]) == (compiled["nfev"], compiled["cost"], compiled["x"])
+
+
+def test_a_second_warm_finds_everything_stored(warmed: Path) -> None:
+    report = _warm(warmed)
+    assert report["compiled"] == 0 and report["failed"] == 0 and report["cached"] >= len(SOLVER_KERNELS), report
+
+
+def test_a_cold_run_stores_what_it_compiles_and_the_next_run_loads_it(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = _solve(cache)
+    assert {m for m, c in first["store"].items() if c.get("stored")} >= SOLVER_KERNELS, first["store"]
+    second = _solve(cache)
+    assert {m for m, c in second["store"].items() if c.get("loaded")} == SOLVER_KERNELS, second["store"]
+    assert second["x"] == first["x"]
+
+
+def test_a_run_never_stores_an_executable_jax_loaded_from_its_own_cache(tmp_path: Path) -> None:
+    """Re-serializing such an executable gives one that fails at run time ("Function ... not
+    found"), so a run that hits JAX's cache leaves the store alone; `warm` compiles afresh."""
+    cache = tmp_path / "cache"
+    _solve(cache, JAXCACHE_EXECUTABLES="0")  # JAX's cache only
+    hit = _solve(cache)
+    assert not any(c.get("stored") for c in hit["store"].values()), hit["store"]
+    assert SOLVER_KERNELS <= set(hit["jax_requests"])
+    _warm(cache)
+    assert {m for m, c in _solve(cache)["store"].items() if c.get("loaded")} == SOLVER_KERNELS
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage-payload", "garbage-file"])
+def test_a_damaged_stored_executable_is_ignored_found_and_repaired(tmp_path: Path, damage: str) -> None:
+    cache = tmp_path / "cache"
+    _warm(cache)
+    files = sorted((version_folder(cache) / executables.FOLDER_NAME).glob("*" + executables.SUFFIX))
+    victim = max(files, key=lambda p: p.stat().st_size)
+    data = victim.read_bytes()
+    victim.write_bytes({"truncate": data[: len(data) // 2],
+                        "garbage-payload": data[:-200] + b"\0" * 200,
+                        "garbage-file": b"not an executable at all"}[damage])
+
+    solved = _solve(cache)  # falls back to compiling that one kernel; still right
+    assert solved["success"] and "unusable" in solved["stderr"], solved["stderr"][-2000:]
+
+    from jaxcache.integrity import check, repair
+
+    report = check(scan(cache))
+    if damage == "garbage-file":
+        # No header: not provably ours, so it is only counted as another file, never deleted.
+        assert not any(f.path == victim for f in report.findings)
+        assert scan(cache).other_files >= 1
+        return
+    found = [f for f in report.findings if f.path == victim]
+    assert [f.kind for f in found] == ["damaged-executable"], report.findings
+    assert not repair(report).failed and not victim.exists()
+    assert _warm(cache)["compiled"] >= 1  # warm puts it back
+    assert {m for m, c in _solve(cache)["store"].items() if c.get("loaded")} == SOLVER_KERNELS
+
+
+def test_prune_and_clear_take_stored_executables_with_the_entries(warmed: Path, tmp_path: Path) -> None:
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(warmed, cache)
+    info = scan(cache)
+    assert len(info.executables) >= len(SOLVER_KERNELS)
+    by_name = plan_prune(info, name="jit_lsq_step*")
+    assert {e.module for e in by_name.executables} == {"jit_lsq_step"}
+    # --max-size drops stored executables before any JAX entry (a trace to redo, not a compile).
+    entry_bytes = sum(e.bytes for e in info.entries)
+    squeezed = plan_prune(info, max_size=entry_bytes)
+    assert not squeezed.deletions and len(squeezed.executables) == len(info.executables)
+    cleared = execute(plan_prune(info, everything=True))
+    assert len(cleared.executables_deleted) == len(info.executables) and not cleared.executables_skipped
+    assert not list((version_folder(cache) / executables.FOLDER_NAME).iterdir())
+
+
+def test_the_store_key_follows_what_decides_the_program() -> None:
+    """Everything JAX's own tracing cache keys on, plus the arguments and the kernel's identity."""
+    import jax
+    import numpy as np
+
+    spec = (jax.ShapeDtypeStruct((4,), np.float32),)
+    env = executables.environment()
+    assert env is not None
+    base = executables.store_key("k", spec, env)
+    assert base == executables.store_key("k", spec, executables.environment())  # stable
+    assert base != executables.store_key("other", spec, env)
+    assert base != executables.store_key("k", (jax.ShapeDtypeStruct((5,), np.float32),), env)
+    assert base != executables.store_key("k", (jax.ShapeDtypeStruct((4,), np.float32, weak_type=True),), env)
+    with jax.default_matmul_precision("highest"):
+        changed = executables.environment()
+    assert changed is not None and changed != env
+
+
+def test_a_users_own_objective_is_never_stored(tmp_path: Path) -> None:
+    """Code outside the solver package could change without any name showing it: kernels
+    that call it take the ordinary path (JAX's cache) and are not stored."""
+    code = r"""
+import sys, json
+import jaxcache
+jaxcache.configure(sys.argv[1])
+import jax.numpy as jnp, numpy as np
+from jaxcache import executables
+import solver
+
+def mine(x, params):
+    return x - params["target"]
+
+objective = solver.ObjectiveFunction(solver.Objective(mine, 3, params={"target": np.ones(3)}), jac_chunk_size=None)
+result = solver.least_squares(objective, np.zeros(3))
+print(json.dumps({"store": executables.stats(), "success": bool(result.success)}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "cache")], capture_output=True, text=True,
+                          env=env_with(), timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    # Only the factor kernel, which holds no user code (it factors a given matrix), is stored.
+    assert out["success"] and set(out["store"]) <= {"jit_lsq_factor"}, out
