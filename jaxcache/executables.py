@@ -43,6 +43,7 @@ import re
 import struct
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from collections import Counter
@@ -403,13 +404,19 @@ def file_is_whole(path: Path, header: dict[str, Any], *, verify_checksum: bool =
         return zlib.crc32(f.read()) == header.get("payload_crc32")
 
 
-def load(specs: Any, *, identity: str, module: str, folder: Path) -> Any | None:
-    """The stored executable for this kernel and these abstract arguments, or None (see `load_or_compile`)."""
+def load(specs: Any, *, identity: str, module: str, folder: Path, prepare: bool = True) -> Any | None:
+    """The stored executable for this kernel and these abstract arguments, or None (see `load_or_compile`).
+
+    ``prepare=False`` leaves `prepare_runtime` to the caller, who must call it
+    before running what was loaded (loading in threads while the main thread prepares).
+    """
     env = environment()
     if env is None:
         return None
     key = store_key(identity, specs, env)
     compiled = _load(folder / (key + SUFFIX), module)
+    if compiled is not None and prepare:
+        prepare_runtime()
     if compiled is not None:
         _count(module, "loaded")
         logger.debug("Executable store hit for '%s' with key %r", module, f"{module}-{key}")
@@ -497,20 +504,30 @@ def _compile_outside_jax_cache(lower: Callable[[], Any]) -> Any:
         compilation_cache.reset_cache()
 
 
-@functools.cache
+_prepared = threading.Lock()
+_prepared_done: list[bool] = []
+
+
 def prepare_runtime() -> None:
     """Registers what lowering would have: LAPACK's kernels, which CPU executables call.
 
     JAX fills LAPACK's function table while lowering a linear-algebra op
     (``jaxlib.lapack.prepare_lapack_call``); an executable loaded without any
-    lowering would call through an empty table and crash the process.
+    lowering would call through an empty table and crash the process. Once per
+    process, thread-safe; it costs about 0.1 s (jaxlib imports scipy.linalg).
     """
-    try:
-        from jaxlib import lapack
+    with _prepared:
+        if _prepared_done:
+            return
+        try:
+            import jax
+            from jaxlib import lapack
 
-        lapack._lapack.initialize()
-    except (ImportError, AttributeError) as err:  # a jaxlib without it has nothing to prepare
-        logger.debug("LAPACK not initialized: %s", err)
+            if jax.devices()[0].platform == "cpu":  # accelerators' solvers register at start-up
+                lapack._lapack.initialize()
+        except (ImportError, AttributeError) as err:  # a jaxlib without it has nothing to prepare
+            logger.debug("LAPACK not initialized: %s", err)
+        _prepared_done.append(True)
 
 
 def _load(path: Path, module: str) -> Any | None:
@@ -540,7 +557,6 @@ def _load(path: Path, module: str) -> Any | None:
         # The devices it was compiled for; the default (every device) would make a
         # one-device program expect one shard per device.
         devices = [by_id[i] for i in header["devices"]]
-        prepare_runtime()
         return serialize_executable.deserialize_and_load(payload, in_tree, out_tree, execution_devices=devices)
     except Exception as err:  # noqa: BLE001 (a damaged or foreign file must never stop a run)
         logger.warning("stored executable %s is unusable (%s: %s); compiling instead",

@@ -194,6 +194,12 @@ def compile_through_store(jitted: Any, static: dict[str, Any], specs: tuple[Any,
     return compiled
 
 
+def is_stored(jitted: Any, static: dict[str, Any], specs: tuple[Any, ...]) -> bool:
+    """Whether the executable store holds this kernel for these abstract arguments (nothing loaded)."""
+    target = _store_target(jitted, static)
+    return target is not None and executables.is_stored(specs, identity=target[1], folder=target[0])
+
+
 def kernel_memory(jitted: Any, static: dict[str, Any], specs: tuple[Any, ...]) -> dict[str, int] | None:
     """The compiler's memory analysis of a kernel (`jaxcache.executables.memory_of`).
 
@@ -233,7 +239,8 @@ class BoundKernel:
         key = _call_key(self.identity, specs)
         if key in _COMPILED or key in _PREFETCHED:
             return
-        compiled = executables.load(specs, identity=self.identity, module=self.module, folder=self.folder)
+        compiled = executables.load(specs, identity=self.identity, module=self.module, folder=self.folder,
+                                    prepare=False)
         if compiled is not None:
             _PREFETCHED[key] = compiled
 
@@ -277,17 +284,17 @@ def prefetch(calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> None:
 
     Deserializing a large CPU executable takes up to a second and releases
     the GIL, so loading a solve's kernels side by side halves a warm start on
-    two cores. Only loads: a kernel missing from the store is compiled at its
-    first call, as usual.
+    two cores, and the runtime is prepared meanwhile. Only loads: a kernel
+    missing from the store is compiled at its first call, as usual.
     """
     todo = [(kernel, specs) for kernel, specs in calls if isinstance(kernel, BoundKernel)]
-    if len(todo) < 2:
-        for kernel, specs in todo:
-            kernel.prefetch(specs)
+    if not todo:
         return
-    executables.prepare_runtime()  # once, before the threads
     with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1)) as pool:
-        for future in [pool.submit(kernel.prefetch, specs) for kernel, specs in todo]:
+        futures = [pool.submit(kernel.prefetch, specs) for kernel, specs in todo]
+        # Meanwhile, what running them needs (LAPACK's table: an import, GIL-bound but short).
+        executables.prepare_runtime()
+        for future in futures:
             future.result()
 
 

@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal, Union
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from solver.errors import SolverError
@@ -112,9 +111,10 @@ def _cast_leaf(leaf: Any, dtype: np.dtype) -> jax.Array:
     arr = np.asarray(leaf)
     if np.issubdtype(arr.dtype, np.floating):
         arr = arr.astype(dtype)
-    # From a NumPy array, jnp.asarray gives a strongly typed array, so the
-    # cache key of a kernel does not depend on how the user spelled a scalar.
-    return jnp.asarray(arr)
+    # From a NumPy array, device_put gives a strongly typed array, so the
+    # cache key of a kernel does not depend on how the user spelled a scalar;
+    # unlike jnp.asarray (jax >= 0.10) it compiles no conversion kernel.
+    return jax.device_put(arr)
 
 
 class ObjectiveFunction:
@@ -215,7 +215,7 @@ class ObjectiveFunction:
         Raises:
             ValueError: If ``x`` is not 1-D or a residual has the wrong shape.
         """
-        from solver import memory  # noqa: PLC0415 (memory imports this module's types)
+        from solver import memory
 
         shape = tuple(np.shape(x)) if not hasattr(x, "shape") else tuple(x.shape)
         if len(shape) != 1 or shape[0] == 0:
@@ -229,10 +229,11 @@ class ObjectiveFunction:
         self.dim_x, self.dtype = shape[0], np.dtype(dtype)
         self.data = tuple(
             (jax.tree_util.tree_map(lambda leaf: _cast_leaf(leaf, dtype), o.params),
-             jnp.asarray(o.weight.astype(dtype)))
+             _cast_leaf(o.weight, dtype))
             for o in self.objectives
         )
-        self._check_shapes()
+        if not self._residual_is_stored():
+            self._check_shapes()
         ndev = self.num_devices if self.num_devices is not None else len(jax.devices())
         ndev = column_devices(ndev, self.dim_x)
         if self.deriv_mode == "batched":
@@ -264,6 +265,16 @@ class ObjectiveFunction:
         self.memory_models = tuple(models)
         return self
 
+    def _residual_is_stored(self) -> bool:
+        """Whether the executable store has this residual for these shapes: it was compiled, so
+        its shapes were checked, and tracing the function again (seconds for a large
+        program) would only repeat that."""
+        from jaxcache import executables  # noqa: PLC0415
+        from solver.kernels import is_stored, lsq_residual_jit  # noqa: PLC0415 (kernels imports this module)
+
+        x = jax.ShapeDtypeStruct((self.dim_x,), self.dtype)
+        return is_stored(lsq_residual_jit, {"spec": self.spec}, executables.abstract((x, self.data)))
+
     def _check_shapes(self) -> None:
         x = jax.ShapeDtypeStruct((self.dim_x,), self.dtype)
         for obj, (params, _) in zip(self.objectives, self.data):
@@ -283,14 +294,14 @@ class ObjectiveFunction:
 
     def compute(self, x: Any) -> jax.Array:
         """Weighted residuals at ``x`` (builds on first use)."""
-        from solver.kernels import lsq_residual_jit  # noqa: PLC0415 (kernels imports this module)
+        from solver.kernels import lsq_residual_jit
 
         self.build(x)
         return lsq_residual_jit(np.asarray(x, self.dtype), self.data, spec=self.spec)
 
     def jac(self, x: Any) -> jax.Array:
         """The ``(dim_f, dim_x)`` Jacobian at ``x`` (builds on first use)."""
-        from solver.kernels import lsq_jacobian_jit  # noqa: PLC0415
+        from solver.kernels import lsq_jacobian_jit
 
         self.build(x)
         return lsq_jacobian_jit(
