@@ -8,6 +8,7 @@ import queue
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -121,7 +122,8 @@ def run_workers(
     """Starts ``jobs`` workers for targets sharing one process configuration; returns their events."""
     platform, devices, _ = targets[0].process_config
     wenv = worker_env(env, platform, devices)
-    job = {"cache_dir": str(cache_dir), "targets": [t.as_dict() for t in targets]}
+    claims = tempfile.TemporaryDirectory(prefix="jaxcache-warm-")
+    job = {"cache_dir": str(cache_dir), "targets": [t.as_dict() for t in targets], "claims": claims.name}
     procs = []
     for worker in range(jobs):
         proc = subprocess.Popen(
@@ -160,6 +162,7 @@ def run_workers(
                      "seconds": 0.0, "reason": f"worker exited with code {code}: {lines[-1] if lines else 'no output'}"}
             events.append(event)
             on_event(event)
+    claims.cleanup()
     return events
 
 

@@ -2,12 +2,13 @@
 
 Run as ``python -m jaxcache.warming.worker`` with a JSON job on stdin::
 
-    {"cache_dir": ..., "targets": [Target.as_dict(), ...], "worker": j, "workers": J}
+    {"cache_dir": ..., "targets": [Target.as_dict(), ...], "worker": j, "workers": J, "claims": DIR}
 
 Every target of a job shares one process configuration (backend, device
 count, x64), set up by the parent through the environment before JAX starts,
-exactly as the run it prepares. Kernels are numbered in a fixed order; this
-worker compiles those whose number is ``j`` modulo ``J``. One JSON line per
+exactly as the run it prepares. Kernels are numbered in a fixed order; the
+workers claim them one by one in the ``claims`` folder (without one, this
+worker compiles those whose number is ``j`` modulo ``J``). One JSON line per
 event goes to stdout: ``{"total": n}`` once the kernels are known, then one
 ``{"target", "kernel", "module", "status", "seconds", "reason"}`` per kernel,
 ``status`` being ``compiled``, ``cached`` or ``failed``.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import os
 import sys
 import time
 import traceback
@@ -118,6 +120,27 @@ def _jobs(targets: list[Target]) -> Iterator[tuple[Target, list[KernelSpec] | No
             yield target, None, _one_line(error)
 
 
+def _claimer(claims: str | None, worker: int, workers: int) -> Callable[[int], bool]:
+    """Decides which kernel numbers this worker compiles.
+
+    With a claims folder, workers take kernels first come, first served (an
+    ``O_EXCL`` create per kernel: exactly one worker wins each), so one that
+    drew cheap kernels goes on to the next instead of idling while another
+    compiles expensive ones. Without, every ``workers``-th kernel.
+    """
+    if claims is None or workers < 2:
+        return lambda number: number % workers == worker
+
+    def claim(number: int) -> bool:
+        try:
+            os.close(os.open(os.path.join(claims, str(number)), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            return False
+        return True
+
+    return claim
+
+
 def run(job: dict[str, Any]) -> int:
     """Compiles this worker's share; returns 1 if anything failed."""
     import jax
@@ -132,19 +155,20 @@ def run(job: dict[str, Any]) -> int:
         jax.config.update("jax_enable_x64", x64.pop())
     jaxcache.configure(job["cache_dir"])
     failed = False
+    claim = _claimer(job.get("claims"), worker, workers)
     built = list(_jobs(targets))
     _emit(total=sum(len(k) if k is not None else 1 for _, k, _ in built))
     number = -1
     for target, kernels, error in built:
         if kernels is None:
             number += 1
-            if number % workers == worker:
+            if claim(number):
                 _emit(target=target.label, kernel=None, module=None, status="failed", seconds=0.0, reason=error)
                 failed = True
             continue
         for kernel in kernels:
             number += 1
-            if number % workers != worker:
+            if not claim(number):
                 continue
             log = CompileLog().start()
             start = time.perf_counter()
