@@ -280,7 +280,28 @@ def environment() -> str | None:
         _FORMAT, sys.version_info[:2], jax.__version__, jaxlib.__version__, client.platform,
         client.platform_version, [(d.id, d.device_kind, d.process_index) for d in devices],
         jax.process_count(), context, os.environ.get("XLA_FLAGS", ""), os.environ.get("LIBTPU_INIT_ARGS", ""),
+        _host_cpu() if client.platform == "cpu" else None,
     ])
+
+
+@functools.cache
+def _host_cpu() -> str:
+    """The host CPU's instruction-set features: XLA:CPU compiles for the host it runs on.
+
+    A CPU executable from a machine with, say, AVX-512 may crash (SIGILL) on
+    one without; JAX's own key does not tell them apart, so on a folder shared
+    by different nodes each kind of CPU gets its own stored executables.
+    """
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return hashlib.sha256(" ".join(sorted(line.split(":", 1)[1].split())).encode()).hexdigest()[:16]
+    except OSError:
+        pass
+    return platform.machine() + "/" + platform.processor()
 
 
 def abstract(args: Any) -> Any:
