@@ -354,7 +354,7 @@ def prune_command(ctx: click.Context, stale: bool, keep_versions: tuple[str, ...
 @json_option
 @click.pass_context
 def clear_command(ctx: click.Context, dry_run: bool, yes: bool, as_json: bool) -> None:
-    """Delete every cache entry (other files in the folder are kept).
+    """Delete every cache entry and stored executable (other files in the folder are kept).
 
     Example: jaxcache clear --yes
     """

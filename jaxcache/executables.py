@@ -225,9 +225,18 @@ def active_folder() -> Path | None:
     cache_dir = jax.config.jax_compilation_cache_dir
     if not cache_dir or "://" in str(cache_dir):
         return None
-    if not getattr(jax.config, "jax_enable_compilation_cache", True):
+    if not getattr(jax.config, "jax_enable_compilation_cache", True) or not _can_serialize():
         return None
     return Path(cache_dir) / FOLDER_NAME
+
+
+@functools.cache
+def _can_serialize() -> bool:
+    try:
+        from jax.experimental import serialize_executable  # noqa: F401
+    except ImportError:  # a JAX without it: the store stays off
+        return False
+    return True
 
 
 def _describe(value: Any, depth: int = 0) -> str | None:
@@ -269,9 +278,13 @@ def environment() -> str | None:
     """Everything outside the kernel and its arguments that decides the executable, or None."""
     import jax
     import jaxlib
-    from jax._src import config as jax_config
 
-    context = _describe(jax_config.trace_context())
+    try:
+        from jax._src import config as jax_config
+
+        context = _describe(jax_config.trace_context())
+    except (ImportError, AttributeError):  # a JAX without it: the store stays off
+        return None
     if context is None:
         return None
     devices = jax.devices()

@@ -35,9 +35,6 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
-from jax._src.config import (
-    trace_context,  # what jit's own cache keys on (x64, precision, ...)
-)
 
 from jaxcache import executables
 from solver import memory
@@ -59,6 +56,11 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+try:  # what jit's own cache keys on (x64, precision, ...); a JAX without it keeps the store off
+    from jax._src.config import trace_context
+except ImportError:  # pragma: no cover (present from jax 0.6.1 to 0.10.2)
+    trace_context = None
 
 lsq_residual_jit = jax.jit(lsq_residual, static_argnames=("spec",))
 lsq_jacobian_jit = jax.jit(lsq_jacobian, static_argnames=("spec", "plan"))
@@ -173,7 +175,7 @@ def _identity(jitted: Any, static: dict[str, Any]) -> str | None:
 
 def _store_target(jitted: Any, static: dict[str, Any]) -> tuple[Path, str] | None:
     """The executable store's folder and the kernel's identity, or None (store off, or unnamed code)."""
-    if any(getattr(value, "num_devices", 1) > 1 for value in static.values()):
+    if trace_context is None or any(getattr(value, "num_devices", 1) > 1 for value in static.values()):
         # A deserialized multi-device executable does not place its inputs as jit
         # does ("expected 2 shards"): sharded kernels take the ordinary path.
         return None
