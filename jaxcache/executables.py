@@ -631,9 +631,16 @@ def _save(path: Path, compiled: Any, module: str, seconds: float) -> bool:
             Path(tmp).unlink(missing_ok=True)
             raise
     except OSError as e:
-        logger.warning("cannot store the executable of %s in %s (%s)", module, path.parent, e.strerror)
+        # Once per folder and process: a read-only or full folder would say it for every kernel.
+        if path.parent not in _UNWRITABLE:
+            _UNWRITABLE.add(path.parent)
+            logger.warning("cannot store compiled kernels in %s (%s); runs still work, without the store",
+                           path.parent, e.strerror)
         return False
     return True
+
+
+_UNWRITABLE: set[Path] = set()
 
 
 def _umask() -> int:

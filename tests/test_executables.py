@@ -20,9 +20,10 @@ SOLVER_KERNELS = {"jit_lsq_residual", "jit_lsq_jacobian", "jit_lsq_factor", "jit
 # A fresh process configured like `jaxcache run`: the JSON line says what the store
 # did, what JAX's cache was asked, and the answer.
 SOLVE = r"""
-import json, logging, sys
+import json, logging, os, sys
 import jaxcache
-jaxcache.configure(sys.argv[1])
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # else plain JAX settings, as a read-only user has them
+    jaxcache.configure(sys.argv[1])
 from jaxcache import executables
 from jaxcache.compilelog import CompileLog
 log = CompileLog().start()
@@ -199,3 +200,30 @@ print(json.dumps({"store": executables.stats(), "success": bool(result.success)}
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     # Only the factor kernel, which holds no user code (it factors a given matrix), is stored.
     assert out["success"] and set(out["store"]) <= {"jit_lsq_factor"}, out
+
+
+def test_a_read_only_warmed_cache_still_serves_every_kernel(tmp_path: Path) -> None:
+    """A cache mounted read-only on compute nodes (warmed elsewhere): loads need no writes."""
+    from jaxcache_testing import make_read_only
+
+    cache = tmp_path / "cache"
+    _warm(cache)
+    with make_read_only(cache):  # jaxcache.configure refuses such a folder; plain JAX settings use it
+        solved = _solve(cache, JAX_COMPILATION_CACHE_DIR=str(version_folder(cache)),
+                        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                        JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES="none")
+    assert solved["success"]
+    assert {m for m, c in solved["store"].items() if c.get("loaded")} == SOLVER_KERNELS, solved["store"]
+
+
+def test_a_read_only_cold_cache_runs_and_says_once_that_it_cannot_store(tmp_path: Path) -> None:
+    from jaxcache_testing import make_read_only
+
+    cache = tmp_path / "cache"
+    _solve(cache, "rosenbrock", 4, JAXCACHE_EXECUTABLES="0")  # the folders exist, the store does not
+    with make_read_only(cache):
+        solved = _solve(cache, JAX_COMPILATION_CACHE_DIR=str(version_folder(cache)),
+                        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                        JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES="none")
+    assert solved["success"] and not any(c.get("stored") for c in solved["store"].values())
+    assert solved["stderr"].count("cannot store compiled kernels") == 1, solved["stderr"][-2000:]
