@@ -558,10 +558,50 @@ def prepare_runtime() -> None:
             from jaxlib import lapack
 
             if jax.devices()[0].platform == "cpu":  # accelerators' solvers register at start-up
+                _load_lapack_tables()
                 lapack._lapack.initialize()
         except (ImportError, AttributeError) as err:  # a jaxlib without it has nothing to prepare
             logger.debug("LAPACK not initialized: %s", err)
         _prepared_done.append(True)
+
+
+def _load_lapack_tables() -> None:
+    """Loads the two modules LAPACK's initialization reads, without the rest of scipy.linalg.
+
+    jaxlib takes LAPACK's function pointers from ``scipy.linalg.cython_blas``
+    and ``scipy.linalg.cython_lapack``. Importing those the usual way first runs
+    ``scipy/linalg/__init__.py``, which imports most of scipy.linalg (and, via
+    scipy's array-API layer, numpy.f2py): 0.1-0.3 s of a warm start here, where
+    the two extension modules alone load in 10 ms. They are loaded from
+    scipy's own folder under their own names, so a later ``import scipy.linalg``
+    finds and reuses them. If anything about that fails, nothing is left behind
+    and the usual import runs.
+    """
+    if "scipy.linalg" in sys.modules:
+        return  # already paid for
+    import importlib.machinery
+    import importlib.util
+
+    loaded: list[str] = []
+    try:
+        import scipy
+
+        folder = os.path.join(os.path.dirname(scipy.__file__), "linalg")
+        for name in ("cython_blas", "cython_lapack"):
+            full = f"scipy.linalg.{name}"
+            if full in sys.modules:
+                continue
+            spec = importlib.machinery.PathFinder.find_spec(full, [folder])
+            if spec is None or spec.loader is None:
+                raise ImportError(full)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[full] = module
+            loaded.append(full)
+            spec.loader.exec_module(module)
+    except Exception as err:  # noqa: BLE001 (any surprise: undo, and let jaxlib import it the usual way)
+        logger.debug("loading LAPACK's tables alone failed (%s); importing scipy.linalg", err)
+        for full in loaded:
+            sys.modules.pop(full, None)
 
 
 def _load(path: Path, module: str) -> Any | None:

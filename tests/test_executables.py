@@ -227,3 +227,16 @@ def test_a_read_only_cold_cache_runs_and_says_once_that_it_cannot_store(tmp_path
                         JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES="none")
     assert solved["success"] and not any(c.get("stored") for c in solved["store"].values())
     assert solved["stderr"].count("cannot store compiled kernels") == 1, solved["stderr"][-2000:]
+
+
+def test_loading_lapack_lightly_leaves_scipy_working(warmed: Path) -> None:
+    """A warmed solve loads only scipy's two LAPACK table modules (not scipy.linalg):
+    the user's own scipy.linalg must still import and work afterwards."""
+    code = SOLVE.replace("print(json.dumps(", "assert 'scipy.linalg' not in sys.modules and 'scipy.linalg.cython_lapack' "
+                         "in sys.modules\nimport scipy.linalg\nfrom scipy.linalg import cython_lapack\n"
+                         "import numpy\nassert numpy.allclose(scipy.linalg.svd(numpy.diag([3.0, 2.0]))[1], [3, 2])\n"
+                         "assert cython_lapack is sys.modules['scipy.linalg.cython_lapack']\nprint(json.dumps(", 1)
+    proc = subprocess.run([sys.executable, "-c", code, str(warmed), "bratu", "6"], capture_output=True, text=True,
+                          env=env_with(), timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["success"]
