@@ -52,6 +52,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jaxcache.atomic import TEMP_PREFIX
+
 __all__ = [
     "ENV_SWITCH",
     "FOLDER_NAME",
@@ -146,27 +148,33 @@ def read_header(path: Path) -> dict[str, Any]:
     return header
 
 
-def list_folder(cache_folder: Path) -> tuple[list[StoredExecutable], list[Path]]:
-    """The stored executables of one JAX cache folder, and the files there that are not.
+def list_folder(cache_folder: Path) -> tuple[list[StoredExecutable], list[Path], list[Path]]:
+    """The stored executables of one JAX cache folder, the files there that are not, and temp files.
 
     ``cache_folder`` is the folder JAX writes entries to (a version folder or a
-    flat cache); the store is its ``executables`` subfolder. Files whose header
-    cannot be read come back in the second list (the store is never trusted by
-    name alone).
+    flat cache); the store is its ``executables`` subfolder, never followed
+    if it is a symlink. Files whose header cannot be read come back in the
+    second list (the store is never trusted by name alone); temporary files
+    of writes in progress (or of writers that died) in the third.
     """
     folder = cache_folder / FOLDER_NAME
     good: list[StoredExecutable] = []
     bad: list[Path] = []
+    temps: list[Path] = []
+    if folder.is_symlink():
+        return good, [folder], temps
     try:
         it = os.scandir(folder)
     except (FileNotFoundError, NotADirectoryError):
-        return good, bad
+        return good, bad, temps
     with it:
         for dirent in it:
             path = Path(dirent.path)
+            if dirent.name.startswith(_TEMP_PREFIX) and not dirent.is_symlink():
+                temps.append(path)
+                continue
             if not is_store_name(dirent.name) or not dirent.is_file(follow_symlinks=False):
-                if not dirent.name.startswith(_TEMP_PREFIX):
-                    bad.append(path)
+                bad.append(path)
                 continue
             try:
                 st = dirent.stat(follow_symlinks=False)
@@ -182,7 +190,7 @@ def list_folder(cache_folder: Path) -> tuple[list[StoredExecutable], list[Path]]
                 platform=str(header.get("platform", "?")), compile_seconds=float(header.get("compile_seconds", 0.0)),
             ))
     good.sort(key=lambda e: e.key)
-    return good, bad
+    return good, bad, temps
 
 
 def delete(item: StoredExecutable) -> str | None:
@@ -195,8 +203,8 @@ def delete(item: StoredExecutable) -> str | None:
         return "contents are not a stored executable"
     except OSError as e:
         return f"unreadable ({e.strerror})"
-    if item.path.is_symlink():
-        return "not a regular file"
+    if item.path.is_symlink() or item.path.parent.is_symlink():
+        return "not a regular file in the cache"
     try:
         item.path.unlink()
     except FileNotFoundError:
@@ -208,7 +216,7 @@ def delete(item: StoredExecutable) -> str | None:
 
 # --- the running side (imports JAX) ---------------------------------------------------------
 
-_TEMP_PREFIX = ".tmp-"
+_TEMP_PREFIX = TEMP_PREFIX  # jaxcache's one temp-file prefix: `check` finds those a dead writer left
 _SWITCH_OFF = frozenset({"0", "off", "false", "no"})
 
 
@@ -294,7 +302,13 @@ def environment() -> str | None:
         client.platform_version, [(d.id, d.device_kind, d.process_index) for d in devices],
         jax.process_count(), context, os.environ.get("XLA_FLAGS", ""), os.environ.get("LIBTPU_INIT_ARGS", ""),
         _host_cpu() if client.platform == "cpu" else None,
+        # Not in trace_context, but in JAX's own key: they change how XLA compiles.
+        [repr(getattr(jax.config, name, None)) for name in _COMPILE_CONFIG],
     ])
+
+
+_COMPILE_CONFIG = ("jax_exec_time_optimization_effort", "jax_memory_fitting_effort",
+                   "jax_compiler_enable_remat_pass", "jax_default_device")
 
 
 @functools.cache
@@ -411,14 +425,17 @@ def load_or_compile(
     return compiled, "compiled"
 
 
-def is_stored(specs: Any, *, identity: str, folder: Path) -> bool:
-    """Whether the store has this kernel for these arguments (a readable header; nothing loaded)."""
+def is_stored(specs: Any, *, identity: str, folder: Path, verify: bool = False) -> bool:
+    """Whether the store has this kernel for these arguments, whole (nothing loaded).
+
+    The size is checked against the header; ``verify`` also checks the checksum (reads the file).
+    """
     env = environment()
     if env is None:
         return False
     path = folder / (store_key(identity, specs, env) + SUFFIX)
     try:
-        return file_is_whole(path, read_header(path))
+        return file_is_whole(path, read_header(path), verify_checksum=verify)
     except (OSError, ExecutableFormatError):
         return False
 
@@ -560,7 +577,7 @@ def prepare_runtime() -> None:
             if jax.devices()[0].platform == "cpu":  # accelerators' solvers register at start-up
                 _load_lapack_tables()
                 lapack._lapack.initialize()
-        except (ImportError, AttributeError) as err:  # a jaxlib without it has nothing to prepare
+        except Exception as err:  # noqa: BLE001 (a jaxlib without it has nothing to prepare; never break a run)
             logger.debug("LAPACK not initialized: %s", err)
         _prepared_done.append(True)
 
@@ -665,7 +682,7 @@ def _save(path: Path, compiled: Any, module: str, seconds: float) -> bool:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(MAGIC + _HEADER_LEN.pack(len(header)) + header + body)
-            os.chmod(tmp, 0o666 & ~_umask())
+            os.chmod(tmp, 0o666 & ~_UMASK)
             os.replace(tmp, path)  # readers see the whole file or none
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -683,8 +700,12 @@ def _save(path: Path, compiled: Any, module: str, seconds: float) -> bool:
 _UNWRITABLE: set[Path] = set()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    # os.umask can only be read by setting it: done once, at import, not while threads write files.
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
 

@@ -220,7 +220,9 @@ def _repair_one(finding: Finding) -> None:
         if path.parent.name != executables.FOLDER_NAME or path.is_symlink() or not executables.is_store_name(path.name):
             raise OSError(f"{path.name} is not a stored executable")
         try:
-            executables.read_header(path)  # proven ours by its header before it goes
+            header = executables.read_header(path)  # proven ours by its header before it goes
+            if executables.file_is_whole(path, header, verify_checksum=True):
+                return  # replaced by a whole one since the check
         except executables.ExecutableFormatError as e:
             raise OSError(str(e)) from None
         path.unlink(missing_ok=True)

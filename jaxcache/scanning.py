@@ -190,9 +190,11 @@ def _scan(root: Path, *, last_used: bool, quick: bool) -> CacheInfo:
         temps.extend(folder / name for name in listing.temps)
         other += listing.other
         evidence = evidence or listing.evidence
-        found, not_stored = executables.list_folder(folder)
-        stored.extend(replace(item, version=marker.jaxlib if marker else None) for item in found)
+        found, not_stored, store_temps = executables.list_folder(folder)
+        # A stored file names the jaxlib that wrote it (in a flat cache too, unlike JAX's entries).
+        stored.extend(replace(item, version=marker.jaxlib if marker else item.jaxlib) for item in found)
         other += len(not_stored)
+        temps.extend(store_temps)
         evidence = evidence or bool(found)
         folders.append(FolderInfo(path=folder, version=marker.jaxlib if marker else None,
                                   jax_version=marker.jax if marker else None, has_lockfile=listing.has_lockfile))

@@ -111,7 +111,7 @@ class Kernel(NamedTuple):
             return None
         folder, identity = target
         module = f"jit_{jitted.__name__}"
-        if executables.is_stored(self.args, identity=identity, folder=folder):
+        if executables.is_stored(self.args, identity=identity, folder=folder, verify=True):
             return "cached"
         executables.load_or_compile(
             jitted, self.args, self.fn.keywords, identity=identity, module=module, folder=folder, fresh=True
@@ -130,12 +130,23 @@ _COMPILED: dict[tuple[Any, ...], Callable[..., Any]] = {}
 
 
 @functools.cache
-def source_fingerprint() -> str:
-    """A hash of the solver package's source: a stored executable is only reused by the same code."""
+def source_fingerprint() -> str | None:
+    """A hash of the solver package's source: a stored executable is only reused by the same code.
+
+    None (no store) when the source cannot be read, e.g. an install without ``.py`` files.
+    Constants changed at run time (``solver.problems.kinetics.SPECIES = 8``) are not
+    in it: the bundled problems take their data through ``params``, which is.
+    """
     root = Path(__file__).parent
     digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    paths = sorted(root.rglob("*.py"))
+    if not paths:
+        return None
+    try:
+        for path in paths:
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    except OSError:
+        return None
     return digest.hexdigest()
 
 
@@ -168,9 +179,10 @@ def _static_identity(value: Any) -> str | None:
 def _identity(jitted: Any, static: dict[str, Any]) -> str | None:
     """What names a kernel's code and static configuration across processes, or None."""
     parts = [_static_identity(static[name]) for name in sorted(static)]
-    if None in parts:
+    fingerprint = source_fingerprint()
+    if None in parts or fingerprint is None:
         return None
-    return "|".join([f"{__name__}:{jitted.__name__}", source_fingerprint(), *sorted(static), *parts])  # type: ignore[list-item]
+    return "|".join([f"{__name__}:{jitted.__name__}", fingerprint, *sorted(static), *parts])  # type: ignore[list-item]
 
 
 def _store_target(jitted: Any, static: dict[str, Any]) -> tuple[Path, str] | None:
@@ -179,8 +191,12 @@ def _store_target(jitted: Any, static: dict[str, Any]) -> tuple[Path, str] | Non
         # A deserialized multi-device executable does not place its inputs as jit
         # does ("expected 2 shards"): sharded kernels take the ordinary path.
         return None
-    folder = executables.active_folder()
-    identity = _identity(jitted, static) if folder is not None else None
+    try:
+        folder = executables.active_folder()
+        identity = _identity(jitted, static) if folder is not None else None
+    except Exception as err:  # noqa: BLE001 (the store must never break a solve)
+        logger.debug("executable store off for %s: %s", jitted.__name__, err)
+        return None
     return None if identity is None else (folder, identity)
 
 
@@ -190,16 +206,24 @@ def compile_through_store(jitted: Any, static: dict[str, Any], specs: tuple[Any,
     target = _store_target(jitted, static)
     if target is None:
         return None
-    compiled, _ = executables.load_or_compile(
-        jitted, specs, static, identity=target[1], module=f"jit_{jitted.__name__}", folder=target[0]
-    )
+    try:
+        compiled, _ = executables.load_or_compile(
+            jitted, specs, static, identity=target[1], module=f"jit_{jitted.__name__}", folder=target[0]
+        )
+    except Exception as err:  # noqa: BLE001 (the store must never break a solve: the ordinary path decides)
+        logger.warning("executable store failed for jit_%s (%s: %s); compiling the ordinary way",
+                       jitted.__name__, type(err).__name__, err)
+        return None
     return compiled
 
 
 def is_stored(jitted: Any, static: dict[str, Any], specs: tuple[Any, ...]) -> bool:
     """Whether the executable store holds this kernel for these abstract arguments (nothing loaded)."""
     target = _store_target(jitted, static)
-    return target is not None and executables.is_stored(specs, identity=target[1], folder=target[0])
+    try:
+        return target is not None and executables.is_stored(specs, identity=target[1], folder=target[0])
+    except Exception:  # noqa: BLE001 (then it is simply not known to be stored)
+        return False
 
 
 def kernel_memory(jitted: Any, static: dict[str, Any], specs: tuple[Any, ...]) -> dict[str, int] | None:
@@ -254,13 +278,16 @@ class BoundKernel:
         compiled = _PREFETCHED.pop(key, None)
         if compiled is None:
             compiled = compile_through_store(self.jitted, self.static, executables.abstract(args)) or self.plain
-        try:
+        if compiled is self.plain:
             out = compiled(*args)
-        except (TypeError, ValueError) as err:
-            # A stored executable that does not accept these arguments (placement,
-            # layout): run the ordinary way, which is always right.
-            logger.warning("compiled %s rejected its arguments (%s); using jax.jit", self.module, err)
-            compiled, out = self.plain, self.plain(*args)
+        else:
+            try:
+                out = jax.block_until_ready(compiled(*args))  # its first run: errors surface here
+            except Exception as err:  # noqa: BLE001
+                # A stored or AOT-compiled executable that rejects its arguments or fails to
+                # run: the ordinary way is always right (and raises the real error, if any).
+                logger.warning("compiled %s failed (%s: %s); using jax.jit", self.module, type(err).__name__, err)
+                compiled, out = self.plain, self.plain(*args)
         _COMPILED[key] = compiled
         return out
 
@@ -297,7 +324,10 @@ def prefetch(calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> None:
         # Meanwhile, what running them needs (LAPACK's table: an import, GIL-bound but short).
         executables.prepare_runtime()
         for future in futures:
-            future.result()
+            try:
+                future.result()
+            except Exception as err:  # noqa: BLE001 (a kernel not prefetched is loaded or compiled at its call)
+                logger.debug("prefetch failed: %s", err)
 
 
 def _bind(fn: Callable[..., Any], **static: Any) -> Callable[..., Any]:

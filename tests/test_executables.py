@@ -240,3 +240,19 @@ def test_loading_lapack_lightly_leaves_scipy_working(warmed: Path) -> None:
                           env=env_with(), timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["success"]
+
+
+def test_a_symlinked_store_folder_is_never_followed(warmed: Path, tmp_path: Path) -> None:
+    """Store files reached through a symlink may live anywhere: never listed, never deleted."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(warmed, cache)
+    store = version_folder(cache) / executables.FOLDER_NAME
+    outside = tmp_path / "elsewhere"
+    shutil.move(store, outside)
+    store.symlink_to(outside, target_is_directory=True)
+    info = scan(cache)
+    assert info.executables == () and info.other_files >= 1
+    execute(plan_prune(info, everything=True))
+    assert len(list(outside.iterdir())) >= len(SOLVER_KERNELS)

@@ -154,6 +154,7 @@ def run_workers(
         on_event(event)
     for t in err_threads:
         t.join()
+    claims.cleanup()
     for i, proc in enumerate(procs):
         code = proc.wait()
         if code not in (0, 1):  # 1: some kernel failed and was reported; anything else: the worker died
@@ -162,7 +163,6 @@ def run_workers(
                      "seconds": 0.0, "reason": f"worker exited with code {code}: {lines[-1] if lines else 'no output'}"}
             events.append(event)
             on_event(event)
-    claims.cleanup()
     return events
 
 

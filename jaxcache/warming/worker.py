@@ -17,6 +17,7 @@ event goes to stdout: ``{"total": n}`` once the kernels are known, then one
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import json
 import os
@@ -120,22 +121,30 @@ def _jobs(targets: list[Target]) -> Iterator[tuple[Target, list[KernelSpec] | No
             yield target, None, _one_line(error)
 
 
-def _claimer(claims: str | None, worker: int, workers: int) -> Callable[[int], bool]:
-    """Decides which kernel numbers this worker compiles.
+def _claimer(claims: str | None, worker: int, workers: int) -> Callable[[int, str], bool]:
+    """Decides which kernels this worker compiles: ``claim(number, name)``.
 
-    With a claims folder, workers take kernels first come, first served (an
-    ``O_EXCL`` create per kernel: exactly one worker wins each), so one that
-    drew cheap kernels goes on to the next instead of idling while another
-    compiles expensive ones. Without, every ``workers``-th kernel.
+    With a claims folder, workers take kernels first come, first served: an
+    ``O_EXCL`` create per kernel *name* (target and kernel), so exactly one
+    worker wins each even if the workers' lists differ, and one that drew
+    cheap kernels goes on to the next instead of idling. Without a folder, or
+    if it cannot be written, every ``workers``-th kernel by number.
     """
-    if claims is None or workers < 2:
-        return lambda number: number % workers == worker
 
-    def claim(number: int) -> bool:
+    def by_number(number: int, name: str) -> bool:
+        return number % workers == worker
+
+    if claims is None or workers < 2:
+        return by_number
+
+    def claim(number: int, name: str) -> bool:
+        path = os.path.join(claims, hashlib.sha256(name.encode()).hexdigest()[:32])
         try:
-            os.close(os.open(os.path.join(claims, str(number)), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         except FileExistsError:
             return False
+        except OSError:
+            return by_number(number, name)  # a claims folder gone or full: fall back to the fixed split
         return True
 
     return claim
@@ -162,13 +171,13 @@ def run(job: dict[str, Any]) -> int:
     for target, kernels, error in built:
         if kernels is None:
             number += 1
-            if claim(number):
+            if claim(number, f"{target.label}\0<build>"):
                 _emit(target=target.label, kernel=None, module=None, status="failed", seconds=0.0, reason=error)
                 failed = True
             continue
         for kernel in kernels:
             number += 1
-            if not claim(number):
+            if not claim(number, f"{target.label}\0{kernel.name}"):
                 continue
             log = CompileLog().start()
             start = time.perf_counter()
