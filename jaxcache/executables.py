@@ -342,20 +342,41 @@ def abstract(args: Any) -> Any:
     return jax.tree_util.tree_map(spec, args)
 
 
-def _arguments_key(specs: Any) -> str:
+# A node type other than JAX's built-ins and namedtuples: its auxiliary data need not show in str(treedef).
+_CUSTOM_NODE = re.compile(r"CustomNode\((?!namedtuple\[)")
+
+
+def _arguments_key(specs: Any) -> str | None:
     import jax
 
     leaves, treedef = jax.tree_util.tree_flatten(specs)
-    return repr((str(treedef), [(tuple(s.shape), str(s.dtype), bool(s.weak_type)) for s in leaves]))
+    structure = str(treedef)
+    if _CUSTOM_NODE.search(structure):
+        return None
+    return repr((structure, [(tuple(s.shape), str(s.dtype), bool(s.weak_type)) for s in leaves]))
 
 
-def store_key(identity: str, specs: Any, environment_key: str) -> str:
-    """The store's key: a sha256 over the kernel's identity, its arguments and the environment."""
+def store_key(identity: str, specs: Any, environment_key: str) -> str | None:
+    """The store's key: a sha256 over the kernel's identity, its arguments and the environment.
+
+    None when the arguments cannot be described exactly (a custom pytree node,
+    whose auxiliary data its printed structure may not show): not stored.
+    """
+    arguments = _arguments_key(specs)
+    if arguments is None:
+        return None
     digest = hashlib.sha256()
-    for part in (identity, _arguments_key(specs), environment_key):
+    for part in (identity, arguments, environment_key):
         digest.update(part.encode())
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+def _store_path(identity: str, specs: Any, folder: Path) -> Path | None:
+    """Where this kernel would be stored in this environment; None when it cannot be."""
+    env = environment()
+    key = store_key(identity, specs, env) if env is not None else None
+    return None if key is None else folder / (key + SUFFIX)
 
 
 def stats() -> dict[str, dict[str, int]]:
@@ -400,11 +421,10 @@ def load_or_compile(
         The `jax.stages.Compiled`, and ``"loaded"`` (from the store),
         ``"stored"`` (compiled here and stored) or ``"compiled"`` (not stored).
     """
-    env = environment()
-    if env is None:
+    path = _store_path(identity, specs, folder)
+    if path is None:
         return jitted.lower(*specs, **static).compile(), "compiled"
-    key = store_key(identity, specs, env)
-    path = folder / (key + SUFFIX)
+    key = path.name[: -len(SUFFIX)]
     compiled = load(specs, identity=identity, module=module, folder=folder)
     if compiled is not None:
         return compiled, "loaded"
@@ -430,10 +450,9 @@ def is_stored(specs: Any, *, identity: str, folder: Path, verify: bool = False) 
 
     The size is checked against the header; ``verify`` also checks the checksum (reads the file).
     """
-    env = environment()
-    if env is None:
+    path = _store_path(identity, specs, folder)
+    if path is None:
         return False
-    path = folder / (store_key(identity, specs, env) + SUFFIX)
     try:
         return file_is_whole(path, read_header(path), verify_checksum=verify)
     except (OSError, ExecutableFormatError):
@@ -461,11 +480,11 @@ def load(specs: Any, *, identity: str, module: str, folder: Path, prepare: bool 
     ``prepare=False`` leaves `prepare_runtime` to the caller, who must call it
     before running what was loaded (loading in threads while the main thread prepares).
     """
-    env = environment()
-    if env is None:
+    path = _store_path(identity, specs, folder)
+    if path is None:
         return None
-    key = store_key(identity, specs, env)
-    compiled = _load(folder / (key + SUFFIX), module)
+    key = path.name[: -len(SUFFIX)]
+    compiled = _load(path, module)
     if compiled is not None and prepare:
         prepare_runtime()
     if compiled is not None:
@@ -498,9 +517,8 @@ def memory_analysis(
     up to a second for a large program: "auto" chunk sizing needs only these
     numbers from its probe kernels, never the probes themselves.
     """
-    env = environment()
-    if env is not None:
-        path = folder / (store_key(identity, specs, env) + SUFFIX)
+    path = _store_path(identity, specs, folder)
+    if path is not None:
         try:
             memory = read_header(path).get("memory")
         except (OSError, ExecutableFormatError):

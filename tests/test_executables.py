@@ -256,3 +256,26 @@ def test_a_symlinked_store_folder_is_never_followed(warmed: Path, tmp_path: Path
     assert info.executables == () and info.other_files >= 1
     execute(plan_prune(info, everything=True))
     assert len(list(outside.iterdir())) >= len(SOLVER_KERNELS)
+
+
+def test_arguments_with_a_custom_pytree_node_are_never_keyed() -> None:
+    """Its auxiliary data need not show in the printed structure: two different ones could collide."""
+    import jax
+    import numpy as np
+
+    @jax.tree_util.register_pytree_node_class
+    class Params:
+        def __init__(self, value: object, mode: str) -> None:
+            self.value, self.mode = value, mode
+
+        def tree_flatten(self):  # noqa: ANN202
+            return (self.value,), self.mode
+
+        @classmethod
+        def tree_unflatten(cls, mode, children):  # noqa: ANN001, ANN206
+            return cls(children[0], mode)
+
+    env = executables.environment()
+    spec = jax.ShapeDtypeStruct((3,), np.float32)
+    assert executables.store_key("k", (spec, Params(spec, "a")), env) is None
+    assert executables.store_key("k", (spec, {"a": spec}), env) is not None
