@@ -440,9 +440,20 @@ def load_or_compile(
         compiled = _compile_outside_jax_cache(lambda: jitted.lower(*specs, **static))
     if _save(path, compiled, module, time.perf_counter() - start):
         _count(module, "stored")
+        _STORED_HERE.add(path)
         logger.debug("Executable store write for '%s' with key %r", module, f"{module}-{key}")
         return compiled, "stored"
     return compiled, "compiled"
+
+
+# Files this process wrote: `warm` reports a kernel compiled moments ago (an "auto"
+# probe, built with its objective) as compiled, not as found in the cache.
+_STORED_HERE: set[Path] = set()
+
+
+def stored_here(specs: Any, *, identity: str, folder: Path) -> bool:
+    """Whether this process itself stored this kernel."""
+    return _store_path(identity, specs, folder) in _STORED_HERE
 
 
 def is_stored(specs: Any, *, identity: str, folder: Path, verify: bool = False) -> bool:

@@ -99,10 +99,11 @@ class Kernel(NamedTuple):
         """Makes sure a later run finds this kernel compiled: what ``jaxcache warm`` does.
 
         Returns:
-            ``"cached"`` when the executable store already has it (checked from
-            its header, nothing loaded), ``"compiled"`` when it was compiled
-            and stored now (compiled afresh if only JAX's cache had it), None
-            when the store does not serve this kernel (JAX's cache alone decides).
+            ``"cached"`` when the executable store already had it (checked from
+            its header and checksum, nothing loaded), ``"compiled"`` when this
+            process compiled and stored it (now, compiled afresh if only JAX's
+            cache had it, or while building the objective), None when the
+            store does not serve this kernel (JAX's cache alone decides).
         """
         jitted = _JITTED.get(getattr(self.fn, "func", None))
         target = _store_target(jitted, self.fn.keywords) if jitted is not None else None
@@ -112,7 +113,7 @@ class Kernel(NamedTuple):
         folder, identity = target
         module = f"jit_{jitted.__name__}"
         if executables.is_stored(self.args, identity=identity, folder=folder, verify=True):
-            return "cached"
+            return "compiled" if executables.stored_here(self.args, identity=identity, folder=folder) else "cached"
         executables.load_or_compile(
             jitted, self.args, self.fn.keywords, identity=identity, module=module, folder=folder, fresh=True
         )
