@@ -57,14 +57,26 @@ from jaxcache.atomic import TEMP_PREFIX
 __all__ = [
     "ENV_SWITCH",
     "FOLDER_NAME",
+    "SUFFIX",
     "ExecutableFormatError",
     "StoredExecutable",
+    "abstract",
     "active_folder",
     "delete",
+    "environment",
+    "file_is_whole",
+    "is_store_name",
+    "is_stored",
     "list_folder",
+    "load",
     "load_or_compile",
+    "memory_analysis",
+    "memory_of",
+    "prepare_runtime",
     "read_header",
     "stats",
+    "store_key",
+    "stored_here",
 ]
 
 logger = logging.getLogger(__name__)
