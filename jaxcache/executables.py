@@ -19,15 +19,13 @@ A miss compiles through the ordinary path (so the persistent cache is written
 or hit as usual) and stores the result. A file that cannot be read or loaded
 is treated as a miss and replaced.
 
-On disk: ``<jax cache folder>/executables/<sha256>.jaxexe``, each file
-`MAGIC`, a 4-byte big-endian header length, a JSON header (kernel, module,
-versions, platform, compile seconds) that jaxcache reads without unpickling,
-then the pickled payload, zlib-compressed. Loading a payload runs code from it, exactly as
+On disk: ``<jax cache folder>/executables/<sha256>.jaxexe``, in the format
+of `jaxcache.exeformat` (a JSON header jaxcache reads without unpickling, then
+the payload). Loading a payload runs code from it, exactly as
 loading a JAX cache entry runs the code in it: the store is as trusted as the
 cache folder (see the README's security section).
 
-This module imports JAX only inside the functions that need it, so jaxcache's
-scanning and pruning can use the format side without it.
+This module imports JAX only inside the functions that need it.
 """
 
 from __future__ import annotations
@@ -40,7 +38,6 @@ import logging
 import os
 import pickle
 import re
-import struct
 import sys
 import tempfile
 import threading
@@ -48,32 +45,32 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jaxcache.atomic import TEMP_PREFIX
+from jaxcache.exeformat import (
+    FOLDER_NAME,
+    SUFFIX,
+    ExecutableFormatError,
+    file_is_whole,
+    read_header,
+    split,
+)
+from jaxcache.exeformat import encode as encode_file
 
 __all__ = [
     "ENV_SWITCH",
     "FOLDER_NAME",
-    "SUFFIX",
-    "ExecutableFormatError",
-    "StoredExecutable",
     "abstract",
     "active_folder",
-    "delete",
     "environment",
-    "file_is_whole",
-    "is_store_name",
     "is_stored",
-    "list_folder",
     "load",
     "load_or_compile",
     "memory_analysis",
     "memory_of",
     "prepare_runtime",
-    "read_header",
     "stats",
     "store_key",
     "stored_here",
@@ -81,154 +78,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FOLDER_NAME = "executables"
-SUFFIX = ".jaxexe"
-MAGIC = b"JAXCACHE-EXE-1\n"
 ENV_SWITCH = "JAXCACHE_EXECUTABLES"  # "0", "off", "false" or "no" turns the store off
-_FORMAT = 1
-_NAME_RE = re.compile(r"[0-9a-f]{64}" + re.escape(SUFFIX))
-_HEADER_LEN = struct.Struct(">I")
-_MAX_HEADER = 1 << 16
+_KEY_FORMAT = 1  # bump when what goes into a key changes
 
 # Per process: what each module name did, for `jaxcache verify` and tests.
 _STATS: dict[str, Counter[str]] = {}
 
 
-class ExecutableFormatError(ValueError):
-    """A file in the store that is not a readable stored executable."""
-
-
-@dataclass(frozen=True)
-class StoredExecutable:
-    """One file of the store, described from its header (never unpickled).
-
-    Attributes:
-        path: the file.
-        key: its key (the file name's hash).
-        bytes: file size.
-        written: modification time (seconds since the epoch).
-        last_used: access time; loads read the file, so it moves under ``relatime``.
-        module: the kernel's module name, e.g. ``jit_lsq_step``.
-        jaxlib: the jaxlib version that wrote it.
-        platform: the backend platform it was compiled for.
-        compile_seconds: how long lowering plus compiling took when it was stored.
-        version: the jaxlib version of the folder holding it (its marker); None when unknown.
-    """
-
-    path: Path
-    key: str
-    bytes: int
-    written: float
-    last_used: float
-    module: str
-    jaxlib: str
-    platform: str
-    compile_seconds: float
-    version: str | None = None
-
-    @property
-    def recency(self) -> float:
-        return max(self.written, self.last_used)
-
-
-def is_store_name(name: str) -> bool:
-    """Whether a file name is one the store writes."""
-    return _NAME_RE.fullmatch(name) is not None
-
-
-def read_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a stored executable.
-
-    Raises:
-        ExecutableFormatError: the file is not a stored executable.
-        OSError: it cannot be read.
-    """
-    with open(path, "rb") as f:
-        head = f.read(len(MAGIC) + _HEADER_LEN.size)
-        if len(head) < len(MAGIC) + _HEADER_LEN.size or not head.startswith(MAGIC):
-            raise ExecutableFormatError(f"{path.name}: not a stored executable")
-        (length,) = _HEADER_LEN.unpack(head[len(MAGIC):])
-        if length > _MAX_HEADER:
-            raise ExecutableFormatError(f"{path.name}: header of {length} bytes")
-        raw = f.read(length)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ExecutableFormatError(f"{path.name}: unreadable header") from None
-    if not isinstance(header, dict) or header.get("format") != _FORMAT:
-        raise ExecutableFormatError(f"{path.name}: unknown format")
-    return header
-
-
-def list_folder(cache_folder: Path) -> tuple[list[StoredExecutable], list[Path], list[Path]]:
-    """The stored executables of one JAX cache folder, the files there that are not, and temp files.
-
-    ``cache_folder`` is the folder JAX writes entries to (a version folder or a
-    flat cache); the store is its ``executables`` subfolder, never followed
-    if it is a symlink. Files whose header cannot be read come back in the
-    second list (the store is never trusted by name alone); temporary files
-    of writes in progress (or of writers that died) in the third.
-    """
-    folder = cache_folder / FOLDER_NAME
-    good: list[StoredExecutable] = []
-    bad: list[Path] = []
-    temps: list[Path] = []
-    if folder.is_symlink():
-        return good, [folder], temps
-    try:
-        it = os.scandir(folder)
-    except (FileNotFoundError, NotADirectoryError):
-        return good, bad, temps
-    with it:
-        for dirent in it:
-            path = Path(dirent.path)
-            if dirent.name.startswith(_TEMP_PREFIX) and not dirent.is_symlink():
-                temps.append(path)
-                continue
-            if not is_store_name(dirent.name) or not dirent.is_file(follow_symlinks=False):
-                bad.append(path)
-                continue
-            try:
-                st = dirent.stat(follow_symlinks=False)
-                header = read_header(path)
-            except FileNotFoundError:
-                continue  # replaced or deleted meanwhile
-            except (OSError, ExecutableFormatError):
-                bad.append(path)
-                continue
-            good.append(StoredExecutable(
-                path=path, key=dirent.name[: -len(SUFFIX)], bytes=st.st_size, written=st.st_mtime,
-                last_used=st.st_atime, module=str(header.get("module", "?")), jaxlib=str(header.get("jaxlib", "?")),
-                platform=str(header.get("platform", "?")), compile_seconds=float(header.get("compile_seconds", 0.0)),
-            ))
-    good.sort(key=lambda e: e.key)
-    return good, bad, temps
-
-
-def delete(item: StoredExecutable) -> str | None:
-    """Deletes one stored executable after proving it is one; returns why not, if not."""
-    try:
-        read_header(item.path)
-    except FileNotFoundError:
-        return "already gone"
-    except ExecutableFormatError:
-        return "contents are not a stored executable"
-    except OSError as e:
-        return f"unreadable ({e.strerror})"
-    if item.path.is_symlink() or item.path.parent.is_symlink():
-        return "not a regular file in the cache"
-    try:
-        item.path.unlink()
-    except FileNotFoundError:
-        return "already gone"
-    except OSError as e:
-        return f"cannot delete ({e.strerror})"
-    return None
-
-
-# --- the running side (imports JAX) ---------------------------------------------------------
-
-_TEMP_PREFIX = TEMP_PREFIX  # jaxcache's one temp-file prefix: `check` finds those a dead writer left
 _SWITCH_OFF = frozenset({"0", "off", "false", "no"})
 
 
@@ -310,7 +166,7 @@ def environment() -> str | None:
     devices = jax.devices()
     client = devices[0].client
     return json.dumps([
-        _FORMAT, sys.version_info[:2], jax.__version__, jaxlib.__version__, client.platform,
+        _KEY_FORMAT, sys.version_info[:2], jax.__version__, jaxlib.__version__, client.platform,
         client.platform_version, [(d.id, d.device_kind, d.process_index) for d in devices],
         jax.process_count(), context, os.environ.get("XLA_FLAGS", ""), os.environ.get("LIBTPU_INIT_ARGS", ""),
         _host_cpu() if client.platform == "cpu" else None,
@@ -480,21 +336,6 @@ def is_stored(specs: Any, *, identity: str, folder: Path, verify: bool = False) 
         return file_is_whole(path, read_header(path), verify_checksum=verify)
     except (OSError, ExecutableFormatError):
         return False
-
-
-def file_is_whole(path: Path, header: dict[str, Any], *, verify_checksum: bool = False) -> bool:
-    """Whether a stored file holds exactly the payload its header describes (size; checksum if asked)."""
-    with open(path, "rb") as f:
-        f.seek(len(MAGIC))
-        (length,) = _HEADER_LEN.unpack(f.read(_HEADER_LEN.size))
-        f.seek(0, os.SEEK_END)
-        body_size = f.tell() - len(MAGIC) - _HEADER_LEN.size - length
-        if body_size != header.get("payload_bytes"):
-            return False
-        if not verify_checksum:
-            return True
-        f.seek(len(MAGIC) + _HEADER_LEN.size + length)
-        return zlib.crc32(f.read()) == header.get("payload_crc32")
 
 
 def load(specs: Any, *, identity: str, module: str, folder: Path, prepare: bool = True) -> Any | None:
@@ -676,14 +517,7 @@ def _load(path: Path, module: str) -> Any | None:
         _count(module, "unusable")
         return None
     try:
-        if not data.startswith(MAGIC):
-            raise ExecutableFormatError("bad magic")
-        (length,) = _HEADER_LEN.unpack_from(data, len(MAGIC))
-        start = len(MAGIC) + _HEADER_LEN.size + length
-        header = json.loads(data[len(MAGIC) + _HEADER_LEN.size: start])
-        body = data[start:]
-        if len(body) != header["payload_bytes"] or zlib.crc32(body) != header["payload_crc32"]:
-            raise ExecutableFormatError("the payload does not match its header (truncated or damaged)")
+        header, body = split(data)
         payload, in_tree, out_tree = pickle.loads(zlib.decompress(body))
         by_id = {d.id: d for d in jax.devices()}
         # The devices it was compiled for; the default (every device) would make a
@@ -711,18 +545,17 @@ def _save(path: Path, compiled: Any, module: str, seconds: float) -> bool:
     except Exception as err:  # noqa: BLE001 (some executables cannot be serialized: run without storing)
         logger.debug("cannot serialize %s: %s", module, err)
         return False
-    header = json.dumps({
-        "format": _FORMAT, "module": module, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+    header = {
+        "module": module, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
         "platform": jax.devices()[0].platform, "compile_seconds": round(seconds, 4), "written": time.time(),
         "memory": memory_of(compiled), "devices": devices,
-        "payload_bytes": len(body), "payload_crc32": zlib.crc32(body),
-    }).encode()
+    }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TEMP_PREFIX)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(MAGIC + _HEADER_LEN.pack(len(header)) + header + body)
+                f.write(encode_file(header, body))
             os.chmod(tmp, 0o666 & ~_UMASK)
             os.replace(tmp, path)  # readers see the whole file or none
         except BaseException:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from jaxcache import executables, jaxformat
+from jaxcache import exeformat, jaxformat
 from jaxcache.atomic import TEMP_PREFIX
 from jaxcache.locking import BATCH_SIZE, folder_lock
 from jaxcache.scanning import CacheEntry, CacheInfo
@@ -141,8 +141,8 @@ def check(
             findings.append(Finding("stale-temp", path, "temporary file left by a writer that died"))
     for item in info.executables:
         try:
-            whole = executables.file_is_whole(item.path, executables.read_header(item.path), verify_checksum=True)
-        except (OSError, executables.ExecutableFormatError):
+            whole = exeformat.file_is_whole(item.path, exeformat.read_header(item.path), verify_checksum=True)
+        except (OSError, exeformat.ExecutableFormatError):
             continue  # gone meanwhile, or replaced by something the next scan classifies
         if not whole:
             findings.append(Finding("damaged-executable", item.path,
@@ -217,13 +217,13 @@ def _repair_one(finding: Finding) -> None:
         path.chmod(mode & ~statmod.S_IWOTH if shared is not None else mode & ~(statmod.S_IWGRP | statmod.S_IWOTH))
         return
     if finding.kind == "damaged-executable":
-        if path.parent.name != executables.FOLDER_NAME or path.is_symlink() or not executables.is_store_name(path.name):
+        if path.parent.name != exeformat.FOLDER_NAME or path.is_symlink() or not exeformat.is_store_name(path.name):
             raise OSError(f"{path.name} is not a stored executable")
         try:
-            header = executables.read_header(path)  # proven ours by its header before it goes
-            if executables.file_is_whole(path, header, verify_checksum=True):
+            header = exeformat.read_header(path)  # proven ours by its header before it goes
+            if exeformat.file_is_whole(path, header, verify_checksum=True):
                 return  # replaced by a whole one since the check
-        except executables.ExecutableFormatError as e:
+        except exeformat.ExecutableFormatError as e:
             raise OSError(str(e)) from None
         path.unlink(missing_ok=True)
         return

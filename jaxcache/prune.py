@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from jaxcache import executables, jaxformat
+from jaxcache import exeformat, jaxformat
 from jaxcache.errors import UsageError
-from jaxcache.executables import StoredExecutable
+from jaxcache.exeformat import StoredExecutable
 from jaxcache.locking import BATCH_SIZE, folder_lock
 from jaxcache.scanning import CacheEntry, CacheInfo
 
@@ -245,7 +245,7 @@ def execute(plan: PrunePlan, *, progress: Callable[[int], None] | None = None) -
                 progress(done)
     gone, not_gone = [], []
     for item in plan.executables:
-        reason = executables.delete(item)
+        reason = exeformat.delete(item)
         if reason is None:
             gone.append(item)
         else:

@@ -96,15 +96,15 @@ def _saved_seconds(root: Path, hit_keys: list[str]) -> dict[str, float]:
 
 def _stored_compile_seconds(folders: list[Path], key: str) -> float | None:
     """The compile seconds in the header of an executable-store hit (``<module>-<sha256>``)."""
-    from jaxcache import executables
+    from jaxcache import exeformat
 
-    name = key[-64:] + executables.SUFFIX
-    if not executables.is_store_name(name):
+    name = key[-64:] + exeformat.SUFFIX
+    if not exeformat.is_store_name(name):
         return None
     for folder in folders:
         try:
-            return float(executables.read_header(folder / executables.FOLDER_NAME / name).get("compile_seconds", 0.0))
-        except (OSError, executables.ExecutableFormatError, TypeError, ValueError):
+            return float(exeformat.read_header(folder / exeformat.FOLDER_NAME / name).get("compile_seconds", 0.0))
+        except (OSError, exeformat.ExecutableFormatError, TypeError, ValueError):
             continue
     return None
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
-from jaxcache import executables, index, jaxformat, provenance
+from jaxcache import exeformat, index, jaxformat, provenance
 from jaxcache.atomic import TEMP_PREFIX
 from jaxcache.errors import CacheDirError, NotACacheError
-from jaxcache.executables import StoredExecutable
+from jaxcache.exeformat import StoredExecutable
 
 
 class CacheEntry(NamedTuple):
@@ -190,7 +190,7 @@ def _scan(root: Path, *, last_used: bool, quick: bool) -> CacheInfo:
         temps.extend(folder / name for name in listing.temps)
         other += listing.other
         evidence = evidence or listing.evidence
-        found, not_stored, store_temps = executables.list_folder(folder)
+        found, not_stored, store_temps = exeformat.list_folder(folder)
         # A stored file names the jaxlib that wrote it (in a flat cache too, unlike JAX's entries).
         stored.extend(replace(item, version=marker.jaxlib if marker else item.jaxlib) for item in found)
         other += len(not_stored)
@@ -280,7 +280,7 @@ def _list_folder(folder: Path, *, look_for_subfolders: bool, quick: bool) -> tup
             elif name.startswith(TEMP_PREFIX):
                 listing.evidence = True
                 listing.temps.append(name)
-            elif name == executables.FOLDER_NAME and dirent.is_dir(follow_symlinks=False):
+            elif name == exeformat.FOLDER_NAME and dirent.is_dir(follow_symlinks=False):
                 pass  # the executable store: listed (and its files proven) by the scan
             elif name in _JAXCACHE_NAMES or name in jaxformat.XLA_SUBCACHE_NAMES:
                 listing.evidence = True

@@ -111,7 +111,7 @@ def _folder_state(root: Path, names: list[str]) -> dict[str, list[int]] | None:
     """
     import os
 
-    from jaxcache import executables, provenance
+    from jaxcache import exeformat, provenance
 
     state = {}
     try:
@@ -122,7 +122,7 @@ def _folder_state(root: Path, names: list[str]) -> dict[str, list[int]] | None:
             except FileNotFoundError:
                 log_size = 0
             try:
-                store_mtime = os.stat(folder / executables.FOLDER_NAME).st_mtime_ns
+                store_mtime = os.stat(folder / exeformat.FOLDER_NAME).st_mtime_ns
             except FileNotFoundError:
                 store_mtime = 0
             state[name] = [os.stat(folder).st_mtime_ns, log_size, store_mtime]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from jaxcache_testing import env_with, version_folder
 
-from jaxcache import executables
+from jaxcache import executables, exeformat
 from jaxcache.prune import execute, plan_prune
 from jaxcache.scanning import scan
 
@@ -24,7 +24,7 @@ import json, logging, os, sys
 import jaxcache
 if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # else plain JAX settings, as a read-only user has them
     jaxcache.configure(sys.argv[1])
-from jaxcache import executables
+from jaxcache import executables, exeformat
 from jaxcache.compilelog import CompileLog
 log = CompileLog().start()
 jax_requests = []
@@ -115,7 +115,7 @@ def test_a_run_never_stores_an_executable_jax_loaded_from_its_own_cache(tmp_path
 def test_a_damaged_stored_executable_is_ignored_found_and_repaired(tmp_path: Path, damage: str) -> None:
     cache = tmp_path / "cache"
     _warm(cache)
-    files = sorted((version_folder(cache) / executables.FOLDER_NAME).glob("*" + executables.SUFFIX))
+    files = sorted((version_folder(cache) / exeformat.FOLDER_NAME).glob("*" + exeformat.SUFFIX))
     victim = max(files, key=lambda p: p.stat().st_size)
     data = victim.read_bytes()
     victim.write_bytes({"truncate": data[: len(data) // 2],
@@ -155,7 +155,7 @@ def test_prune_and_clear_take_stored_executables_with_the_entries(warmed: Path, 
     assert not squeezed.deletions and len(squeezed.executables) == len(info.executables)
     cleared = execute(plan_prune(info, everything=True))
     assert len(cleared.executables_deleted) == len(info.executables) and not cleared.executables_skipped
-    assert not list((version_folder(cache) / executables.FOLDER_NAME).iterdir())
+    assert not list((version_folder(cache) / exeformat.FOLDER_NAME).iterdir())
 
 
 def test_the_store_key_follows_what_decides_the_program() -> None:
@@ -184,7 +184,7 @@ import sys, json
 import jaxcache
 jaxcache.configure(sys.argv[1])
 import jax.numpy as jnp, numpy as np
-from jaxcache import executables
+from jaxcache import executables, exeformat
 import solver
 
 def mine(x, params):
@@ -248,7 +248,7 @@ def test_a_symlinked_store_folder_is_never_followed(warmed: Path, tmp_path: Path
 
     cache = tmp_path / "cache"
     shutil.copytree(warmed, cache)
-    store = version_folder(cache) / executables.FOLDER_NAME
+    store = version_folder(cache) / exeformat.FOLDER_NAME
     outside = tmp_path / "elsewhere"
     shutil.move(store, outside)
     store.symlink_to(outside, target_is_directory=True)
@@ -268,11 +268,11 @@ def test_arguments_with_a_custom_pytree_node_are_never_keyed() -> None:
         def __init__(self, value: object, mode: str) -> None:
             self.value, self.mode = value, mode
 
-        def tree_flatten(self):  # noqa: ANN202
+        def tree_flatten(self):
             return (self.value,), self.mode
 
         @classmethod
-        def tree_unflatten(cls, mode, children):  # noqa: ANN001, ANN206
+        def tree_unflatten(cls, mode, children):
             return cls(children[0], mode)
 
     env = executables.environment()
