@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from jaxcache.jaxformat import cache_file_name
+
 VERSION_DIR_PREFIX = "jaxlib-"
 MARKER_NAME = ".jaxcache-version.json"
 WRITES_LOG_NAME = ".jaxcache-writes.tsv"
@@ -150,6 +152,49 @@ def load_writes(folder: Path) -> dict[str, WriteRecord]:
             seconds = None
         records[fields[0]] = WriteRecord(platform=fields[1] or None, compile_seconds=seconds)
     return records
+
+
+def compact_writes(folder: Path) -> int:
+    """Rewrites ``folder``'s write log with one line per entry still there (its last);
+    returns how many lines were dropped. Call it under the folder's lock, after deleting.
+
+    Lines that writers append while this runs are carried over from the old file;
+    only one appended in the instant between that last read and the rename could be
+    lost, and it is metadata (a platform and a compile time), never an entry.
+    """
+    path = folder / WRITES_LOG_NAME
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+            mode = os.fstat(f.fileno()).st_mode & 0o7777
+    except OSError:
+        return 0
+    complete = data[: data.rfind(b"\n") + 1]  # a torn last line is carried over below
+    lines = complete.splitlines()
+    latest: dict[bytes, bytes] = {}
+    for line in lines:
+        key = line.split(b"\t", 1)[0]
+        latest.pop(key, None)  # keep the order of the last writes
+        latest[key] = line
+    kept = [line for key, line in latest.items()
+            if key and os.path.lexists(folder / cache_file_name(key.decode("utf-8", "replace")))]
+    if len(kept) == len(lines):
+        return 0
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".jaxcache-tmp-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(b"".join(line + b"\n" for line in kept))
+            with open(path, "rb") as f:
+                f.seek(len(complete))
+                out.write(f.read())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)
+        return 0  # a log that stays long is only slower to read
+    return len(lines) - len(kept)
 
 
 class WriteRecorder:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from jaxcache import exeformat, jaxformat
+from jaxcache import exeformat, jaxformat, provenance
 from jaxcache.errors import UsageError
 from jaxcache.exeformat import StoredExecutable
 from jaxcache.locking import BATCH_SIZE, folder_lock
@@ -243,6 +243,8 @@ def execute(plan: PrunePlan, *, progress: Callable[[int], None] | None = None) -
             done += len(batch)
             if progress is not None:
                 progress(done)
+        with folder_lock(folder):
+            provenance.compact_writes(folder)  # else the log keeps a line per entry ever written
     gone, not_gone = [], []
     for item in plan.executables:
         reason = exeformat.delete(item)

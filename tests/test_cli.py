@@ -186,9 +186,20 @@ def _set_compile_seconds(path: Path, seconds: int) -> None:
 
 
 def test_prune_by_name(cache: Path) -> None:
+    folder = version_folder(cache)
+    log = folder / provenance.WRITES_LOG_NAME
+    written = provenance.load_writes(folder)
+    assert any(k.startswith("jit_step-") for k in written)
+    with open(log, "a") as f:
+        f.write(log.read_text().splitlines()[0] + "\n")  # a key written twice (rewritten after a race)
     result = jc_json("--cache-dir", str(cache), "prune", "--name", "jit_step", "--yes")
     assert len(result["deleted"]) == 1 and result["deleted"][0].startswith("jit_step-")
-    assert not list(version_folder(cache).glob("jit_step-*"))
+    assert not list(folder.glob("jit_step-*"))
+    # The write log is compacted with the deletion: one line per entry still there.
+    lines = log.read_text().splitlines()
+    keys = [line.split("\t")[0] for line in lines]
+    assert sorted(keys) == sorted(k for k in written if not k.startswith("jit_step-"))
+    assert provenance.load_writes(folder) == {k: v for k, v in written.items() if k in keys}
 
 
 def test_prune_refuses_without_yes_and_without_a_terminal(cache: Path) -> None:

@@ -157,3 +157,66 @@ def test_verify_reports_convergence(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     code, report = warm_json(cache, "--problem", "rosenbrock", "--size", "4", "--verify")
     assert code == 0 and report["verify"][0]["converged"] is True
+
+
+SHARED_ENTRY_MODULE = """
+import os
+import jax, jax.numpy as jnp
+
+def _built(name):
+    with open(os.environ["BUILD_LOG"], "a") as log:
+        log.write(f"{name} {os.getpid()}\\n")
+
+def _kernel(scale):
+    def kernel(x):
+        return jnp.sin(x * scale) @ x.T
+    kernel.__name__ = f"kernel_times_{scale}"
+    return jax.jit(kernel)
+
+def _list(name, count):
+    _built(name)
+    spec = jax.ShapeDtypeStruct((8, 8), jnp.float32)
+    return [(f"{name}{i}", _kernel(i + 10 * len(name)), (spec,)) for i in range(count)]
+
+def one_a(): return _list("a", 1)
+def one_b(): return _list("bb", 1)
+def one_c(): return _list("ccc", 1)
+def many(): return _list("dddd", 6)
+"""
+
+
+def test_workers_build_each_target_once_and_compile_each_kernel_once(tmp_path: Path) -> None:
+    (tmp_path / "sharedkernels.py").write_text(textwrap.dedent(SHARED_ENTRY_MODULE))
+    log = tmp_path / "builds.log"
+    env = env_with(PYTHONPATH=str(tmp_path), BUILD_LOG=str(log))
+    entries = [x for e in ("one_a", "one_b", "one_c", "many") for x in ("--entry", f"sharedkernels:{e}")]
+    code, report = warm_json(tmp_path / "cache", "--jobs", "2", *entries, env=env)
+    assert code == 0, report
+    builds = [line.split()[0] for line in log.read_text().splitlines()]
+    # A target of one kernel is built by one worker only; a worker with nothing left to
+    # build may build a bigger target a second time to help with its kernels.
+    assert sorted(b for b in builds if b != "dddd") == ["a", "bb", "ccc"]
+    assert 1 <= builds.count("dddd") <= 2
+    names = sorted(k["kernel"] for k in report["kernels"])
+    assert names == sorted(["a0", "bb0", "ccc0", *(f"dddd{i}" for i in range(6))])
+    assert {k["status"] for k in report["kernels"]} == {"compiled"}
+
+
+def test_claim_board(tmp_path: Path) -> None:
+    from jaxcache.warming.claims import ClaimBoard
+
+    assert ClaimBoard.open(None) is None and ClaimBoard.open(tmp_path / "missing") is None
+    board, other = ClaimBoard.open(tmp_path), ClaimBoard(tmp_path)
+    assert board is not None
+    assert board.claim_build("t") and not other.claim_build("t")
+    assert board.claim_kernel("t", "k") and not other.claim_kernel("t", "k") and other.is_claimed("t", "k")
+    assert other.published("t") is None and board.builder_alive("t")
+    board.publish("t", ["k", "j"])
+    assert other.wait_for_any(["t"]) == ("t", other.published("t"))
+    assert other.published("t").names == ("k", "j")
+    # A target whose builder died without publishing is given up, not waited on forever.
+    subprocess.run([sys.executable, "-c", f"from jaxcache.warming.claims import ClaimBoard; "
+                    f"assert ClaimBoard({str(tmp_path)!r}).claim_build('u')"], check=True)
+    assert not board.builder_alive("u") and board.wait_for_any(["u"]) is None
+    board.publish("v", None)
+    assert board.published("v").names is None

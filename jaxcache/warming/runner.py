@@ -146,7 +146,7 @@ def run_workers(
     events: list[dict[str, Any]] = []
     open_workers = len(procs)
     while open_workers:
-        ident, event = sink.get()
+        _, event = sink.get()
         if event is None:
             open_workers -= 1
             continue
@@ -190,24 +190,22 @@ def warm(
     for target in plan.targets:
         groups.setdefault(target.process_config, []).append(target)
     results: list[KernelResult] = []
-    state = {"total": 0, "done": 0, "base": 0}
+    # Kernels per target: estimated up front, then as each target's builder reports them.
+    counts = {t.label: KERNELS_PER_PROBLEM if t.problem else 1 for t in plan.targets}
 
     def on_event(event: dict[str, Any]) -> None:
-        if "total" in event:
-            # Every worker of a group reports the group's total.
-            state["total"] = max(state["total"], state["base"] + int(event["total"]))
+        if "kernels" in event:
+            counts[event["target"]] = int(event["kernels"])
             if progress:
-                progress(None, state["done"], state["total"])
+                progress(None, len(results), max(sum(counts.values()), len(results)))
             return
         result = KernelResult(**{k: event.get(k) for k in KernelResult.__dataclass_fields__})
         results.append(result)
-        state["done"] += 1
         if progress:
-            progress(result, state["done"], max(state["total"], state["done"]))
+            progress(result, len(results), max(sum(counts.values()), len(results)))
 
     for targets in groups.values():
-        state["base"] = state["total"] = max(state["total"], state["done"])
-        estimate = sum(KERNELS_PER_PROBLEM if t.problem else 1 for t in targets)
+        estimate = sum(counts[t.label] for t in targets)
         run_workers(cache_dir, targets, jobs=min(jobs, estimate), env=env, on_event=on_event)
     return WarmReport(results=tuple(results), seconds=time.perf_counter() - start,
                       warnings=tuple(key_warnings(plan, env)))

@@ -6,27 +6,27 @@ Run as ``python -m jaxcache.warming.worker`` with a JSON job on stdin::
 
 Every target of a job shares one process configuration (backend, device
 count, x64), set up by the parent through the environment before JAX starts,
-exactly as the run it prepares. Kernels are numbered in a fixed order; the
-workers claim them one by one in the ``claims`` folder (without one, this
-worker compiles those whose number is ``j`` modulo ``J``). One JSON line per
-event goes to stdout: ``{"total": n}`` once the kernels are known, then one
-``{"target", "kernel", "module", "status", "seconds", "reason"}`` per kernel,
-``status`` being ``compiled``, ``cached`` or ``failed``.
+exactly as the run it prepares. Workers share the targets and kernels through
+claim files in the ``claims`` folder (see `jaxcache.warming.claims`); without
+one, worker ``j`` compiles the kernels whose number is ``j`` modulo ``J``.
+One JSON line per event goes to stdout: ``{"target", "kernels": n}`` once a
+target is built, and one ``{"target", "kernel", "module", "status",
+"seconds", "reason"}`` per kernel, ``status`` being ``compiled``, ``cached``
+or ``failed`` (``kernel`` is null when the target could not be built).
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
 import json
-import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
+from jaxcache.warming.claims import ClaimBoard
 from jaxcache.warming.plan import Target
 
 
@@ -69,7 +69,11 @@ def bundled_kernels(target: Target) -> list[KernelSpec]:
     objective, x0 = solver.problems.get(
         target.problem, target.size, deriv_mode=target.deriv_mode, jac_chunk_size=target.jac_chunk_size
     )
-    return [KernelSpec(k.name, k.warm, f"jit_{k.fn.__name__}") for k in solver.kernels(objective, x0)]
+    kernels = solver.kernels(objective, x0)
+    # "auto" probes were compiled while the objective was built: list them first, so the
+    # builder claims them at once and a helping worker never rebuilds a target just for them.
+    ordered = sorted(kernels, key=lambda k: not k.name.startswith("probe_"))
+    return [KernelSpec(k.name, k.warm, f"jit_{k.fn.__name__}") for k in ordered]
 
 
 def entry_kernels(entry: str) -> list[KernelSpec]:
@@ -113,41 +117,97 @@ def _kernels_of(target: Target) -> list[KernelSpec]:
     return entry_kernels(target.entry) if target.entry else bundled_kernels(target)
 
 
-def _jobs(targets: list[Target]) -> Iterator[tuple[Target, list[KernelSpec] | None, str | None]]:
+def _build(target: Target) -> tuple[list[KernelSpec] | None, str | None]:
+    try:
+        return _kernels_of(target), None
+    except Exception as error:  # a broken target must not stop the others
+        return None, _one_line(error)
+
+
+def _compile(target: Target, kernel: KernelSpec) -> bool:
+    """Compiles one kernel and reports it; returns whether it failed."""
+    from jaxcache.compilelog import CompileLog
+
+    log = CompileLog().start()
+    start = time.perf_counter()
+    try:
+        # A kernel the executable store serves says itself whether it was there.
+        status = kernel.compile() or ("cached" if log.hits and not log.misses else "compiled")
+        reason = None
+    except Exception as e:  # report and go on with the others
+        status, reason = "failed", _one_line(e)
+    finally:
+        log.stop()
+    modules = sorted(log.modules) or [kernel.module]
+    _emit(target=target.label, kernel=kernel.name, module=modules[0] if len(modules) == 1 else ",".join(modules),
+          status=status, seconds=round(time.perf_counter() - start, 4), reason=reason)
+    return status == "failed"
+
+
+def _report_built(target: Target, kernels: list[KernelSpec] | None, error: str | None) -> bool:
+    """Tells the parent how many kernels ``target`` has (a failed build counts as one, failed)."""
+    _emit(target=target.label, kernels=len(kernels) if kernels is not None else 1)
+    if kernels is None:
+        _emit(target=target.label, kernel=None, module=None, status="failed", seconds=0.0, reason=error)
+    return kernels is None
+
+
+def _run_shared(targets: list[Target], board: ClaimBoard) -> bool:
+    """Claims targets and kernels on the board (see `claims`); returns whether anything failed."""
+    failed = False
+    others: dict[str, Target] = {}
     for target in targets:
-        try:
-            yield target, _kernels_of(target), None
-        except Exception as error:  # a broken target must not stop the others
-            yield target, None, _one_line(error)
+        if not board.claim_build(target.label):
+            others[target.label] = target
+            continue
+        kernels, error = _build(target)
+        if _report_built(target, kernels, error):
+            board.publish(target.label, None)
+            failed = True
+            continue
+        assert kernels is not None
+        # The first kernel is claimed before the list is published, so a target of one
+        # kernel is never built a second time for nothing.
+        first = bool(kernels) and board.claim_kernel(target.label, kernels[0].name)
+        board.publish(target.label, [k.name for k in kernels])
+        for i, kernel in enumerate(kernels):
+            if first if i == 0 else board.claim_kernel(target.label, kernel.name):
+                failed |= _compile(target, kernel)
+    # Nothing left to build: help with the other workers' targets, from their ends.
+    while others:
+        found = board.wait_for_any(list(others))
+        if found is None:
+            break  # their builders died; the parent reports that
+        label, published = found
+        target = others.pop(label)
+        if published.names is None or all(board.is_claimed(label, n) for n in published.names):
+            continue
+        kernels, _ = _build(target)  # a failure here is the builder's to report
+        for kernel in reversed(kernels or []):
+            if board.claim_kernel(label, kernel.name):
+                failed |= _compile(target, kernel)
+    return failed
 
 
-def _claimer(claims: str | None, worker: int, workers: int) -> Callable[[int, str], bool]:
-    """Decides which kernels this worker compiles: ``claim(number, name)``.
-
-    With a claims folder, workers take kernels first come, first served: an
-    ``O_EXCL`` create per kernel *name* (target and kernel), so exactly one
-    worker wins each even if the workers' lists differ, and one that drew
-    cheap kernels goes on to the next instead of idling. Without a folder, or
-    if it cannot be written, every ``workers``-th kernel by number.
-    """
-
-    def by_number(number: int, name: str) -> bool:
-        return number % workers == worker
-
-    if claims is None or workers < 2:
-        return by_number
-
-    def claim(number: int, name: str) -> bool:
-        path = os.path.join(claims, hashlib.sha256(name.encode()).hexdigest()[:32])
-        try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        except FileExistsError:
-            return False
-        except OSError:
-            return by_number(number, name)  # a claims folder gone or full: fall back to the fixed split
-        return True
-
-    return claim
+def _run_split(targets: list[Target], worker: int, workers: int) -> bool:
+    """Without a claims board: every worker builds every target and compiles
+    every ``workers``-th kernel by number (worker 0 reports the builds)."""
+    failed = False
+    number = -1
+    for target in targets:
+        kernels, error = _build(target)
+        if kernels is None:
+            number += 1
+            if number % workers == worker:
+                failed |= _report_built(target, kernels, error)
+            continue
+        if worker == 0:
+            _report_built(target, kernels, error)
+        for kernel in kernels:
+            number += 1
+            if number % workers == worker:
+                failed |= _compile(target, kernel)
+    return failed
 
 
 def run(job: dict[str, Any]) -> int:
@@ -155,7 +215,6 @@ def run(job: dict[str, Any]) -> int:
     import jax
 
     import jaxcache
-    from jaxcache.compilelog import CompileLog
 
     targets = [Target(**t) for t in job["targets"]]
     worker, workers = int(job["worker"]), int(job["workers"])
@@ -163,36 +222,8 @@ def run(job: dict[str, Any]) -> int:
     if len(x64) == 1:
         jax.config.update("jax_enable_x64", x64.pop())
     jaxcache.configure(job["cache_dir"])
-    failed = False
-    claim = _claimer(job.get("claims"), worker, workers)
-    built = list(_jobs(targets))
-    _emit(total=sum(len(k) if k is not None else 1 for _, k, _ in built))
-    number = -1
-    for target, kernels, error in built:
-        if kernels is None:
-            number += 1
-            if claim(number, f"{target.label}\0<build>"):
-                _emit(target=target.label, kernel=None, module=None, status="failed", seconds=0.0, reason=error)
-                failed = True
-            continue
-        for kernel in kernels:
-            number += 1
-            if not claim(number, f"{target.label}\0{kernel.name}"):
-                continue
-            log = CompileLog().start()
-            start = time.perf_counter()
-            try:
-                # A kernel the executable store serves says itself whether it was there.
-                status = kernel.compile() or ("cached" if log.hits and not log.misses else "compiled")
-                reason = None
-            except Exception as e:  # report and go on with the others
-                status, reason = "failed", _one_line(e)
-                failed = True
-            finally:
-                log.stop()
-            modules = sorted(log.modules) or [kernel.module]
-            _emit(target=target.label, kernel=kernel.name, module=modules[0] if len(modules) == 1 else ",".join(modules),
-                  status=status, seconds=round(time.perf_counter() - start, 4), reason=reason)
+    board = ClaimBoard.open(job.get("claims")) if workers > 1 else None
+    failed = _run_shared(targets, board) if board is not None else _run_split(targets, worker, workers)
     return 1 if failed else 0
 
 
