@@ -23,8 +23,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from jaxcache.jaxformat import cache_file_name
-
 VERSION_DIR_PREFIX = "jaxlib-"
 MARKER_NAME = ".jaxcache-version.json"
 WRITES_LOG_NAME = ".jaxcache-writes.tsv"
@@ -162,6 +160,9 @@ def compact_writes(folder: Path) -> int:
     only one appended in the instant between that last read and the rename could be
     lost, and it is metadata (a platform and a compile time), never an entry.
     """
+    # Imported here: `jaxcache run`'s bootstrap loads this module alone, without the package.
+    from jaxcache.jaxformat import cache_file_name
+
     path = folder / WRITES_LOG_NAME
     try:
         with open(path, "rb") as f:

@@ -190,7 +190,12 @@ def test_upgrade_from_jax_0_9_to_0_10_with_one_shared_cache(pythons: dict[str, P
     assert (pruned["freed_bytes"], pruned["kept_entries"], pruned["kept_bytes"]) == (old_size, len(new_entries),
                                                                                       new_size)
     assert sorted(pruned["executables_deleted"]) == sorted(p.name[:-7] for p in old_stored), pruned
-    assert _snapshot(root) == _without(before, _rel(root, [*old_entries.values(), *old_stored]))
+    old_log = f"jaxlib-{OLD}/.jaxcache-writes.tsv"
+    assert before[old_log][0] > 0
+    # What is left: everything but the old entries and their write-log lines (the log is compacted).
+    after = _snapshot(root)
+    assert after.pop(old_log)[0] == 0
+    assert after == _without(before, _rel(root, [*old_entries.values(), *old_stored]) | {old_log})
     inspected = new.jaxcache(root, "inspect", "--json")
     assert set(inspected["by_version"]) == {NEW} and inspected["other_version_entries"] == 0, inspected
 
@@ -213,10 +218,13 @@ def test_upgrade_from_jax_0_9_to_0_10_with_one_shared_cache(pythons: dict[str, P
         len(hooked_old), len(hooked_stored), hooked_size), result
     assert result["env"]["JAX_COMPILATION_CACHE_DIR"] == str(hooked / f"jaxlib-{NEW}"), result["env"]
     after = _snapshot(hooked)
-    # Exactly the old entries went; the only new file is the new version's folder marker.
+    # Exactly the old entries (and their write-log lines) went; the only new file is the
+    # new version's folder marker.
     assert set(after) - set(before) == {f"jaxlib-{NEW}/.jaxcache-version.json"}, sorted(set(after) - set(before))
-    assert _without(before, _rel(hooked, [*hooked_old.values(), *hooked_stored])) == {
+    assert after.pop(old_log)[0] == 0
+    assert _without(before, _rel(hooked, [*hooked_old.values(), *hooked_stored]) | {old_log}) == {
         k: v for k, v in after.items() if k in before}
+    after = _snapshot(hooked)
     assert json.loads((hooked / ".jaxcache" / "hook.json").read_text())["highest_jaxlib"] == NEW
 
     before = after
