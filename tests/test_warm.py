@@ -165,7 +165,7 @@ import jax, jax.numpy as jnp
 
 def _built(name):
     with open(os.environ["BUILD_LOG"], "a") as log:
-        log.write(f"{name} {os.getpid()}\\n")
+        log.write(f"{name} {os.getpid()} {os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE')}\\n")
 
 def _kernel(scale):
     def kernel(x):
@@ -193,6 +193,8 @@ def test_workers_build_each_target_once_and_compile_each_kernel_once(tmp_path: P
     code, report = warm_json(tmp_path / "cache", "--jobs", "2", *entries, env=env)
     assert code == 0, report
     builds = [line.split()[0] for line in log.read_text().splitlines()]
+    # Workers that may share a GPU do not each grab most of its memory.
+    assert {line.split()[2] for line in log.read_text().splitlines()} == {"false"}
     # A target of one kernel is built by one worker only; a worker with nothing left to
     # build may build a bigger target a second time to help with its kernels.
     assert sorted(b for b in builds if b != "dddd") == ["a", "bb", "ccc"]

@@ -122,6 +122,10 @@ def run_workers(
     """Starts ``jobs`` workers for targets sharing one process configuration; returns their events."""
     platform, devices, _ = targets[0].process_config
     wenv = worker_env(env, platform, devices)
+    # Several workers share one GPU: by default each would grab 75% of its memory at
+    # start, and all but the first would fail. They hold no data, and the key does not
+    # depend on it (it is not an XLA flag), so they allocate as they go.
+    wenv.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     claims = tempfile.TemporaryDirectory(prefix="jaxcache-warm-")
     job = {"cache_dir": str(cache_dir), "targets": [t.as_dict() for t in targets], "claims": claims.name}
     procs = []
