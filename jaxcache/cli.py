@@ -439,6 +439,15 @@ _FLAG_ONLY = ("jac_chunk_size", "deriv_mode", "x64", "platform", "devices")
 
 
 def _resolve_plan(ctx: click.Context, params: dict[str, Any]):
+    """The plan to warm or verify, refused up front if this install lacks its backend."""
+    from jaxcache.warming.plan import require_backends
+
+    plan = _plan_from_sources(ctx, params)
+    require_backends(plan)
+    return plan
+
+
+def _plan_from_sources(ctx: click.Context, params: dict[str, Any]):
     """Flags, else --plan FILE, else [tool.jaxcache.warm], else the bundled default."""
     from jaxcache.settings import find_pyproject
     from jaxcache.warming import build_plan, plan_from_file, plan_from_pyproject

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from jaxcache.cli import main
+from jaxcache.configuration import gpu_plugin_installed
 from jaxcache_testing import env_with
 
 
@@ -142,6 +143,8 @@ def test_plans_from_pyproject_and_files(tmp_path: Path, monkeypatch: pytest.Monk
         (["--devices", "0"], "Invalid value for '--devices'"),
         (["--plan", "bad.toml"], "unknown key 'problem'"),
         (["--plan", "bad.toml", "--x64"], "unknown key 'problem'"),
+        pytest.param(["--platform", "gpu"], "no JAX GPU plugin is installed",
+                     marks=pytest.mark.skipif(gpu_plugin_installed(), reason="a GPU plugin is installed")),
     ],
 )
 def test_bad_warm_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str) -> None:

@@ -220,3 +220,23 @@ def plan_from_pyproject(pyproject: Path) -> WarmPlan | None:
     if table is None:
         return None
     return plan_from_table(table, f"[tool.jaxcache.warm] of {pyproject}")
+
+
+def require_backends(plan: WarmPlan) -> None:
+    """Refuses, before any worker starts, a plan for a backend this install cannot reach.
+
+    Raises:
+        UsageError: a target asks for ``gpu`` without a JAX GPU plugin, or ``tpu`` without libtpu.
+    """
+    import importlib.util
+
+    from jaxcache.configuration import gpu_plugin_installed
+
+    platforms = {t.platform for t in plan.targets}
+    if "gpu" in platforms and not gpu_plugin_installed():
+        raise UsageError("--platform gpu: no JAX GPU plugin is installed here (pip install 'jax[cuda12]'); "
+                         "warm on a machine like the one that will run")
+    if "tpu" in platforms and importlib.util.find_spec("libtpu") is None:
+        raise UsageError("--platform tpu: libtpu is not installed here (pip install 'jax[tpu]'); "
+                         "warm on a machine like the one that will run")
+
