@@ -103,6 +103,10 @@ def prepare_folder(settings: Settings) -> tuple[Path, provenance.VersionInfo | N
         raise CacheDirError(f"cannot create the cache folder {root}: {e.strerror}") from None
     if not os.access(target, os.W_OK | os.X_OK):
         raise CacheDirError(f"permission denied: JAX cannot write to {target}")
+    if settings.max_size.value != -1:
+        from jaxcache.atimes import ensure_atimes
+
+        ensure_atimes(target)  # entries written before the cap was set would make JAX's writes fail
     return target, versions
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from jaxcache import exeformat, jaxformat
+from jaxcache.atimes import create_atime
 from jaxcache.atomic import TEMP_PREFIX
 from jaxcache.locking import BATCH_SIZE, folder_lock
 from jaxcache.scanning import CacheEntry, CacheInfo
@@ -243,9 +244,4 @@ def _repair_one(finding: Finding) -> None:
         if not (path.parent / jaxformat.cache_file_name(parsed.key)).exists():
             path.unlink(missing_ok=True)
     elif finding.kind == "missing-atime":
-        atime = path.parent / jaxformat.atime_file_name(parsed.key)
-        if not atime.exists():
-            written_ns = path.stat().st_mtime_ns
-            fd = os.open(atime, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-            with os.fdopen(fd, "wb") as f:
-                f.write(jaxformat.encode_atime(written_ns))
+        create_atime(path)

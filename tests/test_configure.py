@@ -122,6 +122,32 @@ def test_a_size_cap_makes_jax_keep_atime_files(tmp_path: Path) -> None:
     assert all(f.has_lockfile for f in info.folders if f.version)
 
 
+CAPPED_LATER = """
+import warnings
+warnings.simplefilter("error")  # JAX reports a failed write as a warning
+import jaxcache
+jaxcache.configure(max_size="1MB")
+import jax
+jax.jit(lambda x: x * 5)(2.0)
+"""
+
+
+def test_a_cap_set_on_a_folder_filled_without_one_does_not_break_writes(tmp_path: Path) -> None:
+    # jax-ml/jax#39880: JAX's eviction reads every entry's -atime, which an uncapped run never wrote.
+    root = tmp_path / "c"
+    run_compile(env_with(JAXCACHE_DIR=str(root)))
+    before = scan(root).entries
+    assert before and not any(e.has_atime for e in before)
+    proc = run_python(CAPPED_LATER, env=env_with(JAXCACHE_DIR=str(root)), check=False)
+    assert proc.returncode == 0, proc.stderr
+    after = scan(root).entries
+    assert len(after) == len(before) + 1 and all(e.has_atime for e in after)
+    # The backfilled last use is the entry's write time, so LRU eviction keeps its order.
+    for entry in before:
+        atime = version_folder(root) / f"{entry.key}-atime"
+        assert int.from_bytes(atime.read_bytes(), "little") == entry.path.stat().st_mtime_ns
+
+
 def test_public_api_names_are_the_functions_whatever_was_imported_first() -> None:
     code = """
 import jaxcache

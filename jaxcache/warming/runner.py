@@ -209,7 +209,9 @@ def warm(
             progress(result, len(results), max(sum(counts.values()), len(results)))
 
     for targets in groups.values():
-        estimate = sum(counts[t.label] for t in targets)
-        run_workers(cache_dir, targets, jobs=min(jobs, estimate), env=env, on_event=on_event)
+        # No more workers than kernels; an entry's kernels are unknown until it is built,
+        # so a plan with one brings them all (one entry may list dozens).
+        most = jobs if any(t.entry for t in targets) else sum(counts[t.label] for t in targets)
+        run_workers(cache_dir, targets, jobs=min(jobs, most), env=env, on_event=on_event)
     return WarmReport(results=tuple(results), seconds=time.perf_counter() - start,
                       warnings=tuple(key_warnings(plan, env)))
