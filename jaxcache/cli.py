@@ -255,11 +255,15 @@ def ls_command(ctx: click.Context, sort_by: str, pattern: str | None, as_json: b
              d.entry.platform or "-", compile_time(d), display.ago(d.entry.recency)) for d in details]
     click.echo(display.table(("NAME", "HASH", "SIZE", "VERSION", "PLATFORM", "COMPILE", "LAST USED"), rows,
                              right=(2, 5)))
-    click.echo(f"{len(rows)} entries, {display.size(sum(d.entry.bytes for d in details))}", err=True)
+    click.echo(f"{_entries(len(rows))}, {display.size(sum(d.entry.bytes for d in details))}", err=True)
 
 
 def _executables_note(count: int, size: int) -> str:
-    return f" and {count} stored executables ({display.size(size)})" if count else ""
+    return f" and {display.count(count, 'stored executable')} ({display.size(size)})" if count else ""
+
+
+def _entries(n: int) -> str:
+    return display.count(n, "entry", "entries")
 
 
 def _print_plan(plan, *, dry_run: bool, limit: int = 20) -> None:
@@ -270,12 +274,12 @@ def _print_plan(plan, *, dry_run: bool, limit: int = 20) -> None:
         if len(plan.deletions) > limit:
             click.echo(f"... and {len(plan.deletions) - limit} more")
     if not plan.deletions and not plan.executables:
-        click.echo(f"Nothing to delete; keeping {plan.kept_entries} entries ({display.size(plan.kept_bytes)}).")
+        click.echo(f"Nothing to delete; keeping {_entries(plan.kept_entries)} ({display.size(plan.kept_bytes)}).")
         return
-    verb = "Would delete" if dry_run else "Deleting"
+    verb = "Would delete" if dry_run else "To delete:"  # a refusal may follow: not "Deleting"
     note = _executables_note(len(plan.executables), sum(e.bytes for e in plan.executables))
-    click.echo(f"{verb} {len(plan.deletions)} entries{note}, freeing {display.size(plan.freed_bytes)}; "
-               f"keeping {plan.kept_entries} entries ({display.size(plan.kept_bytes)}).")
+    click.echo(f"{verb} {_entries(len(plan.deletions))}{note}, freeing {display.size(plan.freed_bytes)}; "
+               f"keeping {_entries(plan.kept_entries)} ({display.size(plan.kept_bytes)}).")
 
 
 def _run_plan(plan, *, dry_run: bool, yes: bool, as_json: bool) -> None:
@@ -290,7 +294,7 @@ def _run_plan(plan, *, dry_run: bool, yes: bool, as_json: bool) -> None:
                         "executables_deleted": [e.key for e in plan.executables]})
         return
     note = _executables_note(len(plan.executables), sum(e.bytes for e in plan.executables))
-    _confirm(f"Delete {len(plan.deletions)} entries{note}?", yes=yes, as_json=as_json)
+    _confirm(f"Delete {_entries(len(plan.deletions))}{note}?", yes=yes, as_json=as_json)
     if len(plan.deletions) > 2000 and not as_json and sys.stderr.isatty():
         with click.progressbar(length=len(plan.deletions), label="Deleting", file=sys.stderr) as bar:
             state = {"done": 0}
@@ -310,7 +314,7 @@ def _run_plan(plan, *, dry_run: bool, yes: bool, as_json: bool) -> None:
                     "executables_deleted": [e.key for e in result.executables_deleted]})
     else:
         note = _executables_note(len(result.executables_deleted), sum(e.bytes for e in result.executables_deleted))
-        click.echo(f"Deleted {len(result.deleted)} entries{note}, freed {display.size(result.freed_bytes)}.")
+        click.echo(f"Deleted {_entries(len(result.deleted))}{note}, freed {display.size(result.freed_bytes)}.")
         for key, why in skipped:
             click.echo(f"skipped {key}: {why}", err=True)
 
@@ -407,9 +411,9 @@ def check_command(ctx: click.Context, repair: bool, as_json: bool) -> None:
         for f in report.findings:
             status = " [repaired]" if id(f) in repaired else (f" [repair failed: {failures[id(f)]}]" if id(f) in failures else "")
             click.echo(f"{f.severity}: {f.kind}: {f.path.name if f.key else f.path}: {f.message}{status}")
-        summary = "no problems" if not remaining else f"{len(remaining)} problems"
+        summary = "no problems" if not remaining else display.count(len(remaining), "problem")
         hint = "" if not remaining or repair else "; `jaxcache check --repair` fixes what it can"
-        click.echo(f"Checked {report.entries_checked} entries in {report.root}: {summary}{hint}.", err=bool(remaining))
+        click.echo(f"Checked {_entries(report.entries_checked)} in {report.root}: {summary}{hint}.", err=bool(remaining))
     if remaining:
         sys.exit(1)
 
@@ -516,9 +520,10 @@ def warm_command(ctx: click.Context, jobs: int | None, then_verify: bool, as_jso
         click.echo(display.table(("TARGET", "KERNEL", "STATUS", "SECONDS", "REASON"), rows, right=(3,)))
         compiled, cached, failed = report.count("compiled"), report.count("cached"), report.count("failed")
         if compiled == 0 and failed == 0:
-            click.echo(f"Nothing to compile: all {cached} kernels were already in {jax_dir} ({report.seconds:.1f} s).")
+            click.echo(f"Nothing to compile: all {display.count(cached, 'kernel')} were already in {jax_dir} "
+                       f"({report.seconds:.1f} s).")
         else:
-            click.echo(f"Warmed {len(report.results)} kernels into {jax_dir}: {compiled} compiled, "
+            click.echo(f"Warmed {display.count(len(report.results), 'kernel')} into {jax_dir}: {compiled} compiled, "
                        f"{cached} already cached, {failed} failed ({report.seconds:.1f} s).")
         if verified is not None:
             _print_verify(verified)
@@ -554,8 +559,8 @@ def _print_verify(results) -> None:
         rows.append((v.target, hits, misses, status, v.error or ", ".join(v.other_compiles)))
     click.echo(display.table(("TARGET", "HITS", "MISSES", "VERIFY", "NOTE"), rows, right=(1, 2)))
     bad = [v for v in results if not v.ok]
-    click.echo(f"Verified {len(results)} runs in fresh processes: "
-               + ("every solver kernel hit." if not bad else f"{len(bad)} with misses or errors."))
+    click.echo(f"Verified {display.count(len(results), 'run')} in fresh processes: "
+               + ("every kernel hit." if not bad else f"{len(bad)} with misses or errors."))
 
 
 @main.command("verify")
@@ -634,7 +639,7 @@ def stats_command(ctx: click.Context, zero: bool, as_json: bool) -> None:
         _emit_json({"cache_dir": str(settings.root), **data})
         return
     since = f" since {display.iso(data['since'])}" if data["since"] else ""
-    click.echo(f"{data['runs']} runs{since}")
+    click.echo(f"{display.count(int(data['runs']), 'run')}{since}")
     requests = int(data["requests"])
     click.echo(display.table(("", ""), [
         ("compile requests", requests),

@@ -35,3 +35,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, right: Se
         parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
         lines.append("  ".join(parts).rstrip())
     return "\n".join(lines)
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 kernel``, ``2 kernels``; ``plural`` where adding an s is wrong (``entries``)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from jaxcache.cli import main
 from jaxcache.configuration import gpu_plugin_installed
-from jaxcache_testing import env_with
+from jaxcache_testing import env_with, version_folder
 
 
 def warm_json(cache: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict]:
@@ -181,6 +181,13 @@ def _list(name, count):
     spec = jax.ShapeDtypeStruct((8, 8), jnp.float32)
     return [(f"{name}{i}", _kernel(i + 10 * len(name)), (spec,)) for i in range(count)]
 
+@jax.jit
+def g(x):
+    return jnp.cumsum(x) * 2
+
+def same_fn_two_shapes():
+    return [(g, (jax.ShapeDtypeStruct((3,), jnp.float32),)), (g, (jax.ShapeDtypeStruct((4,), jnp.float32),))]
+
 def one_a(): return _list("a", 1)
 def one_b(): return _list("bb", 1)
 def one_c(): return _list("ccc", 1)
@@ -225,3 +232,22 @@ def test_claim_board(tmp_path: Path) -> None:
     assert not board.builder_alive("u") and board.wait_for_any(["u"]) is None
     board.publish("v", None)
     assert board.published("v").names is None
+
+
+def test_one_function_at_two_shapes_is_two_kernels_for_warm_and_verify(tmp_path: Path) -> None:
+    (tmp_path / "sharedkernels.py").write_text(textwrap.dedent(SHARED_ENTRY_MODULE))
+    env = env_with(PYTHONPATH=str(tmp_path), BUILD_LOG=str(tmp_path / "log"))
+    cache = tmp_path / "cache"
+    code, report = warm_json(cache, "--jobs", "2", "--entry", "sharedkernels:same_fn_two_shapes", "--verify", env=env)
+    assert code == 0, report
+    assert sorted(k["kernel"] for k in report["kernels"]) == ["g", "g#2"]
+    assert {k["status"] for k in report["kernels"]} == {"compiled"}
+    assert report["verify"][0]["modules"] == {"g": {"requests": 1, "hits": 1, "misses": 0},
+                                              "g#2": {"requests": 1, "hits": 1, "misses": 0}}
+    # Without one of the two entries, verify names the kernel that misses.
+    (next(version_folder(cache).glob("jit_g-*-cache"))).unlink()
+    proc = subprocess.run([sys.executable, "-m", "jaxcache", "--cache-dir", str(cache), "verify", "--json",
+                           "--entry", "sharedkernels:same_fn_two_shapes"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout)["runs"][0]["missed_kernels"] in (["g"], ["g#2"])
+

@@ -110,7 +110,18 @@ def entry_kernels(entry: str) -> list[KernelSpec]:
         if not callable(fn) or not isinstance(args, (tuple, list)):
             raise ValueError(f"{entry} item {i}: expected a function and a tuple of abstract arguments")
         out.append(KernelSpec(name, functools.partial(_aot, fn, tuple(args), rest[0] if rest else None)))
-    return out
+    return _unique_names(out)
+
+
+def _unique_names(kernels: list[KernelSpec]) -> list[KernelSpec]:
+    """Numbers repeated names (``residual``, ``residual#2``, ...): workers claim kernels and
+    verify counts hits by name, and one function warmed at several shapes is common."""
+    seen: dict[str, int] = {}
+    for kernel in kernels:
+        seen[kernel.name] = seen.get(kernel.name, 0) + 1
+        if seen[kernel.name] > 1:
+            kernel.name = f"{kernel.name}#{seen[kernel.name]}"
+    return kernels
 
 
 def _kernels_of(target: Target) -> list[KernelSpec]:
