@@ -26,6 +26,38 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    """``pytest --jaxcache tests/``: the folder is what to test, not where to cache.
+
+    An option with an optional value takes the next word, so a bare ``--jaxcache``
+    followed by a test path is rewritten, before pytest parses its options, to
+    ``--jaxcache=`` (the configured folder) and the path stays a path.
+    """
+    for i, arg in enumerate(args[:-1]):
+        if arg == "--jaxcache" and _names_tests(args[i + 1]):
+            args[i] = "--jaxcache="
+
+
+def _names_tests(word: str) -> bool:
+    """Whether a command-line word names tests (a test file, a node id, a folder holding tests)."""
+    from pathlib import Path
+
+    if word.startswith("-"):
+        return False
+    if "::" in word:
+        return True
+    path = Path(word)
+    if path.is_file():
+        return path.suffix == ".py"
+    if not path.is_dir():
+        return False
+    for pattern in ("test_*.py", "*_test.py", "conftest.py"):
+        if next(path.rglob(pattern), None) is not None:
+            return True
+    return False
+
+
 def _enabled(config: pytest.Config) -> bool:
     return config.getoption("jaxcache", default=None) is not None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -62,3 +63,19 @@ def test_off_unless_asked(tmp_path: Path) -> None:
     (suite / "test_model.py").write_text(textwrap.dedent(SUITE))
     proc, counts = _pytest(suite)
     assert proc.returncode == 0 and counts == () and "jaxcache" not in proc.stdout
+
+
+def test_a_bare_flag_before_a_test_path_does_not_take_it_as_the_folder(tmp_path: Path) -> None:
+    suite = tmp_path / "suite"
+    (suite / "sub").mkdir(parents=True)
+    (suite / "test_top.py").write_text("def test_top():\n    pass\n")
+    (suite / "sub" / "test_model.py").write_text(textwrap.dedent(SUITE))
+    cache = tmp_path / "configured"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--jaxcache", "sub"],
+        capture_output=True, text=True, cwd=suite, timeout=600,
+        env={**os.environ, "JAXCACHE_DIR": str(cache)},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "4 passed" in proc.stdout  # sub/ only, not test_top.py
+    assert not list((suite / "sub").glob("jaxlib-*")) and scan(cache).entries
