@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -55,6 +57,21 @@ def classify(record: logging.LogRecord) -> tuple[str, str, str | float] | None:
     if "seconds to compile" in msg and len(args) == 3:
         return COMPILE_TIME, str(args[0]), float(args[2])
     return None
+
+
+def _nonempty(path: str) -> bool:
+    # A full disk leaves JAX's plain write_bytes an empty file (jaxcache's atomic writes, none).
+    try:
+        return os.stat(path).st_size > 0
+    except OSError:
+        return False
+
+
+def _jax_cache_folder() -> str | None:
+    """The folder JAX writes entries to, if JAX is imported and has one (never imports JAX)."""
+    jax = sys.modules.get("jax")
+    folder = getattr(getattr(jax, "config", None), "jax_compilation_cache_dir", None) if jax else None
+    return folder or os.environ.get("JAX_COMPILATION_CACHE_DIR") or None
 
 
 class _Tap(logging.Filter):
@@ -113,10 +130,18 @@ class ModuleCounts:
 
 @dataclass
 class CompileLog:
-    """Counts per module name; start with :meth:`start`, stop with :meth:`stop`."""
+    """Counts per module name; start with :meth:`start`, stop with :meth:`stop`.
+
+    JAX logs a write before it makes it, and a write that then fails (a full
+    disk, a read-only folder) is only a warning; so a write is counted once its
+    ``-cache`` file is seen, not empty, in the cache folder (``folder``, else the
+    one JAX is configured with), when the counts are read.
+    """
 
     modules: dict[str, ModuleCounts] = field(default_factory=dict)
     hit_keys: list[str] = field(default_factory=list)
+    folder: str | None = None
+    _pending_writes: list[tuple[str, str]] = field(default_factory=list)
     _remove: Callable[[], None] | None = None
 
     def __call__(self, kind: str, module: str, value: str | float) -> None:
@@ -129,7 +154,7 @@ class CompileLog:
             counts.requests += 1
             counts.misses += 1
         elif kind == WRITE:
-            counts.writes += 1
+            self._pending_writes.append((module, str(value)))
         elif kind == COMPILE_TIME:
             counts.compile_seconds += float(value)
 
@@ -143,11 +168,27 @@ class CompileLog:
             self._remove()
             self._remove = None
 
+    def _confirm_writes(self) -> None:
+        folder = self.folder or _jax_cache_folder()
+        still_pending = []
+        for module, key in self._pending_writes:
+            if folder is None or _nonempty(os.path.join(folder, key + "-cache")):
+                self.modules[module].writes += 1
+            else:
+                still_pending.append((module, key))  # failed, or still being written
+        self._pending_writes = still_pending
+
     def snapshot(self) -> dict[str, dict[str, float]]:
+        self._confirm_writes()
         return {m: asdict(c) for m, c in self.modules.items()}
 
     def to_json(self) -> str:
         return json.dumps({"modules": self.snapshot(), "hit_keys": self.hit_keys})
+
+    @property
+    def writes(self) -> int:
+        self._confirm_writes()
+        return sum(c.writes for c in self.modules.values())
 
     @property
     def hits(self) -> int:

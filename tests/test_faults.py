@@ -515,6 +515,22 @@ def test_full_disk_jax_write_leaves_nothing_partial(cache: Path, tmp_path: Path)
         assert set(snapshot(root)) - set(before) <= {str(folder.relative_to(root) / ".lockfile")}
 
 
+def test_run_does_not_count_a_write_that_failed(tmp_path: Path) -> None:
+    """JAX logs a write before making it; on a full disk the write fails (a warning)."""
+    fs = tmp_path / "tinyfs"
+    with tiny_tmpfs(fs):
+        root = fs / "cache"
+        assert jc("--cache-dir", str(root), "run", "--", "true").exit_code == 0  # the version folder and its marker
+        fill(fs)
+        ran = subprocess.run([sys.executable, "-m", "jaxcache", "--cache-dir", str(root), "run", "--json", "--",
+                              sys.executable, "-c", "import jax; jax.jit(lambda x: x * 11)(2.0)"],
+                             capture_output=True, text=True, timeout=300)
+        assert ran.returncode == 0, ran.stderr[-3000:]
+        assert "Error writing persistent compilation cache entry" in ran.stderr
+        report = json.loads(ran.stdout.strip().splitlines()[-1])
+        assert report["misses"] >= 1 and report["writes"] == 0, report
+
+
 # --------------------------------------------------------------------------------------------------
 # (c) Bad input: one line, the documented exit code, nothing changed
 # --------------------------------------------------------------------------------------------------
