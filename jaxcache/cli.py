@@ -7,6 +7,8 @@ become one line on stderr and an exit code in one place (:class:`_Group`).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -55,6 +57,11 @@ class _Group(click.Group):
         except PermissionError as e:
             click.echo(f"jaxcache: error: permission denied: {e.filename or e}", err=True)
             sys.exit(1)
+        except BrokenPipeError:
+            # `jaxcache ls | head`: the reader has what it wanted. Quiet, like a tool that died
+            # of SIGPIPE; stdout goes to /dev/null so the exit flush cannot raise again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(128 + signal.SIGPIPE)
         except OSError as e:
             where = f" ({e.filename})" if e.filename else ""
             click.echo(f"jaxcache: error: {e.strerror or e}{where}", err=True)
@@ -192,9 +199,16 @@ def inspect_command(ctx: click.Context, top: int, as_json: bool) -> None:
     if summary.executables:
         out.append(f"Executables {summary.executables} stored whole ({display.size(summary.executables_bytes)}): "
                    "the solver's kernels, loaded without tracing")
-    out.append(f"Orphans     {summary.orphan_atimes} -atime files without an entry; "
-               f"{summary.without_atime} entries without -atime; {summary.other_files} other files kept")
+    orphans = [f"{summary.orphan_atimes} -atime files without an entry"]
+    if settings.max_size.value != -1:  # uncapped, JAX writes no -atime: their absence is normal
+        orphans.append(f"{_entries(summary.without_atime)} without -atime")
+    out.append(f"Orphans     {'; '.join(orphans)}; {summary.other_files} other files kept")
     click.echo("\n".join(out))
+    if summary.root_entries and settings.layout.value == "versioned":
+        verb = "is" if summary.root_entries == 1 else "are"
+        click.echo(f"Note        {_entries(summary.root_entries)} directly in {summary.cache_dir} (written without "
+                   f"jaxcache) {verb} never looked up by jaxcache's processes, which use a folder per jaxlib "
+                   "version; with layout = \"flat\" both share them.")
 
     def group_table(title: str, groups: dict, mark: str | None = None, limit: int | None = None) -> None:
         items = list(groups.items())[:limit] if limit else list(groups.items())

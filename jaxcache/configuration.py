@@ -46,12 +46,21 @@ def gpu_plugin_installed() -> bool:
     return any(importlib.util.find_spec(name) is not None for name in _GPU_PLUGIN_MODULES)
 
 
-def resolve_xla_caches(setting: str) -> str:
-    """``auto`` -> ``none`` without a GPU plugin: XLA's GPU sub-caches do nothing on CPU
-    but put the folder's path into every key, so a moved or copied cache would miss."""
+JAX_DEFAULT_XLA_CACHES = "xla_gpu_per_fusion_autotune_cache_dir"
+
+
+def resolve_xla_caches(setting: str, layout: str = "versioned") -> str:
+    """What ``auto`` means for ``jax_persistent_cache_enable_xla_caches``.
+
+    XLA's GPU sub-caches put the folder's path into every key (on CPU too,
+    where they do nothing else), so a moved or copied cache would miss:
+    ``none`` without a GPU plugin. But a different setting is a different
+    key, so in the ``flat`` layout, a folder shared with processes that set
+    JAX up by hand, ``auto`` keeps JAX's default and their entries are hit.
+    """
     if setting != "auto":
         return setting
-    return "xla_gpu_per_fusion_autotune_cache_dir" if gpu_plugin_installed() else "none"
+    return JAX_DEFAULT_XLA_CACHES if gpu_plugin_installed() or layout == "flat" else "none"
 
 
 def jax_options(settings: Settings, jax_dir: Path) -> dict[str, Any]:
@@ -61,7 +70,8 @@ def jax_options(settings: Settings, jax_dir: Path) -> dict[str, Any]:
         "jax_persistent_cache_min_entry_size_bytes": settings.min_entry_size_bytes.value,
         "jax_persistent_cache_min_compile_time_secs": settings.min_compile_time_secs.value,
         "jax_compilation_cache_max_size": settings.max_size.value,
-        "jax_persistent_cache_enable_xla_caches": resolve_xla_caches(settings.xla_caches.value),
+        "jax_persistent_cache_enable_xla_caches": resolve_xla_caches(settings.xla_caches.value,
+                                                                     settings.layout.value),
     }
 
 

@@ -45,6 +45,8 @@ CONFIG_KEYS: dict[str, str] = {
 }
 # Sub-tables of [tool.jaxcache] that belong to other commands.
 _OTHER_TABLES = frozenset({"warm"})
+# The flags jax_persistent_cache_enable_xla_caches may list (jax/_src/compiler.py).
+_XLA_CACHE_FLAGS = frozenset({"xla_gpu_kernel_cache_file", "xla_gpu_per_fusion_autotune_cache_dir"})
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,11 @@ def _coerce(name: str, raw: Any, where: str, base: Path) -> Any:
                 raise ValueError
             return raw
         if name == "xla_caches":
-            if not isinstance(raw, str) or not raw:
+            # JAX's values: all, none, or a comma-separated list of XLA's cache flags.
+            if not isinstance(raw, str) or not raw.strip():
+                raise ValueError
+            raw = raw.strip()
+            if raw not in ("auto", "all", "none") and not set(raw.split(",")) <= _XLA_CACHE_FLAGS:
                 raise ValueError
             return raw
         if name == "strict":

@@ -44,6 +44,7 @@ class Summary:
     newest_written: float | None
     executables: int = 0
     executables_bytes: int = 0
+    root_entries: int = 0  # entries of unknown version directly in the root (a flat folder)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +65,7 @@ class Summary:
             "newest_written": self.newest_written,
             "executables": self.executables,
             "executables_bytes": self.executables_bytes,
+            "root_entries": self.root_entries,
         }
 
 
@@ -79,6 +81,7 @@ def _rollup(cells: dict[tuple[str, str, str], list[int]], axis: int) -> dict[str
 
 
 _SUMMARY_FILE = "summary.json"
+_SUMMARY_FORMAT = 2  # bumped when Summary gains a field: an older record is recomputed
 
 
 def inspect_cache(root: Path, *, installed_version: str | None) -> Summary:
@@ -93,13 +96,14 @@ def inspect_cache(root: Path, *, installed_version: str | None) -> Summary:
     root = Path(root)
     cached = _read_summary_cache(root)
     state = _folder_state(root, [n for n in cached.get("folders", {}) if n != "."])
-    if state is not None and cached.get("folders") == state and "summary" in cached:
+    if state is not None and cached.get("format") == _SUMMARY_FORMAT and cached.get("folders") == state \
+            and "summary" in cached:
         return _summary_from_dict(cached["summary"], installed_version)
     info = scan(root, quick=True, last_used=False)
     summary = summarize(info, installed_version=installed_version)
     fresh = _folder_state(root, [f.path.name for f in info.folders if f.path != root])
     if fresh is not None and _trusted(fresh):
-        _write_summary_cache(root, {"folders": fresh, "summary": summary.as_dict()})
+        _write_summary_cache(root, {"format": _SUMMARY_FORMAT, "folders": fresh, "summary": summary.as_dict()})
     return summary
 
 
@@ -217,6 +221,7 @@ def summarize(info: CacheInfo, *, installed_version: str | None) -> Summary:
         newest_written=max(written, default=None),
         executables=len(info.executables),
         executables_bytes=sum(e.bytes for e in info.executables),
+        root_entries=sum(1 for e in info.entries if e.folder == info.root and e.version is None),
     )
 
 

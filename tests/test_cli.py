@@ -418,3 +418,13 @@ def test_inspect_reuses_its_summary_only_while_no_folder_changed(cache: Path) ->
 def test_bare_command_shows_the_help() -> None:
     result = jc()
     assert result.exit_code in (0, 2) and "Commands:" in result.output and "error" not in result.output
+
+
+def test_a_closed_pipe_ends_quietly(cache: Path) -> None:
+    """`jaxcache inspect | head -1`: no 'Broken pipe' error once the reader has gone."""
+    proc = subprocess.Popen([sys.executable, "-m", "jaxcache", "--cache-dir", str(cache), "inspect"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader leaves before the first line
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and stderr == ""

@@ -47,6 +47,23 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     assert info.entries and {(e.version, e.platform) for e in info.entries} == {(None, None)}
 
 
+def test_the_flat_layout_shares_entries_with_processes_set_up_by_hand(tmp_path: Path) -> None:
+    root = tmp_path / "jax-caches"
+    by_hand = run_compile(env_with(), configure=f"""
+import jax
+jax.config.update("jax_compilation_cache_dir", {str(root)!r})
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+""")
+    assert by_hand["misses"] and not by_hand["hits"]
+    # Same keys both ways: "auto" keeps JAX's default XLA cache setting in a flat folder.
+    flat = run_compile(env_with(JAXCACHE_DIR=str(root), JAXCACHE_LAYOUT="flat"))
+    assert sorted(flat["hits"]) == sorted(by_hand["misses"]) and not flat["misses"]
+    # With the default layout jaxcache's processes would not see them: inspect says so.
+    shown = run_python(f"from jaxcache.cli import main; main(['--cache-dir', {str(root)!r}, 'inspect'])", check=False)
+    assert shown.returncode == 0 and "directly in" in shown.stdout and 'layout = "flat"' in shown.stdout
+
+
 def test_relative_and_symlinked_paths_reach_jax_absolute(tmp_path: Path) -> None:
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
