@@ -405,10 +405,12 @@ def check_command(ctx: click.Context, repair: bool, as_json: bool) -> None:
         report = check(info, capped=capped)
     repaired: set[int] = set()
     failures: dict[int, str] = {}
+    notes: dict[int, str] = {}
     if repair:
         result = do_repair(report)
         repaired = {id(f) for f in result.repaired}
         failures = {id(f): why for f, why in result.failed}
+        notes = {id(f): text for f, text in result.notes}
     remaining = [f for f in report.problems if id(f) not in repaired]
     if as_json:
         _emit_json({
@@ -417,13 +419,16 @@ def check_command(ctx: click.Context, repair: bool, as_json: bool) -> None:
             "ok": not remaining,
             "findings": [
                 {"kind": f.kind, "severity": f.severity, "path": str(f.path), "key": f.key, "message": f.message,
-                 "repaired": id(f) in repaired, "repair_error": failures.get(id(f))}
+                 "repaired": id(f) in repaired, "repair_error": failures.get(id(f)), "repair_note": notes.get(id(f))}
                 for f in report.findings
             ],
         })
     else:
         for f in report.findings:
-            status = " [repaired]" if id(f) in repaired else (f" [repair failed: {failures[id(f)]}]" if id(f) in failures else "")
+            if id(f) in repaired:
+                status = f" [repaired: {notes[id(f)]}]" if id(f) in notes else " [repaired]"
+            else:
+                status = f" [repair failed: {failures[id(f)]}]" if id(f) in failures else ""
             click.echo(f"{f.severity}: {f.kind}: {f.path.name if f.key else f.path}: {f.message}{status}")
         summary = "no problems" if not remaining else display.count(len(remaining), "problem")
         hint = "" if not remaining or repair else "; `jaxcache check --repair` fixes what it can"

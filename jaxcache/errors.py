@@ -31,3 +31,11 @@ class ConfirmationRequired(JaxCacheError):
     """A destructive command was run without a terminal and without ``--yes``."""
 
     exit_code = 2
+
+
+class CommandError(JaxCacheError):
+    """`jaxcache run` could not start the command; exit codes as a shell's (127: not found, 126: not runnable)."""
+
+    def __init__(self, message: str, *, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -90,6 +90,10 @@ class CheckReport:
 class RepairResult:
     repaired: tuple[Finding, ...]
     failed: tuple[tuple[Finding, str], ...]
+    notes: tuple[tuple[Finding, str], ...] = ()  # how a repair was made, where it is not obvious
+
+    def note(self, finding: Finding) -> str | None:
+        return next((text for f, text in self.notes if f is finding), None)
 
 
 def check(
@@ -181,11 +185,14 @@ def repair(report: CheckReport) -> RepairResult:
     """Fixes what is safe to fix, under each folder's ``.lockfile``.
 
     Corrupt and foreign-path entries are deleted (JAX recompiles and rewrites
-    them); missing ``-atime`` files are recreated from the entry's write time;
+    them), except a corrupt one whose contents do not prove it JAX's (neither
+    empty nor zlib/zstd): it is renamed ``<name>.quarantined``, so JAX no longer
+    reads it and nothing is lost; missing ``-atime`` files are recreated from the entry's write time;
     orphan ``-atime`` files are deleted; group/world write permission is removed.
     """
     repaired: list[Finding] = []
     failed: list[tuple[Finding, str]] = []
+    notes: list[tuple[Finding, str]] = []
     todo = [f for f in report.findings if f.repairable]
     by_folder: dict[Path, list[Finding]] = {}
     for finding in todo:
@@ -198,16 +205,18 @@ def repair(report: CheckReport) -> RepairResult:
                 with folder_lock(folder):
                     for finding in batch:
                         try:
-                            _repair_one(finding)
+                            note = _repair_one(finding)
                             repaired.append(finding)
+                            if note:
+                                notes.append((finding, note))
                         except OSError as e:
                             failed.append((finding, e.strerror or str(e)))
             except Exception as e:  # a folder we cannot lock: report every item in it
                 failed.extend((finding, str(e)) for finding in batch)
-    return RepairResult(repaired=tuple(repaired), failed=tuple(failed))
+    return RepairResult(repaired=tuple(repaired), failed=tuple(failed), notes=tuple(notes))
 
 
-def _repair_one(finding: Finding) -> None:
+def _repair_one(finding: Finding) -> str | None:
     path = finding.path
     if finding.kind == "writable":
         if not path.is_dir() or path.is_symlink():
@@ -237,11 +246,43 @@ def _repair_one(finding: Finding) -> None:
     if parsed is None or path.is_symlink():
         raise OSError(f"{path.name} is not a cache entry")
     if finding.kind in ("corrupt", "foreign-path"):
-        # -cache first, then -atime: the reverse would leave a -cache without -atime.
-        path.unlink(missing_ok=True)
+        note = None
+        try:
+            provable = finding.kind != "corrupt" or _provably_jax_written(path)
+        except FileNotFoundError:
+            return None  # gone since the check
+        if not provable:
+            aside = _quarantine(path)
+            note = f"moved aside to {aside.name} (its contents do not prove it a JAX entry)"
+        else:
+            # -cache first, then -atime: the reverse would leave a -cache without -atime.
+            path.unlink(missing_ok=True)
         (path.parent / jaxformat.atime_file_name(parsed.key)).unlink(missing_ok=True)
+        return note
     elif finding.kind == "orphan-atime":
         if not (path.parent / jaxformat.cache_file_name(parsed.key)).exists():
             path.unlink(missing_ok=True)
     elif finding.kind == "missing-atime":
         create_atime(path)
+    return None
+
+
+def _provably_jax_written(path: Path) -> bool:
+    """Empty (a write that failed on a full disk) or starting as JAX's compressors write."""
+    with jaxformat.open_entry(path) as f:
+        head = f.read(4)
+    return not head or jaxformat.detect_compression(head) is not None
+
+
+def _quarantine(path: Path) -> Path:
+    """Renames ``path`` to ``<name>.quarantined`` (numbered if taken), never overwriting."""
+    for n in range(1, 1000):
+        aside = path.with_name(f"{path.name}.quarantined" + (f".{n}" if n > 1 else ""))
+        try:
+            os.link(path, aside)  # fails if taken: rename would silently replace it
+        except FileExistsError:
+            continue
+        path.unlink()
+        return aside
+    raise OSError(f"too many quarantined copies of {path.name}")
+

@@ -25,7 +25,7 @@ import filelock
 from jaxcache import jaxformat, provenance
 from jaxcache.compilelog import ModuleCounts
 from jaxcache.configuration import cache_env, prepare_folder
-from jaxcache.errors import CacheDirError, JaxCacheError, UsageError
+from jaxcache.errors import CacheDirError, CommandError, JaxCacheError, UsageError
 from jaxcache.index import META_DIR_NAME
 from jaxcache.settings import Settings
 
@@ -113,7 +113,8 @@ def run(command: Sequence[str], settings: Settings, *, env: Mapping[str, str] | 
     """Runs a command with the cache configured; returns its exit code and cache traffic.
 
     Raises:
-        UsageError: no command given, or it cannot be started.
+        UsageError: no command given.
+        CommandError: the command cannot be started (exit code 127 or 126, as in a shell).
     """
     if not command:
         raise UsageError("no command to run: jaxcache run -- CMD [ARGS...]")
@@ -128,9 +129,9 @@ def run(command: Sequence[str], settings: Settings, *, env: Mapping[str, str] | 
         try:
             proc = subprocess.Popen(list(command), env=child_env)
         except FileNotFoundError:
-            raise UsageError(f"command not found: {command[0]}") from None
+            raise CommandError(f"command not found: {command[0]}", exit_code=127) from None
         except PermissionError:
-            raise UsageError(f"permission denied: cannot run {command[0]}") from None
+            raise CommandError(f"permission denied: cannot run {command[0]}", exit_code=126) from None
         while True:
             try:
                 code = proc.wait()

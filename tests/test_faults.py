@@ -466,9 +466,15 @@ def test_damage_is_found_reported_and_repaired(fault: Fault, cache: Path, tmp_pa
                 assert after.exit_code == 0 and json.loads(after.stdout)["ok"] is True, after.output
                 changed = {k for k in set(before) | set(snapshot(root)) if before.get(k) != snapshot(root).get(k)}
                 touched = {str(p.relative_to(root)) for p in damaged}
-                touched |= {t[:-6] + "-atime" for t in touched}
+                touched |= {t[:-6] + "-atime" for t in touched} | {t + ".quarantined" for t in touched}
                 touched.add(str(version_folder(root).relative_to(root) / ".lockfile"))  # JAX's lock, taken to repair
                 assert changed <= touched, changed - touched
+                if fault.name == "garbage":
+                    # Contents that do not prove it JAX's: moved aside, not deleted; JAX no longer reads it.
+                    (victim,) = damaged
+                    assert "moved aside" in report["findings"][0]["repair_note"]
+                    assert not victim.exists() and before[str(victim.relative_to(root))] == snapshot(root)[
+                        str(victim.relative_to(root)) + ".quarantined"]
             else:
                 assert repaired.exit_code == 1, repaired.output
                 assert not any(f["repaired"] for f in report["findings"])
@@ -569,7 +575,7 @@ BAD_INPUT = [
     (["hook", "--shell", "tcsh"], 2, "Invalid value for '--shell'"),
     (["frobnicate"], 2, "No such command 'frobnicate'"),
     (["run"], 2, "Missing argument"),
-    (["run", "--", "/nonexistent/program"], 2, "command not found"),
+    (["run", "--", "/nonexistent/program"], 127, "command not found"),
     (["warm", "--problem", "banana"], 2, "problem 'banana' must be one of"),
     (["verify", "--problem", "banana"], 2, "problem 'banana' must be one of"),
     (["warm", "--size", "0"], 2, "size 0 must be a positive integer"),

@@ -64,9 +64,32 @@ def test_run_sums_every_python_process_of_the_command(tmp_path: Path) -> None:
     assert report["processes"] == 2 and report["hits"] == report["misses"] > 0
 
 
-def test_run_with_a_missing_command(tmp_path: Path) -> None:
+def test_run_with_a_missing_or_unrunnable_command(tmp_path: Path) -> None:
+    # As a shell says it: 127 not found, 126 found but not runnable.
     result = jaxcache("--cache-dir", str(tmp_path / "c"), "run", "--", "no-such-program-xyz")
-    assert result.returncode == 2 and "command not found: no-such-program-xyz" in result.stderr
+    assert result.returncode == 127 and "command not found: no-such-program-xyz" in result.stderr
+    script = tmp_path / "not-executable.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    result = jaxcache("--cache-dir", str(tmp_path / "c"), "run", "--", str(script))
+    assert result.returncode == 126 and "cannot run" in result.stderr
+
+
+BOOTSTRAP_FAILS = """
+import sys
+sys.modules["_jaxcache_bootstrap_provenance"] = None  # importing it now raises ImportError
+"""
+
+
+def test_a_process_that_cannot_be_counted_says_so_only_if_it_used_jax(tmp_path: Path) -> None:
+    (tmp_path / "sitecustomize.py").write_text(BOOTSTRAP_FAILS)  # chained before jaxcache's bootstrap runs
+    env = env_with(PYTHONPATH=str(tmp_path))
+    quiet = subprocess.run([sys.executable, "-m", "jaxcache", "--cache-dir", str(tmp_path / "c"), "run", "--",
+                            sys.executable, "-c", "print('no jax here')"], capture_output=True, text=True, env=env)
+    assert quiet.returncode == 0 and "not counted" not in quiet.stderr
+    loud = subprocess.run([sys.executable, "-m", "jaxcache", "--cache-dir", str(tmp_path / "c"), "run", "--",
+                           sys.executable, "-c", "import jax"], capture_output=True, text=True, env=env)
+    assert loud.returncode == 0 and "this process's cache use was not counted" in loud.stderr
 
 
 def _old_version(root: Path, version: str = "0.0.1") -> list[Path]:

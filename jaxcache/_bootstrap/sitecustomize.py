@@ -96,4 +96,13 @@ finally:
         _point_at_own_version()
         _record_stats()
     except Exception as error:  # never break the user's program
-        sys.stderr.write(f"jaxcache run: bootstrap disabled ({type(error).__name__}: {error})\n")
+        # Said at exit, and only by a process that used JAX: a job's other Pythons
+        # (a system interpreter running a helper script) have nothing to count.
+        def _explain(error: Exception = error) -> None:
+            if "jax" in sys.modules:
+                sys.stderr.write(f"jaxcache run: this process's cache use was not counted "
+                                 f"({type(error).__name__}: {error})\n")
+
+        import atexit
+
+        atexit.register(_explain)
