@@ -188,6 +188,9 @@ def g(x):
 def same_fn_two_shapes():
     return [(g, (jax.ShapeDtypeStruct((3,), jnp.float32),)), (g, (jax.ShapeDtypeStruct((4,), jnp.float32),))]
 
+def wide():
+    return [("w", g, (jax.ShapeDtypeStruct((5,), jnp.float64),))]
+
 def one_a(): return _list("a", 1)
 def one_b(): return _list("bb", 1)
 def one_c(): return _list("ccc", 1)
@@ -250,4 +253,13 @@ def test_one_function_at_two_shapes_is_two_kernels_for_warm_and_verify(tmp_path:
                            "--entry", "sharedkernels:same_fn_two_shapes"], capture_output=True, text=True, env=env)
     assert proc.returncode == 1
     assert json.loads(proc.stdout)["runs"][0]["missed_kernels"] in (["g"], ["g#2"])
+
+
+def test_a_float64_kernel_warmed_without_x64_gets_a_warning(tmp_path: Path) -> None:
+    (tmp_path / "sharedkernels.py").write_text(textwrap.dedent(SHARED_ENTRY_MODULE))
+    env = env_with(PYTHONPATH=str(tmp_path), BUILD_LOG=str(tmp_path / "log"))
+    code, report = warm_json(tmp_path / "cache", "--entry", "sharedkernels:wide", env=env)
+    assert code == 0 and any("float64" in w and "--x64" in w for w in report["warnings"]), report
+    code, report = warm_json(tmp_path / "cache", "--entry", "sharedkernels:wide", "--x64", env=env)
+    assert code == 0 and not report["warnings"] and report["kernels"][0]["status"] == "compiled", report
 

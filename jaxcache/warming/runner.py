@@ -194,10 +194,14 @@ def warm(
     for target in plan.targets:
         groups.setdefault(target.process_config, []).append(target)
     results: list[KernelResult] = []
+    warnings: list[str] = []
     # Kernels per target: estimated up front, then as each target's builder reports them.
     counts = {t.label: KERNELS_PER_PROBLEM if t.problem else 1 for t in plan.targets}
 
     def on_event(event: dict[str, Any]) -> None:
+        if "warning" in event:
+            warnings.append(str(event["warning"]))
+            return
         if "kernels" in event:
             counts[event["target"]] = int(event["kernels"])
             if progress:
@@ -214,4 +218,4 @@ def warm(
         most = jobs if any(t.entry for t in targets) else sum(counts[t.label] for t in targets)
         run_workers(cache_dir, targets, jobs=min(jobs, most), env=env, on_event=on_event)
     return WarmReport(results=tuple(results), seconds=time.perf_counter() - start,
-                      warnings=tuple(key_warnings(plan, env)))
+                      warnings=tuple(key_warnings(plan, env) + warnings))

@@ -47,10 +47,28 @@ class KernelSpec:
     executable store), else anything, and JAX's log of the compile decides.
     """
 
-    def __init__(self, name: str, compile: Callable[[], Any], module: str | None = None):
+    def __init__(self, name: str, compile: Callable[[], Any], module: str | None = None, args: Any = None):
         self.name = name
         self.compile = compile
         self.module = module
+        self.args = args  # an entry's abstract arguments, checked against the process's x64 setting
+
+
+_WIDE_DTYPES = frozenset({"float64", "int64", "uint64", "complex128"})
+
+
+def _x64_warning(kernel: KernelSpec) -> str | None:
+    """Why a kernel with 64-bit arguments in a process without x64 will not be what runs with x64 look up."""
+    import jax
+
+    if kernel.args is None or jax.config.jax_enable_x64:
+        return None
+    wide = sorted({str(leaf.dtype) for leaf in jax.tree_util.tree_leaves(kernel.args)
+                   if str(getattr(leaf, "dtype", "")) in _WIDE_DTYPES})
+    if not wide:
+        return None
+    return (f"{kernel.name}: {', '.join(wide)} arguments were compiled as 32-bit, since x64 is off here "
+            "(as JAX does); if your runs enable x64, warm with --x64")
 
 
 def _aot(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> None:  # JAX's log decides
@@ -98,7 +116,8 @@ def entry_kernels(entry: str) -> list[KernelSpec]:
     out = []
     for i, item in enumerate(items):
         if all(hasattr(item, a) for a in ("name", "fn", "args")):
-            out.append(KernelSpec(str(item.name), functools.partial(_aot, item.fn, tuple(item.args), None)))
+            out.append(KernelSpec(str(item.name), functools.partial(_aot, item.fn, tuple(item.args), None),
+                                  args=tuple(item.args)))
             continue
         if not isinstance(item, (tuple, list)) or not 2 <= len(item) <= 4:
             raise ValueError(f"{entry} item {i} is {type(item).__name__}, not (name, function, args[, kwargs])")
@@ -109,7 +128,8 @@ def entry_kernels(entry: str) -> list[KernelSpec]:
             name = getattr(fn, "__name__", f"kernel{i}")
         if not callable(fn) or not isinstance(args, (tuple, list)):
             raise ValueError(f"{entry} item {i}: expected a function and a tuple of abstract arguments")
-        out.append(KernelSpec(name, functools.partial(_aot, fn, tuple(args), rest[0] if rest else None)))
+        kwargs = rest[0] if rest else None
+        out.append(KernelSpec(name, functools.partial(_aot, fn, tuple(args), kwargs), args=(tuple(args), kwargs)))
     return _unique_names(out)
 
 
@@ -152,6 +172,9 @@ def _compile(target: Target, kernel: KernelSpec) -> bool:
     modules = sorted(log.modules) or [kernel.module]
     _emit(target=target.label, kernel=kernel.name, module=modules[0] if len(modules) == 1 else ",".join(modules),
           status=status, seconds=round(time.perf_counter() - start, 4), reason=reason)
+    warning = _x64_warning(kernel) if status != "failed" else None
+    if warning:
+        _emit(target=target.label, warning=f"{target.label}: {warning}")
     return status == "failed"
 
 
