@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from jaxcache import __version__, display, provenance
-from jaxcache.errors import ConfirmationRequired, JaxCacheError
+from jaxcache.errors import CacheDirError, ConfirmationRequired, JaxCacheError
 from jaxcache.settings import Settings, resolve
 from jaxcache.units import parse_duration, parse_size
 
@@ -131,6 +131,8 @@ def dir_command(ctx: click.Context, jax_folder: bool) -> None:
     Example: ls "$(jaxcache dir)"
     """
     settings = _settings(ctx)
+    if settings.root.exists() and not settings.root.is_dir():
+        raise CacheDirError(f"{settings.root} is a file, not a folder")
     if jax_folder:
         click.echo(provenance.jax_dir(settings.root, settings.layout.value, provenance.installed_versions()))
     else:

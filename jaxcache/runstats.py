@@ -62,9 +62,13 @@ class RunReport:
             "exit_code": self.exit_code,
             "seconds": round(self.seconds, 3),
             "processes": self.processes,
-            **{k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self.totals).items()},
-            "modules": {m: asdict(t) for m, t in sorted(self.modules.items())},
+            **_rounded(asdict(self.totals)),
+            "modules": {m: _rounded(asdict(t)) for m, t in sorted(self.modules.items())},
         }
+
+
+def _rounded(counts: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in counts.items()}
 
 
 def _saved_seconds(root: Path, hit_keys: list[str]) -> dict[str, float]:

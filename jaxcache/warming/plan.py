@@ -125,21 +125,24 @@ def build_plan(
     Raises:
         UsageError: an unknown problem or bad value.
     """
-    where = source
+    def at(flag: str) -> str:
+        """Where a bad value came from: the flag itself, or the plan file."""
+        return flag if source == "flags" else source
+
     problems, sizes, entries = list(problems), list(sizes), list(entries)
     for name in problems:
-        _choice(name, PROBLEMS, "problem", where)
+        _choice(name, PROBLEMS, "problem", at("--problem"))
     for size in sizes:
-        _positive(size, "size", where)
+        _positive(size, "size", at("--size"))
     for entry in entries:
-        validate_entry(entry, where)
-    chunk = _chunk(jac_chunk_size, where)
-    _choice(deriv_mode, DERIV_MODES, "deriv_mode", where)
+        validate_entry(entry, at("--entry"))
+    chunk = _chunk(jac_chunk_size, at("--jac-chunk-size"))
+    _choice(deriv_mode, DERIV_MODES, "deriv_mode", at("--deriv-mode"))
     if platform is not None:
-        _choice(platform, PLATFORMS, "platform", where)
-    _positive(devices, "devices", where)
+        _choice(platform, PLATFORMS, "platform", at("--platform"))
+    _positive(devices, "devices", at("--devices"))
     if not isinstance(x64, bool):
-        raise UsageError(f"{where}: x64 {x64!r} must be true or false")
+        raise UsageError(f"{at('--x64')}: x64 {x64!r} must be true or false")
     if not problems and not entries:
         problems = list(PROBLEMS)
     base = Target(jac_chunk_size=chunk, deriv_mode=deriv_mode, x64=x64, platform=platform, devices=devices)
