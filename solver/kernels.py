@@ -392,7 +392,7 @@ def kernels(
         Kernel(
             "factor",
             _bind(lsq_factor, jac_scale=isinstance(x_scale, str) and x_scale == "jac"),
-            (jax.ShapeDtypeStruct((m, n), dtype), vec_m, x, flag),
+            (jax.ShapeDtypeStruct((m, n), dtype), vec_m, x, flag, scalar),
         ),
         Kernel(
             "step",

@@ -149,13 +149,16 @@ def least_squares(
         (residual_kernel, jacobian_kernel, factor_kernel, step_kernel), kernels(objective, x0, x_scale=x_scale)
     )])
 
-    def factor(x: Any, f: Any, scale_inv: Any, try_gram: Any) -> Factorization:
+    # The factorization is skipped where the solve ends: gtol holds, or (inf) it ends anyway.
+    skip_gtol, skip_last = np.asarray(gtol, dtype), np.asarray(np.inf, dtype)
+
+    def factor(x: Any, f: Any, scale_inv: Any, try_gram: Any, last: bool = False) -> Factorization:
         if plan.num_devices > 1:
             x = np.asarray(x)  # uncommitted, so the sharded kernel places it as when warmed
         J = jacobian_kernel(x, data)
         if plan.num_devices > 1:
             J = np.asarray(J)  # gathered, so the factor kernel sees one device, as warmed
-        fac = factor_kernel(J, f, scale_inv, try_gram)
+        fac = factor_kernel(J, f, scale_inv, try_gram, skip_last if last else skip_gtol)
         del J  # the Jacobian is not needed past its factorization
         return fac
 
@@ -212,7 +215,10 @@ def least_squares(
             break
         if actual > 0:
             point = trial.point
-            fac = factor(point.x, point.f, fac.scale_inv if jac_scale else scale_arg, fac.gram)
+            # At the solve's last point only the gradient is needed (gtol and the result);
+            # the loop ends below without calling back or stepping again.
+            last = status is not None or nfev >= max_nfev
+            fac = factor(point.x, point.f, fac.scale_inv if jac_scale else scale_arg, fac.gram, last)
             njev += 1
         else:
             step_norm = 0.0

@@ -12,6 +12,7 @@ from solver.step import lsq_factor, trust_region_step
 
 _factor = jax.jit(lsq_factor, static_argnames=("jac_scale",))
 _step = jax.jit(trust_region_step)
+NEVER = np.asarray(0.0)  # skip_below: always factor
 
 
 def _problem(m: int, n: int, cond: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
@@ -32,7 +33,7 @@ def _reference(J: np.ndarray, f: np.ndarray, Delta: float) -> np.ndarray:
 @pytest.mark.parametrize("try_gram", [True, False])
 def test_both_paths_match_scipy_trust_region_step(m: int, n: int, try_gram: bool) -> None:
     J, f = _problem(m, n)
-    fac = _factor(J, f, np.ones(n), np.asarray(try_gram), jac_scale=False)
+    fac = _factor(J, f, np.ones(n), np.asarray(try_gram), NEVER, jac_scale=False)
     assert bool(fac.gram) == try_gram  # well conditioned: the Gram path is taken when tried
     np.testing.assert_allclose(fac.s, np.linalg.svd(J, compute_uv=False), rtol=1e-12)
     np.testing.assert_allclose(fac.grad, f @ J, rtol=1e-12)
@@ -47,7 +48,7 @@ def test_both_paths_match_scipy_trust_region_step(m: int, n: int, try_gram: bool
 
 def test_ill_conditioned_jacobian_falls_back_to_svd() -> None:
     J, f = _problem(40, 8, cond=1e7)
-    fac = _factor(J, f, np.ones(8), np.asarray(True), jac_scale=False)
+    fac = _factor(J, f, np.ones(8), np.asarray(True), NEVER, jac_scale=False)
     assert not bool(fac.gram)
     np.testing.assert_allclose(fac.s, np.linalg.svd(J, compute_uv=False), rtol=1e-9)
     st = _step(fac, np.asarray(100.0), np.asarray(0.0))
@@ -57,10 +58,10 @@ def test_ill_conditioned_jacobian_falls_back_to_svd() -> None:
 def test_badly_scaled_columns_skip_the_gram_path() -> None:
     J, f = _problem(40, 8)
     J = J * np.geomspace(1.0, 1e-6, 8)  # column norms alone show kappa >= 1e6
-    fac = _factor(J, f, np.ones(8), np.asarray(True), jac_scale=False)
+    fac = _factor(J, f, np.ones(8), np.asarray(True), NEVER, jac_scale=False)
     assert not bool(fac.gram)
     norms = np.linalg.norm(J, axis=0)
-    fac = _factor(J, f, norms, np.asarray(True), jac_scale=False)  # d = 1 / norms
+    fac = _factor(J, f, norms, np.asarray(True), NEVER, jac_scale=False)  # d = 1 / norms
     assert bool(fac.gram)  # the same J with its columns scaled back is well conditioned
     st = _step(fac, np.asarray(100.0), np.asarray(0.0))
     Jh = J / norms
@@ -70,8 +71,24 @@ def test_badly_scaled_columns_skip_the_gram_path() -> None:
 def test_wide_jacobian_is_rank_deficient() -> None:
     J, f = _problem(8, 8)
     J = J[:5]
-    fac = _factor(J, f[:5], np.ones(8), np.asarray(True), jac_scale=False)
+    fac = _factor(J, f[:5], np.ones(8), np.asarray(True), NEVER, jac_scale=False)
     assert not bool(fac.gram) and not bool(fac.full_rank)
     assert fac.V.shape == (8, 5)
     st = _step(fac, np.asarray(0.5), np.asarray(0.0))
     np.testing.assert_allclose(st.step, _reference(J, f[:5], 0.5), rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize(("m", "n"), [(40, 8), (5, 8)])
+def test_a_point_where_the_solve_ends_skips_the_factorization(m: int, n: int) -> None:
+    J, f = _problem(max(m, n), n)
+    J, f = J[:m], f[:m]
+    g_norm = np.abs(f @ J).max()
+    for skip_below in (np.inf, 2 * g_norm):  # the solve ends anyway / gtol holds here
+        fac = _factor(J, f, np.ones(n), np.asarray(True), np.asarray(skip_below), jac_scale=False)
+        assert not np.any(fac.s) and not np.any(fac.V) and not np.any(fac.suf)
+        np.testing.assert_allclose(fac.grad, f @ J, rtol=1e-12)  # what gtol and the result need
+        assert float(fac.g_norm) == pytest.approx(g_norm)
+        assert bool(fac.gram)  # the Gram flag passes through untouched
+    fac = _factor(J, f, np.ones(n), np.asarray(True), np.asarray(0.5 * g_norm), jac_scale=False)
+    np.testing.assert_allclose(fac.s, np.linalg.svd(J, compute_uv=False), rtol=1e-9)
+
