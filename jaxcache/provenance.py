@@ -152,13 +152,27 @@ def load_writes(folder: Path) -> dict[str, WriteRecord]:
     return records
 
 
+IN_FLIGHT_SECS = 600.0
+"""How long a write-log line may wait for its entry (JAX's lock timeout is 10 s; compiles log first)."""
+
+
+def _recent(line: bytes, now: float) -> bool:
+    try:
+        return now - float(line.split(b"\t")[2]) < IN_FLIGHT_SECS
+    except (IndexError, ValueError):
+        return False
+
+
 def compact_writes(folder: Path) -> int:
     """Rewrites ``folder``'s write log with one line per entry still there (its last);
     returns how many lines were dropped. Call it under the folder's lock, after deleting.
 
-    Lines that writers append while this runs are carried over from the old file;
-    only one appended in the instant between that last read and the rename could be
-    lost, and it is metadata (a platform and a compile time), never an entry.
+    A line is logged just before JAX writes its entry, and a capped writer then
+    waits for the lock the caller holds: so a line younger than
+    `IN_FLIGHT_SECS` stays even without its entry. Lines that writers append
+    while this runs are carried over from the old file; only one appended in
+    the instant between that last read and the rename could be lost, and it is
+    metadata (a platform and a compile time), never an entry.
     """
     # Imported here: `jaxcache run`'s bootstrap loads this module alone, without the package.
     from jaxcache.jaxformat import cache_file_name
@@ -177,8 +191,10 @@ def compact_writes(folder: Path) -> int:
         key = line.split(b"\t", 1)[0]
         latest.pop(key, None)  # keep the order of the last writes
         latest[key] = line
+    now = time.time()
     kept = [line for key, line in latest.items()
-            if key and os.path.lexists(folder / cache_file_name(key.decode("utf-8", "replace")))]
+            if key and (os.path.lexists(folder / cache_file_name(key.decode("utf-8", "replace")))
+                        or _recent(line, now))]
     if len(kept) == len(lines):
         return 0
     import tempfile

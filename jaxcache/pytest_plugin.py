@@ -34,9 +34,23 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     followed by a test path is rewritten, before pytest parses its options, to
     ``--jaxcache=`` (the configured folder) and the path stays a path.
     """
+    rewritten = False
     for i, arg in enumerate(args[:-1]):
         if arg == "--jaxcache" and _names_tests(args[i + 1]):
             args[i] = "--jaxcache="
+            rewritten = True
+    if rewritten:
+        # pytest parsed the arguments once already, to find the initial conftests
+        # (a sub/conftest.py adding options): parse them again as rewritten.
+        import copy
+
+        try:
+            confcutdir = early_config.known_args_namespace.confcutdir
+            early_config.known_args_namespace = parser.parse_known_args(args, namespace=copy.copy(early_config.option))
+            if early_config.known_args_namespace.confcutdir is None:
+                early_config.known_args_namespace.confcutdir = confcutdir
+        except AttributeError:
+            pass  # another pytest: its conftests are found from the rootdir, the rest still works
 
 
 def _names_tests(word: str) -> bool:
@@ -50,10 +64,15 @@ def _names_tests(word: str) -> bool:
     path = Path(word)
     if path.is_file():
         return path.suffix == ".py"
-    if not path.is_dir():
-        return False
-    for pattern in ("test_*.py", "*_test.py", "conftest.py"):
-        if next(path.rglob(pattern), None) is not None:
+    if not path.is_dir() or any(path.glob("jaxlib-*")) or (path / ".jaxcache").exists():
+        return False  # a cache folder (or not a folder at all)
+    # Tests sit near the top of what is named; a bounded walk keeps a big folder cheap.
+    for visited, (_, subfolders, files) in enumerate(os.walk(path)):
+        if visited > 200:
+            break
+        subfolders[:] = [d for d in subfolders if not d.startswith(".") and d not in ("node_modules", "site-packages")]
+        if any(f.endswith(".py") and (f.startswith("test_") or f.endswith("_test.py") or f == "conftest.py")
+               for f in files):
             return True
     return False
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
-from jaxcache import exeformat, index, jaxformat, provenance
+from jaxcache import atimes, exeformat, index, jaxformat, provenance
 from jaxcache.atomic import TEMP_PREFIX
 from jaxcache.errors import CacheDirError, NotACacheError
 from jaxcache.exeformat import StoredExecutable
@@ -131,7 +131,8 @@ class CacheInfo:
 # mirrors as one C-level regex, applied only to names the index has not seen).
 _ENTRY_RE = re.compile(r"(.+)-([0-9a-f]{64})-(cache|atime)", re.DOTALL)
 _JAXCACHE_NAMES = frozenset(
-    {provenance.MARKER_NAME, provenance.WRITES_LOG_NAME, index.META_DIR_NAME, jaxformat.LOCKFILE_NAME}
+    {provenance.MARKER_NAME, provenance.WRITES_LOG_NAME, index.META_DIR_NAME, jaxformat.LOCKFILE_NAME,
+     atimes.STAMP_NAME}
 )
 # Files younger than this may be mid-write (JAX writes without a rename).
 _SETTLE_NS = 10 * 10**9

@@ -181,9 +181,12 @@ def _coerce(name: str, raw: Any, where: str, base: Path) -> Any:
             if not isinstance(raw, str) or not raw.strip():
                 raise ValueError
             raw = raw.strip()
-            if raw not in ("auto", "all", "none") and not set(raw.split(",")) <= _XLA_CACHE_FLAGS:
+            if raw in ("auto", "all", "none"):
+                return raw
+            flags = [flag.strip() for flag in raw.split(",")]
+            if not set(flags) <= _XLA_CACHE_FLAGS:
                 raise ValueError
-            return raw
+            return ",".join(flags)
         if name == "strict":
             if isinstance(raw, bool):
                 return raw

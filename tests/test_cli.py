@@ -190,16 +190,22 @@ def test_prune_by_name(cache: Path) -> None:
     log = folder / provenance.WRITES_LOG_NAME
     written = provenance.load_writes(folder)
     assert any(k.startswith("jit_step-") for k in written)
+    hour_ago = f"{time.time() - 3600:.3f}"
+    old_lines = [line.split("\t") for line in log.read_text().splitlines()]
+    log.write_text("".join("\t".join([k, p, hour_ago, *rest]) + "\n" for k, p, _, *rest in old_lines))
     with open(log, "a") as f:
         f.write(log.read_text().splitlines()[0] + "\n")  # a key written twice (rewritten after a race)
+        # A write logged a moment ago whose entry is not there yet (its writer waits for the lock).
+        f.write(f"jit_inflight-{'a' * 64}\tcpu\t{time.time():.3f}\t1.000\n")
     result = jc_json("--cache-dir", str(cache), "prune", "--name", "jit_step", "--yes")
     assert len(result["deleted"]) == 1 and result["deleted"][0].startswith("jit_step-")
     assert not list(folder.glob("jit_step-*"))
-    # The write log is compacted with the deletion: one line per entry still there.
+    # The write log is compacted with the deletion: one line per entry still there, or still coming.
     lines = log.read_text().splitlines()
     keys = [line.split("\t")[0] for line in lines]
-    assert sorted(keys) == sorted(k for k in written if not k.startswith("jit_step-"))
-    assert provenance.load_writes(folder) == {k: v for k, v in written.items() if k in keys}
+    assert sorted(keys) == sorted([*(k for k in written if not k.startswith("jit_step-")), f"jit_inflight-{'a' * 64}"])
+    assert {k: v for k, v in provenance.load_writes(folder).items() if k in written} == {
+        k: v for k, v in written.items() if k in keys}
 
 
 def test_prune_refuses_without_yes_and_without_a_terminal(cache: Path) -> None:

@@ -174,3 +174,28 @@ for name in ("scan", "check", "configure", "hook", "warm", "verify", "plan_prune
 print("ok")
 """
     assert run_python(code).stdout.strip() == "ok"
+
+
+def test_atime_backfill_is_skipped_only_while_the_folder_is_unchanged(cache: Path, tmp_path: Path) -> None:
+    import os
+    import time
+
+    from jaxcache.atimes import STAMP_NAME, ensure_atimes
+
+    folder = version_folder(cache)
+    entries = sorted(folder.glob("*-cache"))
+    assert entries and not list(folder.glob("*-atime"))
+    spare = tmp_path / entries[-1].name
+    entries[-1].rename(spare)
+    assert ensure_atimes(folder) == len(entries) - 1
+    time.sleep(2.1)  # a folder changed within the last 2 s is never stamped
+    assert ensure_atimes(folder) == 0 and (folder / STAMP_NAME).exists()
+    time.sleep(2.1)
+    assert ensure_atimes(folder) == 0  # the stamp file's creation moved the ctime once; now it holds
+    stamped = (folder / STAMP_NAME).read_text()
+    assert ensure_atimes(folder) == 0 and (folder / STAMP_NAME).read_text() == stamped
+    # An entry arriving as tar or rsync -a bring it: the folder's mtime is set back, its ctime is not.
+    spare.rename(folder / spare.name)
+    os.utime(folder, (0, 0))
+    assert ensure_atimes(folder) == 1
+    assert (folder / (spare.name[: -len("-cache")] + "-atime")).exists()

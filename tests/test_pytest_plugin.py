@@ -70,9 +70,12 @@ def test_a_bare_flag_before_a_test_path_does_not_take_it_as_the_folder(tmp_path:
     (suite / "sub").mkdir(parents=True)
     (suite / "test_top.py").write_text("def test_top():\n    pass\n")
     (suite / "sub" / "test_model.py").write_text(textwrap.dedent(SUITE))
+    # An option that only sub/conftest.py defines: the path must be seen as one before options are checked.
+    (suite / "sub" / "conftest.py").write_text(
+        "def pytest_addoption(parser):\n    parser.addoption('--runslow', action='store_true')\n")
     cache = tmp_path / "configured"
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--jaxcache", "sub"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--jaxcache", "sub", "--runslow"],
         capture_output=True, text=True, cwd=suite, timeout=600,
         env={**os.environ, "JAXCACHE_DIR": str(cache)},
     )

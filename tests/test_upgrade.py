@@ -24,6 +24,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,15 @@ def _snapshot(root: Path) -> dict[str, tuple[int, str]]:
     return out
 
 
+def _age_write_log(folder: Path, seconds: float = 3600.0) -> None:
+    """Dates every write-log line ``seconds`` back: prune keeps lines young enough to
+    belong to a write still in flight, and these were written moments ago."""
+    log = folder / ".jaxcache-writes.tsv"
+    then = f"{time.time() - seconds:.3f}"
+    rows = [line.split("\t") for line in log.read_text().splitlines()]
+    log.write_text("".join("\t".join([r[0], r[1], then, *r[3:]]) + "\n" for r in rows))
+
+
 def _rel(root: Path, paths) -> set[str]:
     return {p.relative_to(root).as_posix() for p in paths}
 
@@ -176,6 +186,7 @@ def test_upgrade_from_jax_0_9_to_0_10_with_one_shared_cache(pythons: dict[str, P
     new_size += _bytes(new_stored)[0]
 
     # 3. prune --stale: the plan names exactly the old version's entries; deleting removes exactly those.
+    _age_write_log(root / f"jaxlib-{OLD}")
     before = _snapshot(root)
     assert not any(name.endswith("-atime") for name in before)  # uncapped: an entry is its -cache alone
     plan = new.jaxcache(root, "prune", "--stale", "--dry-run", "--json")
@@ -211,6 +222,7 @@ def test_upgrade_from_jax_0_9_to_0_10_with_one_shared_cache(pythons: dict[str, P
     kept = tmp_path / "kept"
     shutil.copytree(hooked, kept, symlinks=True)
 
+    _age_write_log(hooked / f"jaxlib-{OLD}")
     before = _snapshot(hooked)
     result = new.jaxcache(hooked, "hook", "--json")
     assert (result["jaxlib"], result["upgraded_from"]) == (NEW, OLD), result

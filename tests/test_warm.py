@@ -191,6 +191,10 @@ def same_fn_two_shapes():
 def wide():
     return [("w", g, (jax.ShapeDtypeStruct((5,), jnp.float64),))]
 
+def dies():
+    _built("dies")
+    os._exit(3)  # as a segfault or an OOM kill would: no exception, no cleanup
+
 def one_a(): return _list("a", 1)
 def one_b(): return _list("bb", 1)
 def one_c(): return _list("ccc", 1)
@@ -262,4 +266,16 @@ def test_a_float64_kernel_warmed_without_x64_gets_a_warning(tmp_path: Path) -> N
     assert code == 0 and any("float64" in w and "--x64" in w for w in report["warnings"]), report
     code, report = warm_json(tmp_path / "cache", "--entry", "sharedkernels:wide", "--x64", env=env)
     assert code == 0 and not report["warnings"] and report["kernels"][0]["status"] == "compiled", report
+
+
+def test_a_worker_that_dies_while_building_does_not_hang_the_others(tmp_path: Path) -> None:
+    (tmp_path / "sharedkernels.py").write_text(textwrap.dedent(SHARED_ENTRY_MODULE))
+    env = env_with(PYTHONPATH=str(tmp_path), BUILD_LOG=str(tmp_path / "log"))
+    proc = subprocess.run([sys.executable, "-m", "jaxcache", "--cache-dir", str(tmp_path / "cache"), "warm", "--json",
+                           "--jobs", "2", "--entry", "sharedkernels:dies", "--entry", "sharedkernels:one_a"],
+                          capture_output=True, text=True, env=env, timeout=180)
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    assert any(k["status"] == "failed" and "exited with code 3" in (k["reason"] or "") for k in report["kernels"])
+    assert [k["status"] for k in report["kernels"] if k["kernel"] == "a0"] == ["compiled"]
 

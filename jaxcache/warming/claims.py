@@ -9,15 +9,21 @@ worker's target, which costs it one more build of that target; so building is
 lazy and happens about once per target, not once per target per worker (which
 made ``--jobs 2`` slower than ``--jobs 1`` on a plan of "auto" targets).
 
-Every claim is an ``O_EXCL`` create, atomic on local and NFS v3+ file systems;
-names are hashed so any target label or kernel name is a safe file name.
+A claim is a hard link to a file of the claimant (atomic, and fails if the
+name is taken, on local and NFS file systems); names are hashed, so any target
+label or kernel name is a safe file name. A builder holds an ``flock`` on its
+build claim for as long as it lives: the kernel drops it when the process
+ends, however it ends (a crash, an OOM kill, a zombie not yet reaped), so a
+worker waiting for a builder's kernel list never waits for a dead one.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,18 +41,8 @@ class Published:
     names: tuple[str, ...] | None
 
 
-def _hashed(*parts: str) -> str:
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process with that number: assume ours, and keep waiting
-    return True
+def _hashed(kind: str, *parts: str) -> str:
+    return hashlib.sha256("\0".join((kind, *parts)).encode()).hexdigest()[:32]
 
 
 class ClaimBoard:
@@ -54,6 +50,7 @@ class ClaimBoard:
 
     def __init__(self, folder: str | os.PathLike[str]):
         self.folder = Path(folder)
+        self._held: list[int] = []  # descriptors of this worker's build claims, locked until it exits
 
     @classmethod
     def open(cls, folder: str | os.PathLike[str] | None) -> ClaimBoard | None:
@@ -62,32 +59,47 @@ class ClaimBoard:
             return None
         return cls(folder)
 
-    def _create(self, name: str, content: str = "") -> bool:
+    def _claim(self, name: str, *, hold: bool = False) -> bool:
+        """Links a file of ours (locked first, if ``hold``) to ``name``; True if we got there first."""
         try:
-            fd = os.open(self.folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd, temp = tempfile.mkstemp(dir=self.folder, prefix=".claim-")
+        except OSError:
+            return True  # the folder vanished or filled up: compiling twice is harmless, missing one is not
+        try:
+            if hold:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # before the claim is visible: no window where it looks dead
+            os.link(temp, self.folder / name)
         except FileExistsError:
+            os.close(fd)
             return False
         except OSError:
-            # The folder vanished or filled up: compiling a kernel twice is harmless, missing one is not.
+            os.close(fd)
             return True
-        with os.fdopen(fd, "w") as f:
-            f.write(content)
+        finally:
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
+        if hold:
+            self._held.append(fd)
+        else:
+            os.close(fd)
         return True
 
     def claim_build(self, target: str) -> bool:
         """Whether this worker builds ``target`` (the first to ask does)."""
-        return self._create(_hashed(target, "<build>"), str(os.getpid()))
+        return self._claim(_hashed("build", target), hold=True)
 
     def claim_kernel(self, target: str, kernel: str) -> bool:
         """Whether this worker compiles that kernel (the first to ask does)."""
-        return self._create(_hashed(target, kernel))
+        return self._claim(_hashed("kernel", target, kernel))
 
     def is_claimed(self, target: str, kernel: str) -> bool:
-        return (self.folder / _hashed(target, kernel)).exists()
+        return (self.folder / _hashed("kernel", target, kernel)).exists()
 
     def publish(self, target: str, names: Sequence[str] | None) -> None:
         """Tells the other workers what ``target``'s kernels are (``None``: its build failed)."""
-        path = self.folder / _hashed(target, "<names>")
+        path = self.folder / _hashed("names", target)
         temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         try:
             temp.write_text(json.dumps(None if names is None else list(names)))
@@ -98,22 +110,30 @@ class ClaimBoard:
     def published(self, target: str) -> Published | None:
         """What the builder published, or ``None`` if nothing yet."""
         try:
-            names = json.loads((self.folder / _hashed(target, "<names>")).read_text())
+            names = json.loads((self.folder / _hashed("names", target)).read_text())
         except (OSError, ValueError):
             return None
         return Published(None if names is None else tuple(names))
 
     def builder_alive(self, target: str) -> bool:
-        """Whether the worker building ``target`` may still publish (a dead one never will)."""
+        """Whether the worker building ``target`` still runs (its lock on the claim is held)."""
         try:
-            text = (self.folder / _hashed(target, "<build>")).read_text().strip()
+            fd = os.open(self.folder / _hashed("build", target), os.O_RDONLY)
         except OSError:
             return False
-        return not text or _alive(int(text))  # empty: the claim was made, the pid not yet written
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)  # also drops the shared lock, if we got it
+        return False
 
     def wait_for_any(self, targets: Sequence[str]) -> tuple[str, Published] | None:
         """Waits until one of ``targets`` is published; returns it, or ``None`` once none can be
-        (every remaining builder has died)."""
+        (every remaining builder has ended without publishing)."""
         pending = list(targets)
         while pending:
             for target in list(pending):
@@ -121,6 +141,9 @@ class ClaimBoard:
                 if found is not None:
                     return target, found
                 if not self.builder_alive(target):
+                    found = self.published(target)  # published just before it ended
+                    if found is not None:
+                        return target, found
                     pending.remove(target)
             if pending:
                 time.sleep(_POLL_SECONDS)

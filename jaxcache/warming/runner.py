@@ -195,6 +195,7 @@ def warm(
         groups.setdefault(target.process_config, []).append(target)
     results: list[KernelResult] = []
     warnings: list[str] = []
+    reported: set[tuple[str, str | None]] = set()
     # Kernels per target: estimated up front, then as each target's builder reports them.
     counts = {t.label: KERNELS_PER_PROBLEM if t.problem else 1 for t in plan.targets}
 
@@ -208,6 +209,9 @@ def warm(
                 progress(None, len(results), max(sum(counts.values()), len(results)))
             return
         result = KernelResult(**{k: event.get(k) for k in KernelResult.__dataclass_fields__})
+        if result.kernel is not None and (result.target, result.kernel) in reported:
+            return  # a second worker compiled it too (its claims folder failed): one row per kernel
+        reported.add((result.target, result.kernel))
         results.append(result)
         if progress:
             progress(result, len(results), max(sum(counts.values()), len(results)))

@@ -136,11 +136,16 @@ def entry_kernels(entry: str) -> list[KernelSpec]:
 def _unique_names(kernels: list[KernelSpec]) -> list[KernelSpec]:
     """Numbers repeated names (``residual``, ``residual#2``, ...): workers claim kernels and
     verify counts hits by name, and one function warmed at several shapes is common."""
-    seen: dict[str, int] = {}
+    taken = {k.name for k in kernels}
+    seen: set[str] = set()
     for kernel in kernels:
-        seen[kernel.name] = seen.get(kernel.name, 0) + 1
-        if seen[kernel.name] > 1:
-            kernel.name = f"{kernel.name}#{seen[kernel.name]}"
+        if kernel.name in seen:
+            base, n = kernel.name, 2
+            while f"{base}#{n}" in taken:  # an explicit "g#2" elsewhere in the list keeps its name
+                n += 1
+            kernel.name = f"{base}#{n}"
+            taken.add(kernel.name)
+        seen.add(kernel.name)
     return kernels
 
 
