@@ -1,6 +1,6 @@
 """``python -m jaxcache``."""
 
-from jaxcache.cli import main
+from jaxcache.launcher import main
 
 if __name__ == "__main__":
     main()

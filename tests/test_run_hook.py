@@ -10,6 +10,8 @@ import textwrap
 from importlib import metadata
 from pathlib import Path
 
+import pytest
+
 from jaxcache import jaxformat, provenance
 from jaxcache_testing import env_with, run_compile, version_folder
 
@@ -164,3 +166,33 @@ def test_hook_imports_no_jax(tmp_path: Path) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stderr.strip().splitlines()[-1] == "NO JAX"
+
+
+@pytest.mark.parametrize("args", [["hook"], ["hook", "--shell", "fish"], ["hook", "--shell=zsh"]])
+def test_the_fast_hook_prints_what_the_cli_prints(tmp_path: Path, args: list[str]) -> None:
+    from click.testing import CliRunner
+
+    from jaxcache.cli import main
+    from jaxcache.launcher import plain_hook
+
+    root = tmp_path / "c"
+    assert plain_hook(["--cache-dir", str(root), *args]) is not None
+    fast = jaxcache("--cache-dir", str(root), *args)  # python -m jaxcache: the launcher, without Click
+    assert fast.returncode == 0, fast.stderr
+    slow = CliRunner().invoke(main, ["--cache-dir", str(root), *args])
+    assert slow.exit_code == 0 and slow.stdout == fast.stdout
+
+
+@pytest.mark.parametrize("args", [["--cache-dir", " ", "hook"], ["hook", "--shell", "tcsh"], ["hook", "--json"],
+                                  ["--cache-dir=", "hook"], ["hook", "--help"]])
+def test_other_hook_calls_go_to_the_cli(tmp_path: Path, args: list[str]) -> None:
+    from jaxcache.launcher import plain_hook
+
+    assert plain_hook(args) is None
+    result = jaxcache(*args)
+    if "--json" in args:
+        assert result.returncode == 0 and json.loads(result.stdout)["env"]
+    elif "--help" in args:
+        assert result.returncode == 0 and "Usage:" in result.stdout
+    else:
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
