@@ -96,8 +96,12 @@ def hook(settings: Settings, *, warm: bool = False, keep_versions: Sequence[str]
     versions = provenance.installed_versions()
     if versions is None:
         raise JaxCacheError("jaxlib is not installed in this environment: nothing to hook")
-    jax_dir, _ = prepare_folder(settings)
     root = settings.root
+    state = _load_state(root)
+    # Without a record, the versions whose folders are already here tell, this one's
+    # included if it has been here before this hook (prepare_folder makes it now).
+    seen = [] if state.get("highest_jaxlib") else _known_versions(root)
+    jax_dir, _ = prepare_folder(settings)
     result = HookResult(env=cache_env(settings, jax_dir), jaxlib=versions.jaxlib)
     from jaxcache.security import shared_info, writable_by_others
 
@@ -106,12 +110,9 @@ def hook(settings: Settings, *, warm: bool = False, keep_versions: Sequence[str]
         raise CacheDirError(f"refusing an unsafe cache folder (strict mode): {problems[0]}")
     result.messages.extend(problems)
 
-    state = _load_state(root)
     before = dict(state)
-    # Without a record, the versions already in the folder tell: if this jaxlib
-    # is newer than all of them, it is an upgrade.
-    others = [v for v in _known_versions(root) if v != versions.jaxlib]
-    highest = state.get("highest_jaxlib") or max(others, key=version_key, default=versions.jaxlib)
+    # An upgrade: this jaxlib is newer than every one the cache has seen.
+    highest = state.get("highest_jaxlib") or max(seen, key=version_key, default=versions.jaxlib)
     if version_key(versions.jaxlib) > version_key(highest):
         result.upgraded_from = highest
         _prune_other_versions(settings, versions.jaxlib, keep_versions, result)

@@ -141,8 +141,27 @@ def test_hook_never_prunes_a_newer_or_kept_version(tmp_path: Path) -> None:
     root2 = tmp_path / "cache2"
     run_compile(env_with(JAXCACHE_DIR=str(root2)))
     kept = _old_version(root2, "0.0.1")
+    (root2 / ".jaxcache").mkdir(exist_ok=True)
+    (root2 / ".jaxcache" / "hook.json").write_text(json.dumps({"highest_jaxlib": "0.0.1"}))
     data = json.loads(jaxcache("--cache-dir", str(root2), "hook", "--json", "--keep-version", "0.0.1").stdout)
     assert data["upgraded_from"] == "0.0.1" and data["pruned_entries"] == 0 and all(p.exists() for p in kept)
+
+
+def test_a_first_hook_reads_the_versions_already_here(tmp_path: Path) -> None:
+    # Two environments already share the cache, and no hook has run: nothing is an upgrade.
+    root = tmp_path / "cache"
+    run_compile(env_with(JAXCACHE_DIR=str(root)))
+    older = _old_version(root, "0.0.1")
+    data = json.loads(jaxcache("--cache-dir", str(root), "hook", "--json").stdout)
+    assert data["upgraded_from"] is None and data["pruned_entries"] == 0 and all(p.exists() for p in older)
+    # Only an older version has been here: this first hook is the upgrade.
+    root2 = tmp_path / "cache2"
+    run_compile(env_with(JAXCACHE_DIR=str(root2)))
+    older = _old_version(root2, "0.0.1")
+    shutil.rmtree(version_folder_of(root2))
+    data = json.loads(jaxcache("--cache-dir", str(root2), "hook", "--json").stdout)
+    assert data["upgraded_from"] == "0.0.1" and data["pruned_entries"] == len(older)
+    assert not any(p.exists() for p in older)
 
 
 def test_hook_output_sets_up_a_plain_jax_process(tmp_path: Path) -> None:

@@ -279,3 +279,19 @@ def test_a_worker_that_dies_while_building_does_not_hang_the_others(tmp_path: Pa
     assert any(k["status"] == "failed" and "exited with code 3" in (k["reason"] or "") for k in report["kernels"])
     assert [k["status"] for k in report["kernels"] if k["kernel"] == "a0"] == ["compiled"]
 
+
+
+def test_folders_named_like_the_packages_in_the_current_directory_are_not_imported(tmp_path: Path) -> None:
+    # python -m puts the current directory first on sys.path: a project's own solver/ folder
+    # (or a cache folder called jaxcache) must not replace the installed packages in workers.
+    (tmp_path / "solver").mkdir()
+    (tmp_path / "jaxcache").mkdir()
+    (tmp_path / "sharedkernels.py").write_text(textwrap.dedent(SHARED_ENTRY_MODULE))  # an entry found here
+    command = Path(sys.executable).with_name("jaxcache")  # the console script, as a user runs it
+    proc = subprocess.run([str(command), "--cache-dir", "jaxcache", "warm", "--json", "--verify",
+                           "--problem", "rosenbrock", "--size", "4", "--entry", "sharedkernels:one_a"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                          env=env_with(BUILD_LOG=str(tmp_path / "log")))
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 0 and report["failed"] == 0, proc.stderr
+    assert all(v["ok"] for v in report["verify"]), report["verify"]

@@ -18,6 +18,10 @@ from typing import Any
 
 from jaxcache.warming.plan import Target, WarmPlan
 
+# Workers import the installed jaxcache and solver, never a folder of the same name in
+# the current directory (python -m puts it first on sys.path); an --entry module
+# there is still found, since the worker appends the directory at the end.
+SAFE_PATH = ("-P",)
 _DEVICE_FLAG = "--xla_force_host_platform_device_count"
 _DEVICE_FLAG_RE = re.compile(re.escape(_DEVICE_FLAG) + r"=(\d+)")
 KERNELS_PER_PROBLEM = 4  # residual, jacobian, factor, step (plus "auto" probes)
@@ -131,7 +135,7 @@ def run_workers(
     procs = []
     for worker in range(jobs):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "jaxcache.warming.worker"],
+            [sys.executable, *SAFE_PATH, "-m", "jaxcache.warming.worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=wenv,
         )
         assert proc.stdin is not None

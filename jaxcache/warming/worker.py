@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import os
 import sys
 import time
 import traceback
@@ -267,6 +268,12 @@ def run(job: dict[str, Any]) -> int:
 
 
 def main() -> int:
+    # Started with -P, so the installed packages are found, not folders of the same name
+    # here. Imported before the user's folder joins the path (last, for --entry modules):
+    # a namespace folder there would otherwise still win over an editable install's finder.
+    import solver  # noqa: F401
+
+    sys.path.append(os.getcwd())
     try:
         job = json.loads(sys.stdin.read())
         return run(job)
