@@ -45,7 +45,7 @@ class _Group(click.Group):
             sys.exit(e.exit_code)
         except click.Abort:
             click.echo("Aborted.", err=True)
-            sys.exit(1)
+            sys.exit(128 + signal.SIGINT)  # as a shell reports Ctrl-C
         sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -89,6 +89,12 @@ def _confirm(question: str, *, yes: bool, as_json: bool) -> None:
         raise ConfirmationRequired("refusing to delete without --yes (no terminal to ask on); preview with --dry-run")
     if not click.confirm(question, default=False, err=True):
         raise click.Abort()
+
+
+def _version_order(version: str) -> tuple[int, ...]:
+    from jaxcache.prerun import version_key
+
+    return version_key(version)
 
 
 def _scan(settings: Settings, *, quick: bool = True):
@@ -363,7 +369,13 @@ def prune_command(ctx: click.Context, stale: bool, keep_versions: tuple[str, ...
     if keep_versions and not stale:
         raise click.UsageError("--keep-version only applies with --stale")
     settings = _settings(ctx)
-    plan = plan_prune(_scan(settings), stale=stale, keep_versions=keep_versions,
+    info = _scan(settings)
+    here = sorted({f.version for f in info.folders if f.version}, key=_version_order)
+    for version in keep_versions:
+        if version not in here:  # a typo keeps nothing, silently: say so
+            click.echo(f"jaxcache: warning: --keep-version {version}: no entries of that jaxlib version here "
+                       f"(versions here: {', '.join(here) or 'none'})", err=True)
+    plan = plan_prune(info, stale=stale, keep_versions=keep_versions,
                       installed_version=_installed_jaxlib(), older_than=duration, max_size=cap, name=pattern)
     _run_plan(plan, dry_run=dry_run, yes=yes, as_json=as_json)
 
@@ -551,7 +563,8 @@ def warm_command(ctx: click.Context, jobs: int | None, then_verify: bool, as_jso
     if not report.ok:
         failed = [r for r in report.results if r.status == "failed"]
         first = failed[0]
-        click.echo(f"jaxcache: error: {len(failed)} of {len(report.results)} failed, the others were warmed; "
+        rest = "; the others were warmed" if len(failed) < len(report.results) else ""
+        click.echo(f"jaxcache: error: {len(failed)} of {display.count(len(report.results), 'kernel')} failed{rest}; "
                    f"first: {first.target}{': ' + first.kernel if first.kernel else ''}: {first.reason}", err=True)
     if not report.ok or (verified is not None and not all(v.ok for v in verified)):
         sys.exit(1)
@@ -629,6 +642,8 @@ def run_command(ctx: click.Context, command: tuple[str, ...], as_json: bool) -> 
     from jaxcache.runstats import run
 
     report = run(command, _settings(ctx))
+    for warning in report.warnings:
+        click.echo(f"jaxcache run: warning: {warning}", err=True)
     if as_json:
         click.echo(json.dumps(report.as_dict()))
     else:
@@ -653,11 +668,12 @@ def stats_command(ctx: click.Context, zero: bool, as_json: bool) -> None:
     from jaxcache.runstats import load_stats, zero_stats
 
     settings = _settings(ctx)
+    data = load_stats(settings.root)  # with --zero: what is being reset, so it can be read and reset at once
     if zero:
         zero_stats(settings.root)
-    data = load_stats(settings.root)
+    data = {k: round(v, 3) if isinstance(v, float) and k != "since" else v for k, v in data.items()}
     if as_json:
-        _emit_json({"cache_dir": str(settings.root), **data})
+        _emit_json({"cache_dir": str(settings.root), **data, "zeroed": zero})
         return
     since = f" since {display.iso(data['since'])}" if data["since"] else ""
     click.echo(f"{display.count(int(data['runs']), 'run')}{since}")
@@ -670,6 +686,8 @@ def stats_command(ctx: click.Context, zero: bool, as_json: bool) -> None:
         ("seconds compiling", f"{data['compile_seconds']:.1f}"),
         ("seconds saved", f"{data['saved_seconds']:.1f}"),
     ]).split("\n", 1)[1])
+    if zero:
+        click.echo("Zeroed: the figures above start again from nothing.")
 
 
 @main.command("hook")

@@ -67,7 +67,7 @@ def _nonempty(path: str) -> bool:
         return False
 
 
-def _jax_cache_folder() -> str | None:
+def jax_cache_folder() -> str | None:
     """The folder JAX writes entries to, if JAX is imported and has one (never imports JAX)."""
     jax = sys.modules.get("jax")
     folder = getattr(getattr(jax, "config", None), "jax_compilation_cache_dir", None) if jax else None
@@ -169,7 +169,7 @@ class CompileLog:
             self._remove = None
 
     def _confirm_writes(self) -> None:
-        folder = self.folder or _jax_cache_folder()
+        folder = self.folder or jax_cache_folder()
         still_pending = []
         for module, key in self._pending_writes:
             if folder is None or _nonempty(os.path.join(folder, key + "-cache")):

@@ -175,7 +175,7 @@ def configure(
     target, versions = prepare_folder(settings)
     from jaxcache.security import enforce
 
-    enforce(settings.root, strict=settings.strict.value, stacklevel=3)
+    enforce(settings.root, strict=settings.strict.value, stacklevel=3, jax_dir=target)
 
     import jax
     from jax._src import compilation_cache

@@ -15,7 +15,7 @@ from jaxcache.atimes import create_atime
 from jaxcache.atomic import TEMP_PREFIX
 from jaxcache.locking import BATCH_SIZE, folder_lock
 from jaxcache.scanning import CacheEntry, CacheInfo
-from jaxcache.security import shared_info, writable_by_others
+from jaxcache.security import share_folder, shared_info, unshared_folders, writable_by_others
 
 Kind = Literal[
     "corrupt",  # truncated or garbage: JAX warns and recompiles every run, and never replaces it
@@ -27,6 +27,7 @@ Kind = Literal[
     "unverifiable",  # zstd entry without the zstandard package here
     "stale-temp",  # a temporary file of an atomic write whose writer died
     "damaged-executable",  # a stored executable whose payload does not match its header: never loaded
+    "unshared",  # a version folder of a team cache its group cannot write to: members' writes fail
 ]
 Severity = Literal["error", "warning", "info"]
 _SEVERITY: dict[str, Severity] = {
@@ -39,9 +40,10 @@ _SEVERITY: dict[str, Severity] = {
     "unverifiable": "info",
     "stale-temp": "warning",
     "damaged-executable": "warning",
+    "unshared": "error",
 }
 _REPAIRABLE = frozenset({"corrupt", "missing-atime", "orphan-atime", "foreign-path", "writable", "stale-temp",
-                         "damaged-executable"})
+                         "damaged-executable", "unshared"})
 # An atomic write lives for milliseconds: a temporary file this old lost its writer.
 STALE_TEMP_SECS = 300.0
 
@@ -118,6 +120,9 @@ def check(
     shared = shared_info(info.root)
     for problem in writable_by_others(info.root, shared=shared):
         findings.append(Finding("writable", info.root, problem))
+    for folder_path in unshared_folders(info.root):
+        findings.append(Finding("unshared", folder_path, f"team cache of group {shared.group if shared else '?'}: "
+                                "its members cannot write here (set up before `init --shared`?)"))
     for folder in info.folders:
         if folder.path != info.root:
             for problem in writable_by_others(folder.path, parents=False, shared=shared):
@@ -196,7 +201,7 @@ def repair(report: CheckReport) -> RepairResult:
     todo = [f for f in report.findings if f.repairable]
     by_folder: dict[Path, list[Finding]] = {}
     for finding in todo:
-        folder = finding.path if finding.kind == "writable" else finding.path.parent
+        folder = finding.path if finding.kind in ("writable", "unshared") else finding.path.parent
         by_folder.setdefault(folder, []).append(finding)
     for folder, items in by_folder.items():
         for start in range(0, len(items), BATCH_SIZE):
@@ -226,6 +231,10 @@ def _repair_one(finding: Finding) -> str | None:
         # A deliberate team cache keeps group write; only world write goes.
         path.chmod(mode & ~statmod.S_IWOTH if shared is not None else mode & ~(statmod.S_IWGRP | statmod.S_IWOTH))
         return
+    if finding.kind == "unshared":
+        version_folder = finding.path.parent if finding.path.name == exeformat.FOLDER_NAME else finding.path
+        share_folder(version_folder.parent, finding.path)
+        return None
     if finding.kind == "damaged-executable":
         if path.parent.name != exeformat.FOLDER_NAME or path.is_symlink() or not exeformat.is_store_name(path.name):
             raise OSError(f"{path.name} is not a stored executable")

@@ -103,9 +103,9 @@ def hook(settings: Settings, *, warm: bool = False, keep_versions: Sequence[str]
     seen = [] if state.get("highest_jaxlib") else _known_versions(root)
     jax_dir, _ = prepare_folder(settings)
     result = HookResult(env=cache_env(settings, jax_dir), jaxlib=versions.jaxlib)
-    from jaxcache.security import shared_info, writable_by_others
+    from jaxcache.security import cache_problems
 
-    problems = writable_by_others(root, shared=shared_info(root))
+    problems = cache_problems(root, jax_dir)
     if problems and settings.strict.value:
         raise CacheDirError(f"refusing an unsafe cache folder (strict mode): {problems[0]}")
     result.messages.extend(problems)

@@ -117,7 +117,8 @@ def record_write(folder: Path, key: str, platform: str | None, compile_seconds: 
     """Appends one provenance line; a single small O_APPEND write is atomic on local disks."""
     seconds = "" if compile_seconds is None else f"{compile_seconds:.3f}"
     line = f"{key}\t{platform or ''}\t{time.time():.3f}\t{seconds}\n"
-    fd = os.open(folder / WRITES_LOG_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    # 0o666 less the umask, as JAX's entries: in a team cache every member appends here.
+    fd = os.open(folder / WRITES_LOG_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
     try:
         os.write(fd, line.encode("utf-8"))
     finally:

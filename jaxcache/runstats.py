@@ -23,7 +23,7 @@ from typing import Any
 import filelock
 
 from jaxcache import jaxformat, provenance
-from jaxcache.compilelog import ModuleCounts
+from jaxcache.compilelog import CompileLog, ModuleCounts
 from jaxcache.configuration import cache_env, prepare_folder
 from jaxcache.errors import CacheDirError, CommandError, JaxCacheError, UsageError
 from jaxcache.index import META_DIR_NAME
@@ -55,6 +55,7 @@ class RunReport:
     processes: int
     totals: Totals
     modules: dict[str, Totals] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # about the folder (others can write to it)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +65,7 @@ class RunReport:
             "processes": self.processes,
             **_rounded(asdict(self.totals)),
             "modules": {m: _rounded(asdict(t)) for m, t in sorted(self.modules.items())},
+            "warnings": self.warnings,
         }
 
 
@@ -123,6 +125,11 @@ def run(command: Sequence[str], settings: Settings, *, env: Mapping[str, str] | 
     if not command:
         raise UsageError("no command to run: jaxcache run -- CMD [ARGS...]")
     jax_dir, _ = prepare_folder(settings)
+    from jaxcache.security import cache_problems
+
+    problems = cache_problems(settings.root, jax_dir)
+    if problems and settings.strict.value:
+        raise CacheDirError(f"refusing an unsafe cache folder (strict mode): {problems[0]}")
     child_env = dict(os.environ if env is None else env)
     child_env.update(cache_env(settings, jax_dir))
     child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BOOTSTRAP_DIR), child_env.get("PYTHONPATH")]))
@@ -144,15 +151,14 @@ def run(command: Sequence[str], settings: Settings, *, env: Mapping[str, str] | 
                 continue  # the child got the same SIGINT; wait for it to finish
         seconds = time.perf_counter() - start
         lines = stats_file.read_text().splitlines() if stats_file.exists() else []
+    if code < 0:
+        code = 128 - code  # killed by a signal: the code a shell gives (SIGTERM: 143, SIGKILL: 137)
+    logs = _replay(lines)
     modules: dict[str, Totals] = {}
     hit_keys: list[str] = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        hit_keys.extend(record.get("hit_keys", []))
-        for module, counts in record.get("modules", {}).items():
+    for log in logs.values():
+        hit_keys.extend(log.hit_keys)
+        for module, counts in log.snapshot().items():  # a write counts once its entry is on disk
             t = modules.setdefault(module, Totals())
             t.add(Totals(**{k: counts.get(k, 0) for k in _COUNTERS if k != "saved_seconds"}))
     saved = _saved_seconds(settings.root, hit_keys)
@@ -163,10 +169,26 @@ def run(command: Sequence[str], settings: Settings, *, env: Mapping[str, str] | 
     totals = Totals()
     for t in modules.values():
         totals.add(t)
-    report = RunReport(command=list(command), exit_code=code, seconds=seconds, processes=len(lines),
-                       totals=totals, modules=modules)
+    report = RunReport(command=list(command), exit_code=code, seconds=seconds, processes=len(logs),
+                       totals=totals, modules=modules, warnings=problems)
     record_run(settings.root, report)
     return report
+
+
+def _replay(lines: list[str]) -> dict[int, CompileLog]:
+    """Each child process's events (one JSON line each, from the bootstrap) as its `CompileLog`."""
+    logs: dict[int, CompileLog] = {}
+    for line in lines:
+        try:
+            record = json.loads(line)
+            pid, kind, module, value = record["pid"], record["event"], record["module"], record["value"]
+        except (ValueError, KeyError, TypeError):
+            continue  # a line torn by a kill
+        log = logs.setdefault(pid, CompileLog())
+        if record.get("folder"):
+            log.folder = record["folder"]
+        log(kind, module, value)
+    return logs
 
 
 def _stats_path(root: Path) -> Path:

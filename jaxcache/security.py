@@ -75,13 +75,23 @@ def writable_by_others(folder: Path, *, parents: bool = True, shared: Shared | N
     return problems
 
 
-def enforce(root: Path, *, strict: bool, stacklevel: int = 3) -> list[str]:
-    """Warns about (or, in strict mode, refuses) a folder others can write to.
+def cache_problems(root: Path, jax_dir: Path | None = None) -> list[str]:
+    """`writable_by_others` for the root and its parents, and for the folder JAX writes into."""
+    shared = shared_info(root)
+    problems = writable_by_others(root, shared=shared)
+    if jax_dir is not None and jax_dir != root:
+        problems += writable_by_others(jax_dir, parents=False, shared=shared)
+    return problems
+
+
+def enforce(root: Path, *, strict: bool, stacklevel: int = 3, jax_dir: Path | None = None) -> list[str]:
+    """Warns about (or, in strict mode, refuses) a folder others can write to: the root, its
+    parents, and ``jax_dir``, the version folder JAX writes into.
 
     Raises:
         CacheDirError: strict mode and a problem was found.
     """
-    problems = writable_by_others(root, shared=shared_info(root))
+    problems = cache_problems(root, jax_dir)
     if problems and strict:
         raise CacheDirError(f"refusing an unsafe cache folder (strict mode): {problems[0]}")
     for problem in problems:
@@ -106,6 +116,8 @@ def init_shared(root: Path, group: str) -> Shared:
             folder.mkdir(exist_ok=True)
             os.chown(folder, -1, gid)
             os.chmod(folder, SHARED_MODE)
+        for folder in _version_folders(root):
+            _share_folder(folder, gid)
         marker = root / SHARED_MARKER
         marker.write_text(json.dumps({"group": group, "gid": gid}) + "\n")
         os.chown(marker, -1, gid)
@@ -115,6 +127,56 @@ def init_shared(root: Path, group: str) -> Shared:
     except OSError as e:
         raise CacheDirError(f"cannot set up the shared cache {root}: {e.strerror}") from None
     return Shared(group=group, gid=gid)
+
+
+def _version_folders(root: Path) -> list[Path]:
+    """The marked version folders of a root, and their stores of whole executables."""
+    from jaxcache import exeformat, provenance
+
+    out = []
+    for child in sorted(root.glob(provenance.VERSION_DIR_PREFIX + "*")):
+        if child.is_dir() and not child.is_symlink() and provenance.read_marker(child) is not None:
+            out.append(child)
+            store = child / exeformat.FOLDER_NAME
+            if store.is_dir() and not store.is_symlink():
+                out.append(store)
+    return out
+
+
+def _share_folder(folder: Path, gid: int) -> None:
+    """An existing folder of a cache made a team cache: the group writes there, and rewrites
+    its files (``-atime`` on every hit, the write log), as the umask 002 of members will."""
+    os.chown(folder, -1, gid)
+    os.chmod(folder, SHARED_MODE)
+    for path in folder.iterdir():
+        if path.is_file() and not path.is_symlink():
+            os.chown(path, -1, gid)
+            os.chmod(path, (statmod.S_IMODE(path.stat().st_mode) | 0o060) & ~0o002)
+
+
+def unshared_folders(root: Path) -> list[Path]:
+    """Version folders of a team cache that its group cannot write to (or that another group owns)."""
+    shared = shared_info(root)
+    if shared is None:
+        return []
+    out = []
+    for folder in _version_folders(root):
+        st = folder.stat()
+        if st.st_gid != shared.gid or (st.st_mode & 0o070) != 0o070:
+            out.append(folder)
+    return out
+
+
+def share_folder(root: Path, folder: Path) -> None:
+    """Gives one folder of a team cache (and its files) to the team's group.
+
+    Raises:
+        OSError: not permitted (only the owner, or root, may).
+    """
+    shared = shared_info(root)
+    if shared is None:
+        raise OSError(f"{root} is not a team cache")
+    _share_folder(folder, shared.gid)
 
 
 def init_private(root: Path) -> None:

@@ -52,7 +52,9 @@ def test_run_counts_a_child_that_never_imports_jaxcache(tmp_path: Path) -> None:
     stats = json.loads(jaxcache("--cache-dir", str(cache), "stats", "--json").stdout)
     assert stats["runs"] == 2 and stats["hits"] == again["hits"] and stats["misses"] == report["misses"]
     zeroed = json.loads(jaxcache("--cache-dir", str(cache), "stats", "--zero", "--json").stdout)
-    assert zeroed["runs"] == 0 and zeroed["hits"] == 0 and zeroed["since"] is not None
+    assert zeroed["zeroed"] is True and zeroed["runs"] == 2  # what was reset, read in the same step
+    after = json.loads(jaxcache("--cache-dir", str(cache), "stats", "--json").stdout)
+    assert after["runs"] == 0 and after["hits"] == 0 and after["since"] is not None
 
 
 def test_run_sums_every_python_process_of_the_command(tmp_path: Path) -> None:
@@ -64,6 +66,21 @@ def test_run_sums_every_python_process_of_the_command(tmp_path: Path) -> None:
     result = jaxcache("--cache-dir", str(tmp_path / "c"), "run", "--json", "--", str(script))
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["processes"] == 2 and report["hits"] == report["misses"] > 0
+
+
+KILLED_CHILD = CHILD.replace("sys.exit(int(sys.argv[1]))", "import os, signal; os.kill(os.getpid(), int(sys.argv[1]))")
+
+
+@pytest.mark.parametrize("signum", [15, 9])
+def test_a_child_killed_by_a_signal_is_counted_and_its_code_is_a_shells(tmp_path: Path, signum: int) -> None:
+    # A job killed at its time limit (SIGTERM, then SIGKILL) runs no exit handler.
+    child = tmp_path / "child.py"
+    child.write_text(textwrap.dedent(KILLED_CHILD))
+    result = jaxcache("--cache-dir", str(tmp_path / "c"), "run", "--json", "--", sys.executable, str(child), str(signum))
+    assert result.returncode == 128 + signum, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["exit_code"] == 128 + signum and report["processes"] == 1
+    assert report["misses"] >= 2 and report["writes"] >= 2, report
 
 
 def test_run_with_a_missing_or_unrunnable_command(tmp_path: Path) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -295,3 +297,45 @@ def test_folders_named_like_the_packages_in_the_current_directory_are_not_import
     report = json.loads(proc.stdout)
     assert proc.returncode == 0 and report["failed"] == 0, proc.stderr
     assert all(v["ok"] for v in report["verify"]), report["verify"]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(pid):
+            out.append(int(status.parent.name))
+    return out
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, None)])
+def test_stopping_a_warm_stops_its_workers(tmp_path: Path, signum: int, code: int | None) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "jaxcache", "--cache-dir", str(tmp_path / "c"), "warm",
+                             "--problem", "kinetics", "--size", "48", "--jobs", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = _children(proc.pid)
+    assert len(workers) == 2, proc.communicate()
+    time.sleep(1.0)  # into the workers' JAX import or first compile
+    proc.send_signal(signum)  # the warm alone, not its process group: a kill from outside
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == (code if code is not None else -signum), err
+    deadline = time.monotonic() + 10  # SIGTERM: the workers learn it from the kernel (PDEATHSIG)
+    while not all(_gone(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(_gone(w) for w in workers)
+    assert "Traceback" not in err

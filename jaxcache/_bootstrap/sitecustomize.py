@@ -6,9 +6,9 @@ without jaxcache installed, and most processes in a job never import JAX.
 1. Runs the ``sitecustomize`` this one shadows, if there is one.
 2. Points JAX at the version folder of *this* interpreter's jaxlib (the
    parent guessed from its own), creating the folder's provenance marker.
-3. Taps JAX's cache log records: appends this process's per-module hits,
-   misses and compile times to ``$JAXCACHE_RUN_STATS`` at exit, and records
-   each entry written (platform, compile time) as ``jaxcache.configure`` does.
+3. Taps JAX's cache log records: appends each hit, miss, write and compile
+   time to ``$JAXCACHE_RUN_STATS`` as it happens, and records each entry
+   written (platform, compile time) as ``jaxcache.configure`` does.
 """
 
 import os
@@ -67,26 +67,26 @@ def _record_stats() -> None:
     if not path:
         return
     compilelog = _load("compilelog")
-    log = compilelog.CompileLog().start()
-    if os.environ.get("JAXCACHE_DIR"):
-        compilelog.listen(_load("provenance").WriteRecorder())
+    import json
 
-    def write() -> None:
-        if not log.modules:
-            return
-        line = log.to_json() + "\n"
+    def append(kind: str, module: str, value) -> None:
+        # One line per event, appended at once: a process killed by a signal (a job at
+        # its time limit) has already told what it hit, which an exit handler would not.
+        record = {"pid": os.getpid(), "event": kind, "module": module, "value": value}
+        if kind == compilelog.WRITE:
+            record["folder"] = compilelog.jax_cache_folder()  # where to look for the entry
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                os.write(fd, line.encode("utf-8"))
+                os.write(fd, (json.dumps(record) + "\n").encode("utf-8"))
             finally:
                 os.close(fd)
         except OSError:
             pass
 
-    import atexit
-
-    atexit.register(write)
+    compilelog.listen(append)
+    if os.environ.get("JAXCACHE_DIR"):
+        compilelog.listen(_load("provenance").WriteRecorder())
 
 
 try:

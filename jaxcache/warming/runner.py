@@ -153,13 +153,18 @@ def run_workers(
         t.start()
     events: list[dict[str, Any]] = []
     open_workers = len(procs)
-    while open_workers:
-        _, event = sink.get()
-        if event is None:
-            open_workers -= 1
-            continue
-        events.append(event)
-        on_event(event)
+    try:
+        while open_workers:
+            _, event = sink.get()
+            if event is None:
+                open_workers -= 1
+                continue
+            events.append(event)
+            on_event(event)
+    except BaseException:  # Ctrl-C, or a failing progress callback: no worker outlives the warm
+        _stop(procs)
+        claims.cleanup()
+        raise
     for t in err_threads:
         t.join()
     claims.cleanup()
@@ -172,6 +177,19 @@ def run_workers(
             events.append(event)
             on_event(event)
     return events
+
+
+def _stop(procs: list[subprocess.Popen[str]], grace: float = 5.0) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def warm(

@@ -267,7 +267,21 @@ def run(job: dict[str, Any]) -> int:
     return 1 if failed else 0
 
 
+def _die_with_parent() -> None:
+    """Linux: end when the warm that started us ends, however it ends (SIGTERM, SIGKILL);
+    elsewhere a worker notices only when writing its next line to the closed pipe."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def main() -> int:
+    _die_with_parent()
     # Started with -P, so the installed packages are found, not folders of the same name
     # here. Imported before the user's folder joins the path (last, for --entry modules):
     # a namespace folder there would otherwise still win over an editable install's finder.
