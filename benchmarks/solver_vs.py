@@ -2,10 +2,14 @@
 
 All methods solve each bundled problem in float64 in the same process. Each
 gets one untimed-for-the-ratio cold call (tracing and compiling; reported),
-then ``--repeats`` timed warm solves, interleaved round-robin across methods
-so that load on the machine hits all of them alike; the table shows the
-median and the ratio of the solver's median to each baseline's (below 1:
-the solver is faster). The objective is built once per problem, as a user
+then rounds of timed warm solves, interleaved round-robin across methods so
+that load on the machine hits all of them alike: at least ``--repeats``
+rounds, and more until every method has spent ``--min-seconds`` (so a row
+whose solve takes milliseconds gets hundreds of rounds, not a handful that
+one busy moment decides). The table shows each method's median and the
+median over rounds of the paired ratio solver/method (below 1: the solver
+is faster); pairing solves from the same round cancels slow drifts in the
+machine's load. The objective is built once per problem, as a user
 solving repeatedly would.
 
 * ``solver``: `solver.least_squares` with default options ("auto" chunks).
@@ -18,7 +22,7 @@ solving repeatedly would.
 (``|c - c_ref| <= 1e-6 * c_ref + 1e-12``); a mismatch is flagged in the table.
 
 Example:
-    python benchmarks/solver_vs.py --repeats 7 --json benchmarks/results/solver_vs.json
+    python benchmarks/solver_vs.py --repeats 7 --min-seconds 3 --json benchmarks/results/solver_vs.json
 """
 
 from __future__ import annotations
@@ -119,22 +123,27 @@ def _time(fn: Solve) -> tuple[float, float, int]:
     return time.perf_counter() - t, cost, nfev
 
 
-def bench(name: str, size: int, repeats: int) -> list[dict[str, object]]:
-    """Cold call, then ``repeats`` interleaved warm solves of every method."""
+def bench(name: str, size: int, repeats: int, min_seconds: float = 0.0, max_rounds: int = 2000) -> list[dict[str, object]]:
+    """Cold call, then interleaved rounds of warm solves of every method (see the module doc)."""
     solves = {m: make(name, size) for m, make in MAKERS.items()}
     solves = {m: s for m, s in solves.items() if s is not None}
     rows = {m: {"problem": f"{name}:{size}", "method": m, "warm": []} for m in solves}
     for m, fn in solves.items():
         rows[m]["cold_seconds"], rows[m]["cost"], rows[m]["nfev"] = _time(fn)
     methods = list(solves)
-    for r in range(repeats):
+    r = 0
+    while r < max_rounds and (r < repeats or min(sum(row["warm"]) for row in rows.values()) < min_seconds):
         for m in methods[r % len(methods):] + methods[: r % len(methods)]:
             rows[m]["warm"].append(_time(solves[m])[0])
+        r += 1
     ref = rows["solver"]
     for row in rows.values():
+        row["rounds"] = r
         row["warm_seconds"] = statistics.median(row["warm"])
         row["same_cost"] = abs(row["cost"] - ref["cost"]) <= 1e-6 * ref["cost"] + 1e-12
-        row["solver_ratio"] = ref["warm_seconds"] / row["warm_seconds"]
+        paired = [ours / theirs for ours, theirs in zip(ref["warm"], row["warm"])]
+        row["solver_ratio"] = statistics.median(paired)
+        row["solver_ratio_quartiles"] = [float(q) for q in np.percentile(paired, [25, 75])]
     return list(rows.values())
 
 
@@ -142,25 +151,31 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the comparison, prints a table; returns 0 when the solver is no slower than any baseline."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", nargs="*", default=list(DEFAULT_PROBLEMS), metavar="NAME:SIZE")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="at least this many rounds")
+    parser.add_argument("--min-seconds", type=float, default=2.0,
+                        help="more rounds until every method has spent this long (default 2)")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE")
     args = parser.parse_args(argv)
     rows = []
     for item in args.problems:
         name, size = item.split(":")
-        rows += bench(name, int(size), args.repeats)
+        rows += bench(name, int(size), args.repeats, args.min_seconds)
         for r in rows[-len(MAKERS):]:
             print(f"  {r['problem']} {r['method']}: {r['warm_seconds']:.4f} s", file=sys.stderr)
-    print(f"{jax.devices()[0].device_kind}, float64, median of {args.repeats} warm solves (interleaved)")
+    print(f"{jax.devices()[0].device_kind}, float64, medians over interleaved rounds of warm solves "
+          f"(at least {args.repeats} rounds and {args.min_seconds:g} s per method)")
     print(f"{'problem':<16} {'method':<11} {'cost':>11} {'same':>5} {'nfev':>5} {'cold s':>8} "
-          f"{'warm s':>8} {'solver/this':>11}")
+          f"{'warm s':>8} {'rounds':>6} {'solver/this':>11} {'(quartiles)':>12}")
     for r in rows:
+        q25, q75 = r["solver_ratio_quartiles"]
         print(f"{r['problem']:<16} {r['method']:<11} {r['cost']:>11.3e} {'yes' if r['same_cost'] else 'NO':>5} "
-              f"{r['nfev']:>5} {r['cold_seconds']:>8.3f} {r['warm_seconds']:>8.4f} {r['solver_ratio']:>11.2f}")
+              f"{r['nfev']:>5} {r['cold_seconds']:>8.3f} {r['warm_seconds']:>8.4f} {r['rounds']:>6} "
+              f"{r['solver_ratio']:>11.2f} {q25:>5.2f}-{q75:<5.2f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(
-            {"device": jax.devices()[0].device_kind, "repeats": args.repeats, "rows": rows}, indent=2))
+            {"device": jax.devices()[0].device_kind, "repeats": args.repeats,
+             "min_seconds": args.min_seconds, "rows": rows}, indent=2))
     slower = [r for r in rows if r["method"] != "solver" and r["solver_ratio"] > 1.0]
     return 1 if slower else 0
 

@@ -380,7 +380,7 @@ def kernels(
     fac = Factorization(
         s=jax.ShapeDtypeStruct((k,), dtype), V=jax.ShapeDtypeStruct((n, k), dtype),
         suf=jax.ShapeDtypeStruct((k,), dtype), grad=x, scale_inv=x, full_rank=flag,
-        g_norm=scalar, gram=flag,
+        g_norm=scalar, gram=flag, gn=x,
     )
     out = [
         Kernel("residual", _bind(lsq_residual, spec=objective.spec), (x, data)),

@@ -5,7 +5,7 @@ iteration one factorization of the scaled Jacobian (`solver.step.lsq_factor`),
 then as many trial radii as needed solved from it, each trial costing one
 residual evaluation, all inside one kernel (`solver.trial.lsq_step`, which
 also checks ``gtol``). The host loop dispatches the Jacobian, factor and step
-kernels and reads one small tuple of scalars per iteration to decide whether
+kernels and reads one vector of three ints per iteration to decide whether
 to go on (a callback or ``verbose=2`` adds one read); iterates, residuals and
 factorizations stay on the device and run only in the four module-level
 kernels of `solver.kernels`, so a warmed persistent cache covers the whole
@@ -201,9 +201,8 @@ def least_squares(
             break
         trial = step_kernel(point, fac, Delta, alpha, nfev_dev, limits, data)
         Delta, alpha, nfev_dev = trial.Delta, trial.alpha, trial.nfev
-        actual, new_nfev, code, step_norm = jax.device_get((trial.actual, trial.nfev, trial.status, trial.step_norm))
-        new_nfev, step_norm = int(new_nfev), float(step_norm)
-        status = int(code) or None
+        new_nfev, code, accepted = np.asarray(trial.report).tolist()
+        status = code or None
         if new_nfev == nfev and status is None:
             # The kernel made no trial and gave no reason: never loop on it forever.
             raise SolverError(
@@ -213,7 +212,9 @@ def least_squares(
         nfev = new_nfev
         if status == 1:  # gtol held at the current point; no trial was made
             break
-        if actual > 0:
+        if per_iteration_host:
+            step_norm = float(trial.step_norm)
+        if accepted:
             point = trial.point
             # At the solve's last point only the gradient is needed (gtol and the result);
             # the loop ends below without calling back or stepping again.

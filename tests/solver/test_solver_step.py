@@ -55,9 +55,26 @@ def test_ill_conditioned_jacobian_falls_back_to_svd() -> None:
     np.testing.assert_allclose(st.step, _reference(J, f, 100.0), rtol=1e-6)
 
 
+def test_gram_path_gauss_newton_step_is_refined_to_svd_accuracy() -> None:
+    # kappa**2 (m + n) eps = 1/30: inside the Gram path's gate, where the normal
+    # equations alone lose digits that the refinement against J restores.
+    m, n = 200, 50
+    J, f = _problem(m, n, cond=(1 / (30 * (m + n) * np.finfo(float).eps)) ** 0.5)
+    fac = _factor(J, f, np.ones(n), np.asarray(True), NEVER, jac_scale=False)
+    assert bool(fac.gram) and bool(fac.full_rank)
+    exact = np.linalg.lstsq(J, -f, rcond=None)[0]
+    unrefined = -np.asarray(fac.V) @ (np.asarray(fac.suf) / np.asarray(fac.s) ** 2)
+    refined_error = np.linalg.norm(np.asarray(fac.gn) - exact) / np.linalg.norm(exact)
+    unrefined_error = np.linalg.norm(unrefined - exact) / np.linalg.norm(exact)
+    assert refined_error < 1e-9 < unrefined_error
+    st = _step(fac, np.asarray(10 * np.linalg.norm(exact)), np.asarray(0.0))
+    assert float(st.alpha) == 0.0  # the Gauss-Newton step fits: it is the refined one
+    assert np.linalg.norm(np.asarray(st.step) - exact) < 1e-9 * np.linalg.norm(exact)
+
+
 def test_badly_scaled_columns_skip_the_gram_path() -> None:
     J, f = _problem(40, 8)
-    J = J * np.geomspace(1.0, 1e-6, 8)  # column norms alone show kappa >= 1e6
+    J = J * np.geomspace(1.0, 1e-8, 8)  # column norms alone show kappa >= 1e8
     fac = _factor(J, f, np.ones(8), np.asarray(True), NEVER, jac_scale=False)
     assert not bool(fac.gram)
     norms = np.linalg.norm(J, axis=0)
