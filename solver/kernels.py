@@ -1,14 +1,15 @@
 """Every jitted kernel the solver runs, and their abstract arguments for warming.
 
-`least_squares` calls only the four module-level jitted functions below, each
-a function of arrays plus hashable static configuration:
+`least_squares` calls only the module-level jitted functions below, each a
+function of arrays plus hashable static configuration:
 
 | kernel | module name | static config | calls |
 |---|---|---|---|
 | `lsq_residual_jit` | ``jit_lsq_residual`` | `ResidualSpec` | once, at ``x0`` |
-| `lsq_jacobian_jit` | ``jit_lsq_jacobian`` | `ResidualSpec`, `JacobianPlan` | per iteration |
-| `lsq_factor_jit` | ``jit_lsq_factor`` | ``jac_scale`` | per iteration |
-| `lsq_step_jit` | ``jit_lsq_step`` | `ResidualSpec` | per iteration (all trials) |
+| `lsq_iterate_jit` | ``jit_lsq_iterate`` | `ResidualSpec`, `JacobianPlan`, ``jac_scale`` | once per iteration, and at ``x0`` (one device) |
+| `lsq_jacobian_jit` | ``jit_lsq_jacobian`` | `ResidualSpec`, `JacobianPlan` | per iteration (several devices) |
+| `lsq_factor_jit` | ``jit_lsq_factor`` | ``jac_scale`` | per iteration (several devices) |
+| `lsq_step_jit` | ``jit_lsq_step`` | `ResidualSpec` | per iteration, all trials (several devices) |
 
 `kernels` lists them for one objective and initial point, each as a
 `Kernel` whose ``fn`` is the undecorated function with its static
@@ -38,6 +39,7 @@ import numpy as np
 
 from jaxcache import executables
 from solver import memory
+from solver.iterate import lsq_iterate
 from solver.jacobian import lsq_jacobian, lsq_residual
 from solver.objective import ObjectiveFunction
 from solver.step import Factorization, lsq_factor
@@ -49,6 +51,7 @@ __all__ = [
     "bound",
     "kernels",
     "lsq_factor_jit",
+    "lsq_iterate_jit",
     "lsq_jacobian_jit",
     "lsq_residual_jit",
     "lsq_step_jit",
@@ -66,6 +69,7 @@ lsq_residual_jit = jax.jit(lsq_residual, static_argnames=("spec",))
 lsq_jacobian_jit = jax.jit(lsq_jacobian, static_argnames=("spec", "plan"))
 lsq_factor_jit = jax.jit(lsq_factor, static_argnames=("jac_scale",))
 lsq_step_jit = jax.jit(lsq_step, static_argnames=("spec",))
+lsq_iterate_jit = jax.jit(lsq_iterate, static_argnames=("spec", "plan", "jac_scale"))
 
 
 class Kernel(NamedTuple):
@@ -125,6 +129,7 @@ _JITTED = {
     lsq_jacobian: lsq_jacobian_jit,
     lsq_factor: lsq_factor_jit,
     lsq_step: lsq_step_jit,
+    lsq_iterate: lsq_iterate_jit,
 }
 # (identity, argument structure) -> the compiled kernel, for every later call in this process.
 _COMPILED: dict[tuple[Any, ...], Callable[..., Any]] = {}
@@ -366,7 +371,9 @@ def kernels(
         x_scale: As passed to `least_squares`; only whether it is ``"jac"`` matters.
 
     Returns:
-        The kernels, residual and Jacobian first.
+        The kernels, residual first: with one device ``iterate`` (trials,
+        Jacobian and factorization in one), with several ``jacobian``,
+        ``factor`` and ``step``; then the "auto" probes.
     """
     objective.build(x0_spec)
     n, m, dtype = objective.dim_x, objective.dim_f, objective.dtype
@@ -382,24 +389,25 @@ def kernels(
         suf=jax.ShapeDtypeStruct((k,), dtype), grad=x, scale_inv=x, full_rank=flag,
         g_norm=scalar, gram=flag, gn=x,
     )
-    out = [
-        Kernel("residual", _bind(lsq_residual, spec=objective.spec), (x, data)),
-        Kernel(
-            "jacobian",
-            _bind(lsq_jacobian, spec=objective.spec, plan=objective.plan),
-            (x, data),
-        ),
-        Kernel(
-            "factor",
-            _bind(lsq_factor, jac_scale=isinstance(x_scale, str) and x_scale == "jac"),
-            (jax.ShapeDtypeStruct((m, n), dtype), vec_m, x, flag, scalar),
-        ),
-        Kernel(
-            "step",
-            _bind(lsq_step, spec=objective.spec),
-            (Point(x, vec_m, scalar), fac, scalar, scalar, count, Limits(count, scalar, scalar, scalar), data),
-        ),
-    ]
+    jac_scale = isinstance(x_scale, str) and x_scale == "jac"
+    point, limits = Point(x, vec_m, scalar), Limits(count, scalar, scalar, scalar)
+    out = [Kernel("residual", _bind(lsq_residual, spec=objective.spec), (x, data))]
+    if objective.plan.num_devices == 1:
+        out.append(Kernel(
+            "iterate",
+            _bind(lsq_iterate, spec=objective.spec, plan=objective.plan, jac_scale=jac_scale),
+            (point, fac, scalar, scalar, count, limits, data, flag),
+        ))
+    else:
+        out += [
+            Kernel("jacobian", _bind(lsq_jacobian, spec=objective.spec, plan=objective.plan), (x, data)),
+            Kernel(
+                "factor",
+                _bind(lsq_factor, jac_scale=jac_scale),
+                (jax.ShapeDtypeStruct((m, n), dtype), vec_m, x, flag, scalar),
+            ),
+            Kernel("step", _bind(lsq_step, spec=objective.spec), (point, fac, scalar, scalar, count, limits, data)),
+        ]
     for block, model in enumerate(objective.memory_models):
         if model is None:
             continue

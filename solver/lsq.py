@@ -3,13 +3,15 @@
 The outer loop follows scipy's ``trf`` without bounds (and MINPACK's LM): per
 iteration one factorization of the scaled Jacobian (`solver.step.lsq_factor`),
 then as many trial radii as needed solved from it, each trial costing one
-residual evaluation, all inside one kernel (`solver.trial.lsq_step`, which
-also checks ``gtol``). The host loop dispatches the Jacobian, factor and step
-kernels and reads one vector of three ints per iteration to decide whether
-to go on (a callback or ``verbose=2`` adds one read); iterates, residuals and
-factorizations stay on the device and run only in the four module-level
-kernels of `solver.kernels`, so a warmed persistent cache covers the whole
-solve and no other computation is compiled.
+residual evaluation (`solver.trial.lsq_step`, which also checks ``gtol``). On
+one device a whole iteration (the trials, then the Jacobian and its
+factorization at the accepted point) is one kernel, `solver.iterate.lsq_iterate`;
+on several the sharded Jacobian is its own kernel. The host loop reads one
+vector of three ints per iteration to decide whether to go on (a callback or
+``verbose=2`` adds one read); iterates, residuals and factorizations stay on
+the device and run only in the module-level kernels of `solver.kernels`, so a
+warmed persistent cache covers the whole solve and no other computation is
+compiled.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ import jax
 import numpy as np
 
 from solver.errors import SolverError
+from solver.iterate import Iteration
 from solver.kernels import (
     BoundKernel,
     bound,
     kernels,
     lsq_factor_jit,
+    lsq_iterate_jit,
     lsq_jacobian_jit,
     lsq_residual_jit,
     lsq_step_jit,
@@ -36,7 +40,7 @@ from solver.kernels import (
 from solver.objective import Objective, ObjectiveFunction
 from solver.result import LeastSquaresResult
 from solver.step import Factorization
-from solver.trial import Limits, Point
+from solver.trial import Limits, Point, TrialResult
 
 __all__ = ["IterationInfo", "least_squares"]
 
@@ -139,37 +143,31 @@ def least_squares(
     max_nfev = 100 * n if max_nfev is None else int(max_nfev)
     per_iteration_host = callback is not None or verbose == 2
     residual_kernel = bound(lsq_residual_jit, spec=spec)
-    jacobian_kernel = bound(lsq_jacobian_jit, spec=spec, plan=plan)
-    factor_kernel = bound(lsq_factor_jit, jac_scale=jac_scale)
-    step_kernel = bound(lsq_step_jit, spec=spec)
-    in_use = (residual_kernel, jacobian_kernel, factor_kernel, step_kernel)
+    if plan.num_devices == 1:
+        in_use = (residual_kernel, bound(lsq_iterate_jit, spec=spec, plan=plan, jac_scale=jac_scale))
+    else:  # the sharded Jacobian is its own kernel (see solver.iterate)
+        in_use = (residual_kernel, bound(lsq_jacobian_jit, spec=spec, plan=plan),
+                  bound(lsq_factor_jit, jac_scale=jac_scale), bound(lsq_step_jit, spec=spec))
     if any(isinstance(kernel, BoundKernel) for kernel in in_use):
-        # Load all four from the executable store side by side.
+        # Load them from the executable store side by side.
         prefetch([(kernel, k.args) for kernel, k in zip(in_use, kernels(objective, x0, x_scale=x_scale))])
 
     # What the kernels take at every call goes to the device once, in one call: a
     # host array is transferred again at each call (about 2 us each, measured), and
-    # each device_put costs tens of microseconds. The factorization is skipped where
-    # the solve ends: gtol holds (skip_gtol), or it ends anyway (skip_last, inf).
-    x, scale_arg, limits, skip_gtol, skip_last, try_gram = jax.device_put((
+    # each device_put costs tens of microseconds. The first factorization gets the
+    # starting scales and tries the Gram path; the rest of `unfactored` only gives shapes.
+    k = min(n, objective.dim_f)
+    x, limits, unfactored = jax.device_put((
         x0.astype(dtype),
-        scale_inv.astype(dtype),
         Limits(np.asarray(max_nfev, np.int32), np.asarray(ftol, dtype), np.asarray(xtol, dtype),
                np.asarray(gtol, dtype)),
-        np.asarray(gtol, dtype),
-        np.asarray(np.inf, dtype),
-        np.asarray(True),
+        Factorization(
+            s=np.zeros(k, dtype), V=np.zeros((n, k), dtype), suf=np.zeros(k, dtype), grad=np.zeros(n, dtype),
+            scale_inv=scale_inv.astype(dtype), full_rank=np.asarray(False), g_norm=np.asarray(0, dtype),
+            gram=np.asarray(True), gn=np.zeros(n, dtype),
+        ),
     ))
-
-    def factor(x: Any, f: Any, scale_inv: Any, try_gram: Any, last: bool = False) -> Factorization:
-        if plan.num_devices > 1:
-            x = np.asarray(x)  # uncommitted, so the sharded kernel places it as when warmed
-        J = jacobian_kernel(x, data)
-        if plan.num_devices > 1:
-            J = np.asarray(J)  # gathered, so the factor kernel sees one device, as warmed
-        fac = factor_kernel(J, f, scale_inv, try_gram, skip_last if last else skip_gtol)
-        del J  # the Jacobian is not needed past its factorization
-        return fac
+    iterate = (_fused if plan.num_devices == 1 else _split)(in_use[1:], limits, data, max_nfev)
 
     f = residual_kernel(x, data)
     f_host = np.asarray(f, dtype=np.float64)
@@ -177,15 +175,13 @@ def least_squares(
         raise ValueError("residuals are not finite at x0")
     point = Point(x, f, np.asarray(0.5 * (f_host @ f_host), dtype))
     nfev = 1
-    # fac.gram feeds the next factorization's try_gram: once rejected, the Gram
-    # path is not tried again in this solve (and no host round trip decides it).
-    fac = factor(x, f, scale_arg, try_gram)
+    # The start factors x0 and sets the initial radius; fac.gram then feeds the next
+    # factorization's try_gram: once rejected, the Gram path is not tried again in
+    # this solve (and no host round trip decides it).
+    trial, fac = iterate(point, unfactored, np.asarray(0, dtype), np.asarray(0, dtype), np.asarray(1, np.int32),
+                         start=True)
+    del unfactored
     njev = 1
-    # Only x_scale="jac" needs the factorization's scales here (a wait for it).
-    scale0 = np.asarray(fac.scale_inv if jac_scale else scale_inv.astype(dtype), dtype=np.float64)
-    Delta = np.asarray(float(np.linalg.norm(np.asarray(x0, np.float64) * scale0)) or 1.0, dtype)
-    alpha = np.asarray(0.0, dtype)
-    nfev_dev = np.asarray(nfev, np.int32)
     status: int | None = None
     iteration = 0
     step_norm = 0.0
@@ -207,8 +203,7 @@ def least_squares(
                 status = -2
         if status is not None or nfev >= max_nfev:
             break
-        trial = step_kernel(point, fac, Delta, alpha, nfev_dev, limits, data)
-        Delta, alpha, nfev_dev = trial.Delta, trial.alpha, trial.nfev
+        trial, new_fac = iterate(point, fac, trial.Delta, trial.alpha, trial.nfev, start=False)
         new_nfev, code, accepted = np.asarray(trial.report).tolist()
         status = code or None
         if new_nfev == nfev and status is None:
@@ -223,11 +218,9 @@ def least_squares(
         if per_iteration_host:
             step_norm = float(trial.step_norm)
         if accepted:
-            point = trial.point
-            # At the solve's last point only the gradient is needed (gtol and the result);
-            # the loop ends below without calling back or stepping again.
-            last = status is not None or nfev >= max_nfev
-            fac = factor(point.x, point.f, fac.scale_inv if jac_scale else scale_arg, fac.gram, last)
+            # At the solve's last point the factorization holds only the gradient
+            # (gtol and the result); the loop ends below without stepping again.
+            point, fac = trial.point, new_fac
             njev += 1
         else:
             step_norm = 0.0
@@ -253,6 +246,49 @@ def least_squares(
         logger.log(_log_level, "%s Cost %.4e, optimality %.2e, nfev %d, njev %d.",
                    result.message, result.cost, result.optimality, nfev, njev)
     return result
+
+
+Iterate = Callable[..., Iteration]
+
+
+def _fused(kernels: tuple[Any, ...], limits: Limits, data: Any, max_nfev: int) -> Iterate:
+    """One device: each iteration is one `solver.iterate.lsq_iterate` call."""
+    (kernel,) = kernels
+
+    def iterate(point: Point, fac: Factorization, Delta: Any, alpha: Any, nfev: Any, *, start: bool) -> Iteration:
+        return kernel(point, fac, Delta, alpha, nfev, limits, data, np.asarray(start))
+
+    return iterate
+
+
+def _split(kernels: tuple[Any, ...], limits: Limits, data: Any, max_nfev: int) -> Iterate:
+    """Several devices: what `lsq_iterate` does, with the sharded Jacobian as its own kernel.
+
+    The host reads whether a trial was accepted before computing the next Jacobian.
+    """
+    jacobian_kernel, factor_kernel, step_kernel = kernels
+    dtype = limits.gtol.dtype
+    skip_gtol, skip_last = limits.gtol, np.asarray(np.inf, dtype)
+
+    def factor(point: Point, fac: Factorization, last: bool) -> Factorization:
+        J = np.asarray(jacobian_kernel(np.asarray(point.x), data))  # x uncommitted and J gathered, as warmed
+        return factor_kernel(J, point.f, fac.scale_inv, fac.gram, skip_last if last else skip_gtol)
+
+    def iterate(point: Point, fac: Factorization, Delta: Any, alpha: Any, nfev: Any, *, start: bool) -> Iteration:
+        if start:
+            fac = factor(point, fac, last=int(nfev) >= max_nfev)
+            radius = float(np.linalg.norm(np.asarray(point.x, np.float64) * np.asarray(fac.scale_inv, np.float64)))
+            zero = np.zeros((), dtype)
+            trial = TrialResult(point, np.ones((), dtype), np.asarray(radius or 1.0, dtype), alpha, nfev,
+                                np.zeros((), np.int32), zero, np.asarray([int(nfev), 0, 1], np.int32))
+            return Iteration(trial, fac)
+        trial = step_kernel(point, fac, Delta, alpha, nfev, limits, data)
+        new_nfev, code, accepted = np.asarray(trial.report).tolist()
+        if not accepted:
+            return Iteration(trial, fac)
+        return Iteration(trial, factor(trial.point, fac, last=code != 0 or new_nfev >= max_nfev))
+
+    return iterate
 
 
 def _verbose_logging(verbose: int) -> int:

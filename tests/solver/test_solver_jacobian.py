@@ -108,6 +108,15 @@ for name, size, mode, chunk in [("bratu", 4, "batched", 3), ("spectral", 9, "bat
 obj, x0 = solver.problems.get("bratu", 4)
 res = solver.least_squares(obj, x0)
 out["solve"] = {"cost": res.cost, "devices": obj.plan.num_devices}
+# Several devices take the split path (step, sharded Jacobian, factor kernels), one the
+# fused iteration kernel: the same iterates either way.
+for name, size in [("rosenbrock", 6), ("curvefit", 3)]:
+    runs = []
+    for devices in (1, 2):
+        obj, x0 = solver.problems.get(name, size, num_devices=devices)
+        r = solver.least_squares(obj, x0, x_scale="jac")
+        runs.append({"cost": r.cost, "nfev": r.nfev, "njev": r.njev, "status": r.status, "x": r.x.tolist()})
+    out["paths_" + name] = runs
 print(json.dumps(out))
 """
     out = json.loads(run_python(code, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}).splitlines()[-1])
@@ -116,3 +125,8 @@ print(json.dumps(out))
         assert out[name]["err"] <= 1e-13 * max(1.0, out[name]["scale"]), out
     assert out["solve"]["devices"] == 2
     assert out["solve"]["cost"] < 1e-20
+    for name in ("rosenbrock", "curvefit"):
+        fused, split = out["paths_" + name]
+        assert (fused["nfev"], fused["njev"], fused["status"]) == (split["nfev"], split["njev"], split["status"])
+        assert fused["cost"] == pytest.approx(split["cost"], rel=1e-9, abs=1e-20)
+        np.testing.assert_allclose(fused["x"], split["x"], rtol=1e-7, atol=1e-10)
