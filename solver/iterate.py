@@ -1,48 +1,46 @@
-"""One outer iteration as one kernel: the trial steps, then the Jacobian and its
-factorization at the accepted point.
+"""One outer iteration from its Jacobian as one kernel: factor ``J``, then the trial steps.
 
-On one device `least_squares` runs a whole iteration through `lsq_iterate`,
-so it dispatches one kernel and reads one small vector per iteration instead
-of three kernels with the host in between (measured on curvefit 8, where an
-iteration takes about 0.3 ms: 50-100 us less per iteration). The Jacobian
-lives and dies inside the kernel. On several devices the sharded Jacobian
-stays its own kernel (`solver.lsq` then calls `lsq_step`, `lsq_jacobian` and
-`lsq_factor` in turn), so that the factorization runs on one device.
+`least_squares` computes the Jacobian in its own kernel (`solver.jacobian`;
+with "auto" chunk sizes it is the probe already compiled at the chosen
+size, and on several devices it is the sharded one, gathered) and then runs
+`lsq_iterate`: per iteration two kernels and one small read, instead of
+three kernels (measured on curvefit 8, where an iteration takes about
+0.3 ms: some 50 us less per iteration).
 
-The first call of a solve passes ``start=True``: no trial is made, the given
-point counts as accepted and is factored, and the initial trust radius is
-set from it (``||x0 * scale_inv||``, 1 if zero, as scipy). ``fac`` is then only a
-carrier of shapes and of the starting ``scale_inv`` and ``gram`` flag.
+Fusing the Jacobian in too was measured and not kept: it compiled the
+Jacobian a second time (the probe's compile no longer served the solve,
+about 1.2 s more on kinetics 16 and 20% more for the default warm plan) and
+ran 3-10% slower on mid-sized problems (bratu 16, rosenbrock 256).
+
+Three uses of the one kernel, chosen by its arguments:
+
+* an iteration: factor ``J`` (the Gram path or the SVD, `solver.step`), then
+  trials until a step is accepted or the solve must stop (`solver.trial`);
+* factor only: ``limits.max_nfev == nfev`` makes no trial, so the host can
+  read the gradient at the new point first (a callback, ``verbose=2``, or the
+  solve's last point, where ``skip_below=inf`` leaves out the factorization);
+* trials only: ``reuse`` takes ``fac`` as it is and ignores ``J``.
+
+A ``Delta`` of 0 asks for the initial trust radius, ``||x0 * scale_inv||``
+(1 if zero), as scipy sets it.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from solver.jacobian import JacobianPlan, ResidualSpec, lsq_jacobian
+from solver.jacobian import ResidualSpec
 from solver.step import Factorization, lsq_factor
 from solver.trial import Limits, Point, TrialResult, lsq_step
 
-__all__ = ["Iteration", "lsq_iterate"]
-
-
-class Iteration(NamedTuple):
-    """What one `lsq_iterate` call gives.
-
-    Attributes:
-        trial: Where the trials ended (`solver.trial.TrialResult`).
-        fac: The factorization at ``trial.point`` when it was accepted (with
-            only the gradient when the solve ends there), else the one passed in.
-    """
-
-    trial: TrialResult
-    fac: Factorization
+__all__ = ["lsq_iterate"]
 
 
 def lsq_iterate(
+    J: jax.Array,
     point: Point,
     fac: Factorization,
     Delta: jax.Array,
@@ -50,40 +48,35 @@ def lsq_iterate(
     nfev: jax.Array,
     limits: Limits,
     data: tuple[Any, ...],
-    start: jax.Array,
+    skip_below: jax.Array,
+    reuse: jax.Array,
     *,
     spec: ResidualSpec,
-    plan: JacobianPlan,
     jac_scale: bool,
-) -> Iteration:
-    """Trial steps from ``point`` (none when ``start``), then J and its factorization at the accepted point.
+) -> tuple[TrialResult, Factorization]:
+    """Factors ``J`` at ``point`` (unless ``reuse``), then tries steps from it.
 
     Args:
-        point, fac, Delta, alpha, nfev, limits, data: As for `solver.trial.lsq_step`.
-        start: 0-d bool; the solve's first call (see the module doc).
-        spec, plan: The residual and its Jacobian's chunking.
+        J: The Jacobian at ``point.x``.
+        point: The current iterate.
+        fac: The previous factorization: its ``scale_inv`` and ``gram`` start
+            this one (at the first call, a carrier of shapes and of the
+            starting scales); with ``reuse``, the factorization to use.
+        Delta: Trust radius; 0 for the initial one.
+        alpha, nfev, limits, data: As for `solver.trial.lsq_step`.
+        skip_below: As for `solver.step.lsq_factor`.
+        reuse: 0-d bool; use ``fac`` as it is.
+        spec: The residual's static description.
         jac_scale: Whether ``x_scale="jac"``.
+
+    Returns:
+        Where the trials ended and the factorization at ``point``.
     """
-
-    def started() -> TrialResult:
-        report = jnp.stack([nfev, jnp.zeros_like(nfev), jnp.ones_like(nfev)])
-        return TrialResult(point, jnp.ones_like(point.cost), Delta, alpha, nfev, jnp.zeros_like(nfev),
-                           jnp.zeros_like(point.cost), report)
-
-    trial = jax.lax.cond(
-        start, started, lambda: lsq_step(point, fac, Delta, alpha, nfev, limits, data, spec=spec)
+    fac = jax.lax.cond(
+        reuse,
+        lambda: fac,
+        lambda: lsq_factor(J, point.f, fac.scale_inv, fac.gram, skip_below, jac_scale=jac_scale),
     )
-    accepted = trial.actual > 0
-    # Past an accepted point where the solve ends, only its gradient is needed.
-    ends = (trial.status != 0) | (trial.nfev >= limits.max_nfev)
-    skip_below = jnp.where(ends, jnp.full_like(limits.gtol, jnp.inf), limits.gtol)
-
-    def refactor() -> Factorization:
-        J = lsq_jacobian(trial.point.x, data, spec=spec, plan=plan)
-        return lsq_factor(J, trial.point.f, fac.scale_inv, fac.gram, skip_below, jac_scale=jac_scale)
-
-    new_fac = jax.lax.cond(accepted, refactor, lambda: fac)
-    radius = jnp.linalg.norm(point.x * new_fac.scale_inv)  # scipy's norm(x0 * scale_inv)
-    radius = jnp.where(radius > 0, radius, jnp.ones_like(radius))
-    trial = trial._replace(Delta=jnp.where(start, radius, trial.Delta))
-    return Iteration(trial, new_fac)
+    radius = jnp.linalg.norm(point.x * fac.scale_inv)
+    Delta = jnp.where(Delta > 0, Delta, jnp.where(radius > 0, radius, jnp.ones_like(radius)))
+    return lsq_step(point, fac, Delta, alpha, nfev, limits, data, spec=spec), fac

@@ -1,15 +1,13 @@
 """Every jitted kernel the solver runs, and their abstract arguments for warming.
 
-`least_squares` calls only the module-level jitted functions below, each a
+`least_squares` calls only the three module-level jitted functions below, each a
 function of arrays plus hashable static configuration:
 
 | kernel | module name | static config | calls |
 |---|---|---|---|
 | `lsq_residual_jit` | ``jit_lsq_residual`` | `ResidualSpec` | once, at ``x0`` |
-| `lsq_iterate_jit` | ``jit_lsq_iterate`` | `ResidualSpec`, `JacobianPlan`, ``jac_scale`` | once per iteration, and at ``x0`` (one device) |
-| `lsq_jacobian_jit` | ``jit_lsq_jacobian`` | `ResidualSpec`, `JacobianPlan` | per iteration (several devices) |
-| `lsq_factor_jit` | ``jit_lsq_factor`` | ``jac_scale`` | per iteration (several devices) |
-| `lsq_step_jit` | ``jit_lsq_step`` | `ResidualSpec` | per iteration, all trials (several devices) |
+| `lsq_jacobian_jit` | ``jit_lsq_jacobian`` | `ResidualSpec`, `JacobianPlan` | per iteration, and for "auto"'s probes |
+| `lsq_iterate_jit` | ``jit_lsq_iterate`` | `ResidualSpec`, ``jac_scale`` | per iteration: factor J, then all trials |
 
 `kernels` lists them for one objective and initial point, each as a
 `Kernel` whose ``fn`` is the undecorated function with its static
@@ -42,19 +40,17 @@ from solver import memory
 from solver.iterate import lsq_iterate
 from solver.jacobian import lsq_jacobian, lsq_residual
 from solver.objective import ObjectiveFunction
-from solver.step import Factorization, lsq_factor
-from solver.trial import Limits, Point, lsq_step
+from solver.step import Factorization
+from solver.trial import Limits, Point
 
 __all__ = [
     "BoundKernel",
     "Kernel",
     "bound",
     "kernels",
-    "lsq_factor_jit",
     "lsq_iterate_jit",
     "lsq_jacobian_jit",
     "lsq_residual_jit",
-    "lsq_step_jit",
     "prefetch",
 ]
 
@@ -67,9 +63,7 @@ except ImportError:  # pragma: no cover (present from jax 0.6.1 to 0.10.2)
 
 lsq_residual_jit = jax.jit(lsq_residual, static_argnames=("spec",))
 lsq_jacobian_jit = jax.jit(lsq_jacobian, static_argnames=("spec", "plan"))
-lsq_factor_jit = jax.jit(lsq_factor, static_argnames=("jac_scale",))
-lsq_step_jit = jax.jit(lsq_step, static_argnames=("spec",))
-lsq_iterate_jit = jax.jit(lsq_iterate, static_argnames=("spec", "plan", "jac_scale"))
+lsq_iterate_jit = jax.jit(lsq_iterate, static_argnames=("spec", "jac_scale"))
 
 
 class Kernel(NamedTuple):
@@ -127,8 +121,6 @@ class Kernel(NamedTuple):
 _JITTED = {
     lsq_residual: lsq_residual_jit,
     lsq_jacobian: lsq_jacobian_jit,
-    lsq_factor: lsq_factor_jit,
-    lsq_step: lsq_step_jit,
     lsq_iterate: lsq_iterate_jit,
 }
 # (identity, argument structure) -> the compiled kernel, for every later call in this process.
@@ -371,9 +363,7 @@ def kernels(
         x_scale: As passed to `least_squares`; only whether it is ``"jac"`` matters.
 
     Returns:
-        The kernels, residual first: with one device ``iterate`` (trials,
-        Jacobian and factorization in one), with several ``jacobian``,
-        ``factor`` and ``step``; then the "auto" probes.
+        The kernels: residual, jacobian, iterate, then the "auto" probes.
     """
     objective.build(x0_spec)
     n, m, dtype = objective.dim_x, objective.dim_f, objective.dtype
@@ -390,24 +380,16 @@ def kernels(
         g_norm=scalar, gram=flag, gn=x,
     )
     jac_scale = isinstance(x_scale, str) and x_scale == "jac"
-    point, limits = Point(x, vec_m, scalar), Limits(count, scalar, scalar, scalar)
-    out = [Kernel("residual", _bind(lsq_residual, spec=objective.spec), (x, data))]
-    if objective.plan.num_devices == 1:
-        out.append(Kernel(
+    out = [
+        Kernel("residual", _bind(lsq_residual, spec=objective.spec), (x, data)),
+        Kernel("jacobian", _bind(lsq_jacobian, spec=objective.spec, plan=objective.plan), (x, data)),
+        Kernel(
             "iterate",
-            _bind(lsq_iterate, spec=objective.spec, plan=objective.plan, jac_scale=jac_scale),
-            (point, fac, scalar, scalar, count, limits, data, flag),
-        ))
-    else:
-        out += [
-            Kernel("jacobian", _bind(lsq_jacobian, spec=objective.spec, plan=objective.plan), (x, data)),
-            Kernel(
-                "factor",
-                _bind(lsq_factor, jac_scale=jac_scale),
-                (jax.ShapeDtypeStruct((m, n), dtype), vec_m, x, flag, scalar),
-            ),
-            Kernel("step", _bind(lsq_step, spec=objective.spec), (point, fac, scalar, scalar, count, limits, data)),
-        ]
+            _bind(lsq_iterate, spec=objective.spec, jac_scale=jac_scale),
+            (jax.ShapeDtypeStruct((m, n), dtype), Point(x, vec_m, scalar), fac, scalar, scalar, count,
+             Limits(count, scalar, scalar, scalar), data, scalar, flag),
+        ),
+    ]
     for block, model in enumerate(objective.memory_models):
         if model is None:
             continue

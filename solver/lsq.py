@@ -3,15 +3,15 @@
 The outer loop follows scipy's ``trf`` without bounds (and MINPACK's LM): per
 iteration one factorization of the scaled Jacobian (`solver.step.lsq_factor`),
 then as many trial radii as needed solved from it, each trial costing one
-residual evaluation (`solver.trial.lsq_step`, which also checks ``gtol``). On
-one device a whole iteration (the trials, then the Jacobian and its
-factorization at the accepted point) is one kernel, `solver.iterate.lsq_iterate`;
-on several the sharded Jacobian is its own kernel. The host loop reads one
-vector of three ints per iteration to decide whether to go on (a callback or
-``verbose=2`` adds one read); iterates, residuals and factorizations stay on
-the device and run only in the module-level kernels of `solver.kernels`, so a
-warmed persistent cache covers the whole solve and no other computation is
-compiled.
+residual evaluation (`solver.trial.lsq_step`, which also checks ``gtol``).
+Per iteration the host dispatches two kernels, the Jacobian and
+`solver.iterate.lsq_iterate` (the factorization and all trials), and reads one
+vector of three ints to decide whether to go on (a callback or ``verbose=2``
+adds a factor-only call and one read, so that they see the new point's
+gradient before any trial from it). Iterates, residuals and factorizations stay
+on the device and run only in the module-level kernels of `solver.kernels`,
+so a warmed persistent cache covers the whole solve and no other computation
+is compiled.
 """
 
 from __future__ import annotations
@@ -25,22 +25,19 @@ import jax
 import numpy as np
 
 from solver.errors import SolverError
-from solver.iterate import Iteration
 from solver.kernels import (
     BoundKernel,
     bound,
     kernels,
-    lsq_factor_jit,
     lsq_iterate_jit,
     lsq_jacobian_jit,
     lsq_residual_jit,
-    lsq_step_jit,
     prefetch,
 )
 from solver.objective import Objective, ObjectiveFunction
 from solver.result import LeastSquaresResult
 from solver.step import Factorization
-from solver.trial import Limits, Point, TrialResult
+from solver.trial import Limits, Point
 
 __all__ = ["IterationInfo", "least_squares"]
 
@@ -143,11 +140,9 @@ def least_squares(
     max_nfev = 100 * n if max_nfev is None else int(max_nfev)
     per_iteration_host = callback is not None or verbose == 2
     residual_kernel = bound(lsq_residual_jit, spec=spec)
-    if plan.num_devices == 1:
-        in_use = (residual_kernel, bound(lsq_iterate_jit, spec=spec, plan=plan, jac_scale=jac_scale))
-    else:  # the sharded Jacobian is its own kernel (see solver.iterate)
-        in_use = (residual_kernel, bound(lsq_jacobian_jit, spec=spec, plan=plan),
-                  bound(lsq_factor_jit, jac_scale=jac_scale), bound(lsq_step_jit, spec=spec))
+    jacobian_kernel = bound(lsq_jacobian_jit, spec=spec, plan=plan)
+    iterate_kernel = bound(lsq_iterate_jit, spec=spec, jac_scale=jac_scale)
+    in_use = (residual_kernel, jacobian_kernel, iterate_kernel)
     if any(isinstance(kernel, BoundKernel) for kernel in in_use):
         # Load them from the executable store side by side.
         prefetch([(kernel, k.args) for kernel, k in zip(in_use, kernels(objective, x0, x_scale=x_scale))])
@@ -157,17 +152,27 @@ def least_squares(
     # each device_put costs tens of microseconds. The first factorization gets the
     # starting scales and tries the Gram path; the rest of `unfactored` only gives shapes.
     k = min(n, objective.dim_f)
-    x, limits, unfactored = jax.device_put((
+    x, limits, skip_gtol, skip_last, reuse_fac, factor_j, unfactored = jax.device_put((
         x0.astype(dtype),
         Limits(np.asarray(max_nfev, np.int32), np.asarray(ftol, dtype), np.asarray(xtol, dtype),
                np.asarray(gtol, dtype)),
+        np.asarray(gtol, dtype),
+        np.asarray(np.inf, dtype),
+        np.asarray(True),
+        np.asarray(False),
         Factorization(
             s=np.zeros(k, dtype), V=np.zeros((n, k), dtype), suf=np.zeros(k, dtype), grad=np.zeros(n, dtype),
             scale_inv=scale_inv.astype(dtype), full_rank=np.asarray(False), g_norm=np.asarray(0, dtype),
             gram=np.asarray(True), gn=np.zeros(n, dtype),
         ),
     ))
-    iterate = (_fused if plan.num_devices == 1 else _split)(in_use[1:], limits, data, max_nfev)
+
+    def jacobian(x: Any) -> Any:
+        if plan.num_devices == 1:
+            return jacobian_kernel(x, data)
+        # x uncommitted, so the sharded kernel places it as when warmed; J gathered,
+        # so the iterate kernel sees one device, as warmed.
+        return np.asarray(jacobian_kernel(np.asarray(x), data))
 
     f = residual_kernel(x, data)
     f_host = np.asarray(f, dtype=np.float64)
@@ -175,41 +180,52 @@ def least_squares(
         raise ValueError("residuals are not finite at x0")
     point = Point(x, f, np.asarray(0.5 * (f_host @ f_host), dtype))
     nfev = 1
-    # The start factors x0 and sets the initial radius; fac.gram then feeds the next
-    # factorization's try_gram: once rejected, the Gram path is not tried again in
-    # this solve (and no host round trip decides it).
-    trial, fac = iterate(point, unfactored, np.asarray(0, dtype), np.asarray(0, dtype), np.asarray(1, np.int32),
-                         start=True)
-    del unfactored
+    J = jacobian(x)
     njev = 1
+    # fac.gram feeds the next factorization's try_gram: once rejected, the Gram path
+    # is not tried again in this solve (and no host round trip decides it).
+    fac = unfactored
+    del unfactored
+    Delta, alpha, nfev_dev = np.asarray(0, dtype), np.asarray(0, dtype), np.asarray(nfev, np.int32)
     status: int | None = None
     iteration = 0
     step_norm = 0.0
     while True:
-        # gtol is checked inside the step kernel, so a plain solve reads the
-        # device once per iteration; a callback or verbose=2 needs more, and
-        # the last iteration too, as gtol wins over ftol/xtol (as in scipy).
-        if per_iteration_host or status is not None or nfev >= max_nfev:
+        ends = status is not None or nfev >= max_nfev
+        if per_iteration_host or ends:
+            # Factor only (no trial: max_nfev = nfev), to read the gradient here first:
+            # gtol wins over ftol/xtol (as in scipy), and a callback may stop the solve.
+            # At the solve's last point only the gradient is needed (skip_last).
+            trial, fac = iterate_kernel(J, point, fac, Delta, alpha, nfev_dev, limits._replace(max_nfev=nfev_dev),
+                                        data, skip_last if ends else skip_gtol, factor_j)
+            Delta = trial.Delta
             g_norm = float(fac.g_norm)
             if g_norm < gtol:
                 status = 1
-        if callback is not None and iteration > 0 and status is None:
-            info = IterationInfo(iteration, np.asarray(point.x), float(point.cost), g_norm, step_norm, nfev, njev)
-            try:
-                stop = callback(info)
-            except StopIteration:
-                stop = True
-            if stop is True:
-                status = -2
-        if status is not None or nfev >= max_nfev:
-            break
-        trial, new_fac = iterate(point, fac, trial.Delta, trial.alpha, trial.nfev, start=False)
+            if verbose == 2 and iteration > 0:
+                logger.log(_log_level, "iter %4d  nfev %4d  cost %.6e  step %.3e  optimality %.3e",
+                           iteration, nfev, float(point.cost), step_norm, g_norm)
+            if callback is not None and iteration > 0 and status is None:
+                info = IterationInfo(iteration, np.asarray(point.x), float(point.cost), g_norm, step_norm, nfev, njev)
+                try:
+                    stop = callback(info)
+                except StopIteration:
+                    stop = True
+                if stop is True:
+                    status = -2
+            if status is not None or nfev >= max_nfev:
+                break
+            trial, fac = iterate_kernel(J, point, fac, Delta, alpha, nfev_dev, limits, data, skip_gtol, reuse_fac)
+        else:
+            trial, fac = iterate_kernel(J, point, fac, Delta, alpha, nfev_dev, limits, data, skip_gtol, factor_j)
+        del J  # the Jacobian is not needed past its factorization
+        Delta, alpha, nfev_dev = trial.Delta, trial.alpha, trial.nfev
         new_nfev, code, accepted = np.asarray(trial.report).tolist()
         status = code or None
         if new_nfev == nfev and status is None:
             # The kernel made no trial and gave no reason: never loop on it forever.
             raise SolverError(
-                "the step kernel returned without evaluating a trial step; its executable is wrong "
+                "the iterate kernel returned without evaluating a trial step; its executable is wrong "
                 "(seen with jax 0.6.0 loading it from the persistent compilation cache)"
             )
         nfev = new_nfev
@@ -217,17 +233,12 @@ def least_squares(
             break
         if per_iteration_host:
             step_norm = float(trial.step_norm)
-        if accepted:
-            # At the solve's last point the factorization holds only the gradient
-            # (gtol and the result); the loop ends below without stepping again.
-            point, fac = trial.point, new_fac
-            njev += 1
-        else:
-            step_norm = 0.0
+        if not accepted:
+            break  # trials end without an accepted step only when the solve ends
+        point = trial.point
+        J = jacobian(point.x)
+        njev += 1
         iteration += 1
-        if verbose == 2:
-            logger.log(_log_level, "iter %4d  nfev %4d  cost %.6e  step %.3e  optimality %.3e",
-                       iteration, nfev, float(point.cost), step_norm, float(fac.g_norm))
     g_norm, cost = jax.device_get((fac.g_norm, point.cost))
     result = LeastSquaresResult(
         x=np.asarray(point.x),
@@ -246,49 +257,6 @@ def least_squares(
         logger.log(_log_level, "%s Cost %.4e, optimality %.2e, nfev %d, njev %d.",
                    result.message, result.cost, result.optimality, nfev, njev)
     return result
-
-
-Iterate = Callable[..., Iteration]
-
-
-def _fused(kernels: tuple[Any, ...], limits: Limits, data: Any, max_nfev: int) -> Iterate:
-    """One device: each iteration is one `solver.iterate.lsq_iterate` call."""
-    (kernel,) = kernels
-
-    def iterate(point: Point, fac: Factorization, Delta: Any, alpha: Any, nfev: Any, *, start: bool) -> Iteration:
-        return kernel(point, fac, Delta, alpha, nfev, limits, data, np.asarray(start))
-
-    return iterate
-
-
-def _split(kernels: tuple[Any, ...], limits: Limits, data: Any, max_nfev: int) -> Iterate:
-    """Several devices: what `lsq_iterate` does, with the sharded Jacobian as its own kernel.
-
-    The host reads whether a trial was accepted before computing the next Jacobian.
-    """
-    jacobian_kernel, factor_kernel, step_kernel = kernels
-    dtype = limits.gtol.dtype
-    skip_gtol, skip_last = limits.gtol, np.asarray(np.inf, dtype)
-
-    def factor(point: Point, fac: Factorization, last: bool) -> Factorization:
-        J = np.asarray(jacobian_kernel(np.asarray(point.x), data))  # x uncommitted and J gathered, as warmed
-        return factor_kernel(J, point.f, fac.scale_inv, fac.gram, skip_last if last else skip_gtol)
-
-    def iterate(point: Point, fac: Factorization, Delta: Any, alpha: Any, nfev: Any, *, start: bool) -> Iteration:
-        if start:
-            fac = factor(point, fac, last=int(nfev) >= max_nfev)
-            radius = float(np.linalg.norm(np.asarray(point.x, np.float64) * np.asarray(fac.scale_inv, np.float64)))
-            zero = np.zeros((), dtype)
-            trial = TrialResult(point, np.ones((), dtype), np.asarray(radius or 1.0, dtype), alpha, nfev,
-                                np.zeros((), np.int32), zero, np.asarray([int(nfev), 0, 1], np.int32))
-            return Iteration(trial, fac)
-        trial = step_kernel(point, fac, Delta, alpha, nfev, limits, data)
-        new_nfev, code, accepted = np.asarray(trial.report).tolist()
-        if not accepted:
-            return Iteration(trial, fac)
-        return Iteration(trial, factor(trial.point, fac, last=code != 0 or new_nfev >= max_nfev))
-
-    return iterate
 
 
 def _verbose_logging(verbose: int) -> int:

@@ -15,8 +15,7 @@ from jaxcache import executables, exeformat
 from jaxcache.prune import execute, plan_prune
 from jaxcache.scanning import scan
 
-# What a one-device solve runs (its "auto" probes, jit_lsq_jacobian, give only their memory analysis).
-SOLVER_KERNELS = {"jit_lsq_residual", "jit_lsq_iterate"}
+SOLVER_KERNELS = {"jit_lsq_residual", "jit_lsq_jacobian", "jit_lsq_iterate"}
 
 # A fresh process configured like `jaxcache run`: the JSON line says what the store
 # did, what JAX's cache was asked, and the answer.
@@ -199,7 +198,7 @@ print(json.dumps({"store": executables.stats(), "success": bool(result.success)}
                           env=env_with(), timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    # Every kernel of a one-device solve runs the user's residual: none is stored.
+    # Every solver kernel runs the user's residual: none is stored.
     assert out["success"] and not any(c.get("stored") or c.get("loaded") for c in out["store"].values()), out
 
 

@@ -52,11 +52,7 @@ def test_a_warmed_solve_compiles_no_solver_kernel(tmp_path: Path, devices: int, 
     solved = solve_in_fresh_process(cache, "--problem", "bratu", "--size", "6", *(["--x64"] if x64 else []),
                                     env=run_env)
     counts = solver_kernel_counts(solved)
-    # One device: an iteration is one kernel (jit_lsq_jacobian: the "auto" probes);
-    # several: the sharded Jacobian is its own kernel.
-    expected = ({"jit_lsq_residual", "jit_lsq_iterate", "jit_lsq_jacobian"} if devices == 1 else
-                {"jit_lsq_residual", "jit_lsq_jacobian", "jit_lsq_factor", "jit_lsq_step"})
-    assert set(counts) == expected
+    assert set(counts) == {"jit_lsq_residual", "jit_lsq_jacobian", "jit_lsq_iterate"}
     assert all(misses == 0 and hits >= 1 for hits, misses in counts.values()), counts
 
 
@@ -86,7 +82,7 @@ def test_verify_names_the_kernel_that_misses(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1
     run = json.loads(proc.stdout)["runs"][0]
-    assert run["missed_kernels"] == ["jit_lsq_iterate"]  # the kernel that holds the Jacobian
+    assert run["missed_kernels"] == ["jit_lsq_jacobian"]
 
 
 ENTRY_MODULE = """

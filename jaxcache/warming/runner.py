@@ -24,7 +24,7 @@ from jaxcache.warming.plan import Target, WarmPlan
 SAFE_PATH = ("-P",)
 _DEVICE_FLAG = "--xla_force_host_platform_device_count"
 _DEVICE_FLAG_RE = re.compile(re.escape(_DEVICE_FLAG) + r"=(\d+)")
-KERNELS_PER_PROBLEM = 2  # residual, iterate (four on several devices; plus "auto" probes): a first estimate
+KERNELS_PER_PROBLEM = 3  # residual, jacobian, iterate (plus "auto" probes): a first estimate
 
 
 @dataclass(frozen=True)
