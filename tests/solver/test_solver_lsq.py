@@ -86,6 +86,22 @@ def test_callback_sees_iterations_and_can_stop() -> None:
     assert seen[-1].cost == result.cost
 
 
+def test_a_callback_changes_nothing_and_sees_each_new_points_gradient() -> None:
+    # With a callback each iteration is a factor-only call, then a trials-only one.
+    objective, x0 = solver.problems.get("curvefit", 3)
+    seen: list[solver.IterationInfo] = []
+    plain = solver.least_squares(objective, x0)
+    watched = solver.least_squares(objective, x0, callback=seen.append)
+    assert (watched.nfev, watched.njev, watched.status) == (plain.nfev, plain.njev, plain.status)
+    np.testing.assert_array_equal(watched.x, plain.x)
+    assert len(seen) >= 2
+    jac = jax.jacfwd(lambda y: lsq_residual(y, objective.data, spec=objective.spec))
+    for info in seen:
+        x = jnp.asarray(info.x)
+        g = np.asarray(jac(x)).T @ np.asarray(lsq_residual(x, objective.data, spec=objective.spec))
+        assert info.optimality == pytest.approx(np.abs(g).max(), rel=1e-4)
+
+
 def test_float32_solve() -> None:
     objective, x0 = solver.problems.get("bratu", 4)
     result = solver.least_squares(objective, x0.astype(np.float32))
