@@ -149,10 +149,8 @@ def least_squares(
 
     # What the kernels take at every call goes to the device once, in one call: a
     # host array is transferred again at each call (about 2 us each, measured), and
-    # each device_put costs tens of microseconds. The first factorization gets the
-    # starting scales and tries the Gram path; the rest of `unfactored` only gives shapes.
-    k = min(n, objective.dim_f)
-    x, limits, skip_gtol, skip_last, reuse_fac, factor_j, unfactored = jax.device_put((
+    # jax.device_put costs some 10 us per array more than a call's own transfer.
+    x, limits, skip_gtol, skip_last, reuse_fac, factor_j = jax.device_put((
         x0.astype(dtype),
         Limits(np.asarray(max_nfev, np.int32), np.asarray(ftol, dtype), np.asarray(xtol, dtype),
                np.asarray(gtol, dtype)),
@@ -160,12 +158,15 @@ def least_squares(
         np.asarray(np.inf, dtype),
         np.asarray(True),
         np.asarray(False),
-        Factorization(
-            s=np.zeros(k, dtype), V=np.zeros((n, k), dtype), suf=np.zeros(k, dtype), grad=np.zeros(n, dtype),
-            scale_inv=scale_inv.astype(dtype), full_rank=np.asarray(False), g_norm=np.asarray(0, dtype),
-            gram=np.asarray(True), gn=np.zeros(n, dtype),
-        ),
     ))
+    # Passed once, to the first factorization: the starting scales, and try the Gram
+    # path; the rest only gives shapes (host arrays: the call transfers them).
+    k = min(n, objective.dim_f)
+    unfactored = Factorization(
+        s=np.zeros(k, dtype), V=np.zeros((n, k), dtype), suf=np.zeros(k, dtype), grad=np.zeros(n, dtype),
+        scale_inv=scale_inv.astype(dtype), full_rank=np.asarray(False), g_norm=np.asarray(0, dtype),
+        gram=np.asarray(True), gn=np.zeros(n, dtype),
+    )
 
     def jacobian(x: Any) -> Any:
         if plan.num_devices == 1:
