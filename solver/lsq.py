@@ -234,12 +234,12 @@ def least_squares(
             break
         if per_iteration_host:
             step_norm = float(trial.step_norm)
+        iteration += 1
         if not accepted:
             break  # trials end without an accepted step only when the solve ends
         point = trial.point
         J = jacobian(point.x)
         njev += 1
-        iteration += 1
     g_norm, cost = jax.device_get((fac.g_norm, point.cost))
     result = LeastSquaresResult(
         x=np.asarray(point.x),
