@@ -281,7 +281,7 @@ def load_or_compile(
         static: static keyword arguments.
         identity: names the kernel's code and static arguments in a way that
             is the same in every process and changes whenever they do.
-        module: the module name, for reports (``jit_lsq_step``).
+        module: the module name, for reports (``jit_lsq_iterate``).
         folder: the store (see `active_folder`).
         fresh: store the kernel even when JAX's cache has it.
 

@@ -60,7 +60,7 @@ class StoredExecutable:
         bytes: file size.
         written: modification time (seconds since the epoch).
         last_used: access time; loads read the file, so it moves under ``relatime``.
-        module: the kernel's module name, e.g. ``jit_lsq_step``.
+        module: the kernel's module name, e.g. ``jit_lsq_iterate``.
         jaxlib: the jaxlib version that wrote it.
         platform: the backend platform it was compiled for.
         compile_seconds: how long lowering plus compiling took when it was stored.
