@@ -414,9 +414,10 @@ def check_command(ctx: click.Context, repair: bool, as_json: bool) -> None:
     capped = settings.max_size.value != -1
     if len(info.entries) > 1000 and not as_json and sys.stderr.isatty():
         with click.progressbar(length=len(info.entries), label="Checking", file=sys.stderr) as bar:
-            report = check(info, capped=capped, progress=lambda done: bar.update(done - bar.pos))
+            report = check(info, capped=capped, installed_version=_installed_jaxlib(),
+                           progress=lambda done: bar.update(done - bar.pos))
     else:
-        report = check(info, capped=capped)
+        report = check(info, capped=capped, installed_version=_installed_jaxlib())
     repaired: set[int] = set()
     failures: dict[int, str] = {}
     notes: dict[int, str] = {}
@@ -446,7 +447,7 @@ def check_command(ctx: click.Context, repair: bool, as_json: bool) -> None:
             click.echo(f"{f.severity}: {f.kind}: {f.path.name if f.key else f.path}: {f.message}{status}")
         summary = "no problems" if not remaining else display.count(len(remaining), "problem")
         hint = "" if not remaining or repair else "; `jaxcache check --repair` fixes what it can"
-        click.echo(f"Checked {_entries(report.entries_checked)} in {report.root}: {summary}{hint}.", err=bool(remaining))
+        click.echo(f"Checked {_entries(report.entries_checked)} in {report.root}: {summary}{hint}.", err=True)
     if remaining:
         sys.exit(1)
 

@@ -21,7 +21,7 @@ Kind = Literal[
     "corrupt",  # truncated or garbage: JAX warns and recompiles every run, and never replaces it
     "missing-atime",  # -cache without -atime in a capped cache: every later JAX write fails
     "orphan-atime",  # -atime without its -cache
-    "foreign-path",  # written for another folder path: its key can never be looked up here
+    "foreign-path",  # written for another folder path by a jaxlib that keys the path: a process pointed here misses it
     "writable",  # others can write to the folder: they can run code in every JAX process using it
     "symlink",  # an entry-named symlink: never followed, never deleted
     "unverifiable",  # zstd entry without the zstandard package here
@@ -34,7 +34,7 @@ _SEVERITY: dict[str, Severity] = {
     "corrupt": "error",
     "missing-atime": "error",
     "orphan-atime": "warning",
-    "foreign-path": "warning",
+    "foreign-path": "info",  # a valid entry; only this folder's processes miss it
     "writable": "error",
     "symlink": "warning",
     "unverifiable": "info",
@@ -42,7 +42,10 @@ _SEVERITY: dict[str, Severity] = {
     "damaged-executable": "warning",
     "unshared": "error",
 }
-_REPAIRABLE = frozenset({"corrupt", "missing-atime", "orphan-atime", "foreign-path", "writable", "stale-temp",
+# foreign-path is never repaired: a process pointed at the folder the entry names
+# (through a symlink, a relative path, another mount) still hits it, so nothing
+# proves it dead; `prune` by age removes it once nobody uses it.
+_REPAIRABLE = frozenset({"corrupt", "missing-atime", "orphan-atime", "writable", "stale-temp",
                          "damaged-executable", "unshared"})
 # An atomic write lives for milliseconds: a temporary file this old lost its writer.
 STALE_TEMP_SECS = 300.0
@@ -102,6 +105,7 @@ def check(
     info: CacheInfo,
     *,
     capped: bool = False,
+    installed_version: str | None = None,
     now: float | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> CheckReport:
@@ -112,6 +116,8 @@ def check(
         capped: the cache is used with ``jax_compilation_cache_max_size`` set, so
             every entry needs its ``-atime``. Also assumed for a folder that
             has any ``-atime`` file.
+        installed_version: the jaxlib in use; it decides, for entries whose writer
+            is unknown, whether a folder's path is part of every key.
         now: the current time (for tests).
         progress: called with the number of entries checked so far, every 256 entries.
     """
@@ -137,7 +143,8 @@ def check(
             progress(done)
         if now - entry.written < IN_PROGRESS_SECS:
             continue
-        findings.extend(_check_entry(entry, needs_atime=entry.folder in needs_atime))
+        findings.extend(_check_entry(entry, needs_atime=entry.folder in needs_atime,
+                                     path_in_key=jaxformat.path_in_key(entry.version or installed_version)))
     for path in info.orphan_atimes:
         findings.append(Finding("orphan-atime", path, "-atime file without its -cache entry", key=path.name[:-6]))
     for path in info.symlinks:
@@ -160,7 +167,7 @@ def check(
     return CheckReport(root=info.root, entries_checked=len(info.entries), findings=tuple(findings))
 
 
-def _check_entry(entry: CacheEntry, *, needs_atime: bool) -> Iterable[Finding]:
+def _check_entry(entry: CacheEntry, *, needs_atime: bool, path_in_key: bool) -> Iterable[Finding]:
     try:
         with jaxformat.open_entry(entry.path) as f:
             data = f.read()
@@ -179,20 +186,37 @@ def _check_entry(entry: CacheEntry, *, needs_atime: bool) -> Iterable[Finding]:
         yield Finding(
             "missing-atime", entry.path, "no -atime file in a size-capped cache: JAX's next write will fail", key=entry.key
         )
-    embedded = jaxformat.embedded_cache_dir(executable)
-    if embedded is not None and os.path.normpath(embedded) != os.path.normpath(entry.folder):
-        yield Finding(
-            "foreign-path", entry.path, f"written for the cache folder {embedded}: never looked up here", key=entry.key
-        )
+    if path_in_key:
+        written_for = _foreign_folder(executable, entry.folder)
+        if written_for is not None:
+            yield Finding("foreign-path", entry.path, f"written for the cache folder {written_for}, whose path this "
+                          "jaxlib hashes into the key: only a process pointed at that path hits it", key=entry.key)
+
+
+def _foreign_folder(executable: bytes, folder: Path) -> str | None:
+    """The folder an entry was written for, when that is provably not ``folder`` under any name."""
+    try:
+        embedded = jaxformat.embedded_cache_dir(executable)
+    except jaxformat.EmbeddedPathUnknown:
+        return None  # cannot tell: say nothing rather than guess
+    if embedded is None or not os.path.isabs(embedded):
+        return None  # no path in the key, or one relative to a working folder unknown here
+    if os.path.normpath(embedded) == os.path.normpath(folder):
+        return None
+    try:
+        if os.path.samefile(embedded, folder):
+            return None  # the same folder through a symlink or another mount
+    except OSError:
+        pass
+    return embedded
 
 
 def repair(report: CheckReport) -> RepairResult:
     """Fixes what is safe to fix, under each folder's ``.lockfile``.
 
-    Corrupt and foreign-path entries are deleted (JAX recompiles and rewrites
-    them), except a corrupt one whose contents do not prove it JAX's (neither
-    empty nor zlib/zstd): it is renamed ``<name>.quarantined``, so JAX no longer
-    reads it and nothing is lost; missing ``-atime`` files are recreated from the entry's write time;
+    Corrupt entries are deleted (JAX recompiles and rewrites them), except one
+    whose contents do not prove it JAX's (neither empty nor zlib/zstd): it is
+    renamed ``<name>.quarantined``, so JAX no longer reads it and nothing is lost; missing ``-atime`` files are recreated from the entry's write time;
     orphan ``-atime`` files are deleted; group/world write permission is removed.
     """
     repaired: list[Finding] = []
@@ -254,10 +278,10 @@ def _repair_one(finding: Finding) -> str | None:
     parsed = jaxformat.parse_entry_name(path.name)
     if parsed is None or path.is_symlink():
         raise OSError(f"{path.name} is not a cache entry")
-    if finding.kind in ("corrupt", "foreign-path"):
+    if finding.kind == "corrupt":
         note = None
         try:
-            provable = finding.kind != "corrupt" or _provably_jax_written(path)
+            provable = _provably_jax_written(path)
         except FileNotFoundError:
             return None  # gone since the check
         if not provable:

@@ -33,7 +33,6 @@ ATIME_BYTES = 8
 # jax_persistent_cache_enable_xla_caches puts "<cache dir>/<name>" into the
 # compile options, so the folder's path ends up in every key (jax <= 0.10).
 XLA_SUBCACHE_NAMES = ("xla_gpu_per_fusion_autotune_cache_dir", "xla_gpu_kernel_cache_file")
-_AUTOTUNE_MARKER = b"/xla_gpu_per_fusion_autotune_cache_dir"
 
 ZLIB = "zlib"
 ZSTD = "zstd"
@@ -200,34 +199,167 @@ def decompress_entry(data: bytes) -> bytes:
     return out
 
 
-def embedded_cache_dir(executable: bytes) -> str | None:
-    """The cache folder whose XLA autotune sub-cache path is baked into an executable.
+class EmbeddedPathUnknown(EntryFormatError):
+    """The executable names an XLA sub-cache but its layout is not one this parser knows."""
 
-    JAX (<= 0.10) hashes that path into the key, so an entry carrying another
-    folder's path can never be hit here. Returns None when the entry carries no
-    such path (written with ``jax_persistent_cache_enable_xla_caches='none'``).
+
+def embedded_cache_dir(entry: bytes) -> str | None:
+    """The cache folder whose XLA sub-cache path is baked into an executable.
+
+    ``jax/_src/compiler.py`` sets ``debug_options.xla_gpu_per_fusion_autotune_cache_dir``
+    (and, with ``jax_persistent_cache_enable_xla_caches='all'``, ``xla_gpu_kernel_cache_file``)
+    to ``str(pathlib.Path(cache_dir) / <name>)``; up to jax 0.10 that option is hashed
+    into the key. The path is read by walking the serialized protobuf from its
+    start, field by field, down to the ``DebugOptions`` field that holds it
+    (tag and length decoded, never guessed by searching bytes backwards).
+
+    Args:
+        entry: a decompressed entry, as :func:`decompress_entry` returns it (the
+            4-byte compile-time header, then the serialized executable).
+
+    Returns:
+        The folder, as JAX was given it (absolute or relative), or None when the
+        executable carries no sub-cache path (``xla_caches='none'``).
+
+    Raises:
+        EmbeddedPathUnknown: a sub-cache name is in the bytes but the protobuf
+            framing around it is not one this parser knows, or its copies disagree.
     """
-    end = executable.find(_AUTOTUNE_MARKER)
-    if end < 0:
+    executable = entry[COMPILE_TIME_BYTES:]
+    if not any(name in executable for name in _SUBCACHE_FIELDS.values()):
         return None
-    stop = end + len(_AUTOTUNE_MARKER)
-    # The path is a protobuf string field: a varint length right before it.
-    for start in range(end, max(end - 4096, 1), -1):
-        length = stop - start
-        prefix = _varint(length)
-        if executable[start - len(prefix) : start] == prefix and executable[start : start + 1] == b"/":
-            return executable[start:end].decode("utf-8", errors="replace")
+    messages = _top_level_messages(executable)
+    if messages is None:
+        raise EmbeddedPathUnknown("cannot parse the executable's protobuf framing")
+    found: set[bytes] = set()
+    for name in _SUBCACHE_FIELDS.values():
+        at = executable.find(name)
+        while at >= 0:
+            value = _path_field_at(executable, messages, at, at + len(name))
+            if value is not None:
+                found.add(_folder_of(value[: -len(name)]))
+            at = executable.find(name, at + 1)
+    if len(found) > 1:
+        raise EmbeddedPathUnknown(f"the executable names {len(found)} different cache folders")
+    return os.fsdecode(found.pop()) if found else None
+
+
+def _folder_of(prefix: bytes) -> bytes:
+    """The folder ``pathlib.Path(folder) / name`` was built from, given what precedes ``name``."""
+    if not prefix:
+        return b"."  # Path("") / name: JAX was given the current folder
+    return prefix if prefix == b"/" else prefix[:-1]  # the one separator pathlib put there
+
+
+# DebugOptions fields in xla/xla.proto that JAX fills with "<cache dir>/<name>"
+# (the numbers are protobuf field numbers, stable across releases).
+_SUBCACHE_FIELDS = {310: b"xla_gpu_per_fusion_autotune_cache_dir", 306: b"xla_gpu_kernel_cache_file"}
+_LEN = 2  # protobuf wire type of strings, bytes and sub-messages
+_MAX_DEPTH = 32
+
+
+def _top_level_messages(data: bytes) -> list[tuple[int, int]] | None:
+    """The byte ranges of the top-level messages: the whole buffer (jaxlib <= 0.6), or a
+    length-prefixed header message followed by the body (later jaxlibs)."""
+    if _fields(data, 0, len(data)) is not None:
+        return [(0, len(data))]
+    try:
+        length, start = _varint(data, 0, len(data))
+    except ValueError:
+        return None
+    split = start + length
+    if split > len(data) or _fields(data, start, split) is None or _fields(data, split, len(data)) is None:
+        return None
+    return [(start, split), (split, len(data))]
+
+
+def _path_field_at(data: bytes, messages: list[tuple[int, int]], name_start: int, name_end: int) -> bytes | None:
+    """The value of the sub-cache path field whose name ends at ``name_end``, or None if those
+    bytes are not the tail of such a field (a name inside some other string)."""
+    for lo, hi in messages:
+        if lo <= name_start and name_end <= hi:
+            break
+    else:
+        return None
+    for _ in range(_MAX_DEPTH):
+        fields = _fields(data, lo, hi)
+        if fields is None:
+            return None
+        inner = next(((n, a, b) for n, w, a, b in fields if w == _LEN and a <= name_start and name_end <= b), None)
+        if inner is None:
+            return None
+        number, lo, hi = inner
+        name = _SUBCACHE_FIELDS.get(number)
+        # The outermost match wins: a path is a string, never parsed further.
+        if name is not None and hi == name_end and data[name_start:name_end] == name and (
+            hi - lo == len(name) or data[name_start - 1 : name_start] == b"/"
+        ):
+            return data[lo:hi]
     return None
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
+def _fields(data: bytes, lo: int, hi: int) -> list[tuple[int, int, int, int]] | None:
+    """(field number, wire type, payload start, payload end) of each field of the message
+    in ``data[lo:hi]``, or None unless the range is exactly a sequence of valid fields."""
+    fields = []
+    pos = lo
+    try:
+        while pos < hi:
+            tag, pos = _varint(data, pos, hi)
+            number, wire = tag >> 3, tag & 7
+            if number == 0:
+                return None
+            if wire == 0:
+                _, end = _varint(data, pos, hi)
+            elif wire == 1:
+                end = pos + 8
+            elif wire == 5:
+                end = pos + 4
+            elif wire == _LEN:
+                length, pos = _varint(data, pos, hi)
+                end = pos + length
+            else:  # groups (3, 4) are not used by XLA's protos; 6 and 7 do not exist
+                return None
+            if end > hi:
+                return None
+            fields.append((number, wire, pos, end))
+            pos = end
+    except ValueError:
+        return None
+    return fields
+
+
+def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    """Decodes a protobuf varint at ``pos``; returns (value, position after it)."""
+    value = shift = 0
+    while pos < end and shift < 64:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+    raise ValueError("varint runs past the message")
+
+
+def path_in_key(jaxlib_version: str | None) -> bool:
+    """Whether this jaxlib hashes the cache folder's path into every key.
+
+    Up to 0.10 the XLA sub-cache path is part of the hashed compile options, so
+    a moved or copied cache misses; jax 0.11.0 clears it before hashing
+    (jax-ml/jax#35699, ``_hash_serialized_compile_options`` in ``cache_key.py``),
+    so there a copied cache hits. Unknown versions are taken to hash it (the
+    cautious answer for a check: it only reports).
+    """
+    if jaxlib_version is None:
+        return True
+    return _release(jaxlib_version) < (0, 11)
+
+
+def _release(version: str) -> tuple[int, ...]:
+    import re
+
+    return tuple(int(n) for n in re.findall(r"\d+", version.split("+")[0])[:3])
 
 
 def encode_atime(time_ns: int) -> bytes:

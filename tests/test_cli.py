@@ -323,12 +323,34 @@ def test_orphans_foreign_paths_and_permissions(cache: Path, tmp_path: Path) -> N
     cache.chmod(0o777)
     result = jc("--cache-dir", str(cache), "check", "--json")
     assert result.exit_code == 1
-    kinds = sorted(f["kind"] for f in json.loads(result.stdout)["findings"])
-    assert kinds == ["foreign-path", "orphan-atime", "writable"]
+    findings = {f["kind"]: f for f in json.loads(result.stdout)["findings"]}
+    assert sorted(findings) == ["foreign-path", "orphan-atime", "writable"]
+    assert findings["foreign-path"]["severity"] == "info" and str(other) in findings["foreign-path"]["message"]
     assert jc("--cache-dir", str(cache), "check", "--repair").exit_code == 0
-    assert not orphan.exists() and not copied.exists()
+    assert not orphan.exists()
+    assert copied.read_bytes() == foreign.read_bytes()  # a valid entry another folder's processes hit: kept
     assert stat.S_IMODE(cache.stat().st_mode) == 0o755
     assert jc_json("--cache-dir", str(cache), "check")["ok"] is True
+
+
+def test_foreign_path_only_where_that_jaxlib_keys_the_path(cache: Path, tmp_path: Path) -> None:
+    """From jaxlib 0.11 the folder's path leaves the key (jax#35699): a copied entry hits, so it is not foreign."""
+    other = tmp_path / "elsewhere"
+    run_compile(env_with(), configure=(
+        "import jax\n"
+        f"jax.config.update('jax_compilation_cache_dir', {str(other)!r})\n"
+        "jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)\n"
+        "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"))
+    for version, foreign in (("0.10.2", True), ("0.11.0", False), ("0.12.0.1", False)):
+        folder = cache / f"jaxlib-{version}"
+        folder.mkdir(exist_ok=True)
+        (folder / ".jaxcache-version.json").write_text(json.dumps({"jaxlib": version, "jax": version}))
+        for entry in other.glob("*-cache"):
+            shutil.copy2(entry, folder / entry.name)
+        age(list(folder.glob("*-cache")), 60)
+    findings = jc_json("--cache-dir", str(cache), "check")["findings"]
+    flagged = {Path(f["path"]).parent.name for f in findings if f["kind"] == "foreign-path"}
+    assert flagged == {"jaxlib-0.10.2"}, findings
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,8 @@ If a JAX upgrade changes one of these, this file fails before jaxcache mis-reads
 
 from __future__ import annotations
 
+import json
+import os
 import zlib
 from importlib import metadata
 from pathlib import Path
@@ -134,6 +136,205 @@ def test_autotune_path_is_baked_into_entries_unless_xla_caches_off(tmp_path: Pat
         assert jaxformat.embedded_cache_dir(jaxformat.decompress_entry(path.read_bytes())) == str(default)
     for path in _entries(off):
         assert jaxformat.embedded_cache_dir(jaxformat.decompress_entry(path.read_bytes())) is None
+
+
+# --- The embedded path, proven over every path length --------------------------------------------
+# A real entry is compiled once; the test then rewrites the path inside it with
+# its own protobuf re-encoder (written apart from jaxformat's parser), proves a
+# sample of the rewritten executables valid by having JAX load and run them, and
+# checks that the parser reads back every path of every byte length 1..4096.
+
+AUTOTUNE = b"xla_gpu_per_fusion_autotune_cache_dir"
+KERNEL_CACHE = b"xla_gpu_kernel_cache_file"
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def _decode_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _rewrite_message(data: bytes, old: dict[bytes, bytes]) -> bytes | None:
+    """Re-encodes a protobuf message with every string field equal to a key of ``old``
+    replaced; None if ``data`` is not a message. Sub-messages are rewritten where they
+    contain one of the old strings; lengths are re-encoded on the way back up."""
+    out = bytearray()
+    pos = 0
+    try:
+        while pos < len(data):
+            tag, after_tag = _decode_varint(data, pos)
+            wire = tag & 7
+            if tag >> 3 == 0 or wire not in (0, 1, 2, 5):
+                return None
+            if wire == 0:
+                _, end = _decode_varint(data, after_tag)
+                out += data[pos:end]
+            elif wire in (1, 5):
+                end = after_tag + (8 if wire == 1 else 4)
+                out += data[pos:end]
+            else:
+                length, start = _decode_varint(data, after_tag)
+                end = start + length
+                payload = data[start:end]
+                if payload in old:
+                    payload = old[payload]
+                elif any(o in payload for o in old):
+                    payload = _rewrite_message(payload, old) or payload
+                out += data[pos:after_tag] + _encode_varint(len(payload)) + payload
+            if end > len(data):
+                return None
+            pos = end
+    except IndexError:
+        return None
+    return bytes(out)
+
+
+def _with_folder(entry: bytes, old_folder: str, new_folder: bytes) -> bytes:
+    """A decompressed entry whose sub-cache paths name ``new_folder`` instead of ``old_folder``."""
+    header, executable = entry[:4], entry[4:]
+
+    def value(folder: bytes, name: bytes) -> bytes:
+        return folder + name if folder.endswith(b"/") else folder + b"/" + name  # str(Path(folder) / name)
+
+    old = {value(old_folder.encode(), n): value(new_folder, n) for n in (AUTOTUNE, KERNEL_CACHE)}
+    whole = _rewrite_message(executable, old)
+    if whole is not None and whole != executable:
+        return header + whole
+    # Later jaxlibs: a length-prefixed header message, then the body.
+    length, start = _decode_varint(executable, 0)
+    head, body = executable[start:start + length], executable[start + length:]
+    head, body = _rewrite_message(head, old), _rewrite_message(body, old)
+    assert head is not None and body is not None
+    return header + _encode_varint(len(head)) + head + body
+
+
+def _tricky_folder(length: int, *, absolute: bool) -> bytes:
+    """A folder of exactly ``length`` bytes (UTF-8, multi-byte characters included) laid
+    with traps for a backwards search: before each '/', a byte equal to the length of
+    what follows it, as a protobuf length prefix would be."""
+    if absolute and length == 1:
+        return b"/"
+    pieces = [b"/"] if absolute else []
+    size = len(pieces)
+    pool = ["é", "中", "🧪", "p", "-", "0", "ß"]
+    i = 0
+    while size < length:
+        room = length - size
+        tail_after_slash = room - 2  # bytes after a '/' placed next, plus the name's own '/'+name
+        if room >= 3 and 0 < tail_after_slash + len(AUTOTUNE) + 1 < 128 and i % 3 == 0:
+            piece = bytes([tail_after_slash + len(AUTOTUNE) + 1]) + b"/"
+        else:
+            char = pool[(length + i) % len(pool)].encode()
+            piece = char if len(char) <= room else b"q" * room
+        pieces.append(piece)
+        size += len(piece)
+        i += 1
+    folder = b"".join(pieces)
+    assert len(folder) == length, (length, folder)
+    folder.decode("utf-8")  # a string field XLA accepts
+    return folder
+
+
+@pytest.fixture(scope="module")
+def real_entry(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A cache folder written by real JAX, and its entry for ``jit_step``."""
+    folder = tmp_path_factory.mktemp("real") / "cache"
+    run_compile(env_with(CACHE=str(folder)), configure=PLAIN_CONFIGURE + (
+        'jax.config.update("jax_persistent_cache_enable_xla_caches", "all")\n'))
+    return folder, next(p for p in _entries(folder) if p.name.startswith("jit_step-"))
+
+
+def test_embedded_folder_is_read_exactly_for_every_path_length(real_entry: tuple[Path, Path]) -> None:
+    folder, path = real_entry
+    entry = jaxformat.decompress_entry(path.read_bytes())
+    assert jaxformat.embedded_cache_dir(entry) == str(folder)
+    for length in range(1, 4097):
+        for absolute in (True, False):
+            new_folder = _tricky_folder(length, absolute=absolute)
+            rewritten = _with_folder(entry, str(folder), new_folder)
+            assert rewritten.count(AUTOTUNE) == entry.count(AUTOTUNE)
+            assert jaxformat.embedded_cache_dir(rewritten) == os.fsdecode(new_folder), (length, absolute)
+
+
+def test_the_rewritten_executables_are_ones_jax_loads(real_entry: tuple[Path, Path], tmp_path: Path) -> None:
+    """The re-encoder above makes valid executables: JAX loads each from the cache and runs it."""
+    folder, path = real_entry
+    entry = jaxformat.decompress_entry(path.read_bytes())
+    # Lengths where a varint around the path grows a byte, and a spread between.
+    lengths = sorted({1, 2, 3, 50, 88, 89, 90, 126, 127, 128, 129, 255, 256, 1000, 4096}
+                     | set(range(5, 4097, 397)))
+    variants = []
+    for length in lengths:
+        variant = tmp_path / f"variant-{length}"
+        variant.write_bytes(zlib.compress(_with_folder(entry, str(folder), _tricky_folder(length, absolute=True))))
+        variants.append(str(variant))
+    program = PLAIN_CONFIGURE + 'jax.config.update("jax_persistent_cache_enable_xla_caches", "all")\n' + """
+import json, logging, shutil, sys
+import jax.numpy as jnp
+hits = []
+class Hits(logging.Handler):
+    def emit(self, record):
+        if str(record.msg).startswith("Persistent compilation cache hit"):
+            hits.append(record.args[0])
+logger = logging.getLogger("jax._src.compiler")
+logger.setLevel(logging.DEBUG)
+logger.addHandler(Hits())
+logger.propagate = False
+
+def residual(x):
+    return jnp.sin(x) * x - 1.0
+
+@jax.jit
+def step(x):
+    return x - jnp.linalg.solve(jax.jacfwd(residual)(x) + 0.1 * jnp.eye(x.shape[0]), residual(x))
+
+x = jnp.linspace(0.5, 1.5, 8)
+expected = step(x)
+for variant in json.loads(sys.argv[1]):
+    shutil.copyfile(variant, os.environ["ENTRY"])
+    jax.clear_caches()
+    before = hits.count("jit_step")
+    got = step(x)
+    assert hits.count("jit_step") == before + 1, variant
+    assert bool(jnp.allclose(got, expected)), variant
+print("LOADED", len(json.loads(sys.argv[1])))
+"""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", program, json.dumps(variants)], capture_output=True, text=True,
+                          env=env_with(CACHE=str(folder), ENTRY=str(path)), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"LOADED {len(variants)}" in proc.stdout
+
+
+def test_a_name_outside_the_path_fields_is_not_a_path() -> None:
+    """The sub-cache name inside some other string (a module name, say) names no folder."""
+    message = b"\x12" + _encode_varint(len(b"/tmp/x/" + AUTOTUNE)) + b"/tmp/x/" + AUTOTUNE  # field 2, not 310
+    assert jaxformat.embedded_cache_dir(b"\0\0\0\0" + message) is None
+    garbage = b"\xff" * 8 + AUTOTUNE
+    with pytest.raises(jaxformat.EmbeddedPathUnknown):
+        jaxformat.embedded_cache_dir(b"\0\0\0\0" + garbage)
+
+
+def test_the_folder_path_is_in_the_key_only_up_to_0_10() -> None:
+    assert jaxformat.path_in_key("0.6.1") and jaxformat.path_in_key("0.10.2")
+    assert not jaxformat.path_in_key("0.11.0") and not jaxformat.path_in_key("0.12.0.1")
+    assert jaxformat.path_in_key(None)  # unknown: assume the cautious answer
 
 
 @pytest.mark.parametrize(
