@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jaxcache import provenance
+from jaxcache import jaxformat, provenance
 from jaxcache.errors import CacheDirError, JaxCacheError
 from jaxcache.settings import Layout, Settings, resolve
 
@@ -113,7 +113,7 @@ def prepare_folder(settings: Settings) -> tuple[Path, provenance.VersionInfo | N
         raise CacheDirError(f"cannot create the cache folder {root}: {e.strerror}") from None
     if not os.access(target, os.W_OK | os.X_OK):
         raise CacheDirError(f"permission denied: JAX cannot write to {target}")
-    if settings.max_size.value != -1:
+    if settings.max_size.value != -1 and jaxformat.missing_atime_breaks_writes(versions.jaxlib if versions else None):
         from jaxcache.atimes import ensure_atimes
 
         ensure_atimes(target)  # entries written before the cap was set would make JAX's writes fail

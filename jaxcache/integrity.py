@@ -138,6 +138,9 @@ def check(
     needs_atime = {e.folder for e in info.entries if e.has_atime}
     if capped:
         needs_atime.update(f.path for f in info.folders)
+    # From jaxlib 0.11.2 JAX's eviction takes an entry without -atime as the oldest.
+    needs_atime = {folder.path for folder in info.folders if folder.path in needs_atime
+                   and jaxformat.missing_atime_breaks_writes(folder.version or installed_version)}
     for done, entry in enumerate(info.entries, start=1):
         if progress is not None and done % 256 == 0:
             progress(done)

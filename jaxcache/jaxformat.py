@@ -2,7 +2,8 @@
 
 Mirrors ``jax/_src/lru_cache.py`` (file names, ``-atime`` files, the
 ``.lockfile``) and ``jax/_src/compilation_cache.py`` (compression and the
-4-byte compile-time header) for jax 0.6 through 0.10. ``tests/test_jaxformat.py``
+4-byte compile-time header) for jax 0.6.1 through 0.12, and which of JAX's
+rules about keys and eviction changed in between. ``tests/test_jaxformat.py``
 pins each fact against the installed JAX, so an upgrade that changes one fails
 loudly instead of silently mis-reading a cache.
 
@@ -354,6 +355,18 @@ def path_in_key(jaxlib_version: str | None) -> bool:
     if jaxlib_version is None:
         return True
     return _release(jaxlib_version) < (0, 11)
+
+
+def missing_atime_breaks_writes(jaxlib_version: str | None) -> bool:
+    """Whether a ``-cache`` without its ``-atime`` makes every capped write of this jaxlib fail.
+
+    Up to 0.11.1 ``LRUCache._evict_if_needed`` stats every ``-atime`` and raises
+    FileNotFoundError for a missing one (jax-ml/jax#39880); from 0.11.2 it takes
+    such an entry as the oldest. Unknown versions get the cautious answer.
+    """
+    if jaxlib_version is None:
+        return True
+    return _release(jaxlib_version) < (0, 11, 2)
 
 
 def _release(version: str) -> tuple[int, ...]:

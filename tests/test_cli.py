@@ -305,6 +305,20 @@ def test_missing_atime_in_a_capped_cache_is_found_and_repaired(tmp_path: Path) -
     assert any(p.name.startswith("jit__lambda") for p in root.rglob("*-cache"))
 
 
+def test_missing_atime_is_no_problem_where_jax_evicts_such_entries_first(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """jax#39880 was fixed in jaxlib 0.11.2: a capped write no longer needs every -atime."""
+    root = tmp_path / "c"
+    run_compile(env_with(JAXCACHE_DIR=str(root)))  # uncapped: no -atime files
+    age(list(root.rglob("*-cache")), 60)
+    folder = version_folder(root)
+    monkeypatch.setenv("JAXCACHE_MAX_SIZE", "1GB")
+    for version, needed in (("0.11.1", True), ("0.11.2", False), ("0.12.0.1", False)):
+        (folder / ".jaxcache-version.json").write_text(json.dumps({"jaxlib": version, "jax": version}))
+        kinds = {f["kind"] for f in json.loads(jc("--cache-dir", str(root), "check", "--json").stdout)["findings"]}
+        assert kinds == ({"missing-atime"} if needed else set()), (version, kinds)
+
+
 def test_orphans_foreign_paths_and_permissions(cache: Path, tmp_path: Path) -> None:
     age(list(cache.rglob("*-cache")), 60)
     folder = version_folder(cache)
