@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from jaxcache import exeformat, jaxformat, provenance
 from jaxcache.errors import UsageError
@@ -55,6 +56,11 @@ class PrunePlan:
     def keys(self) -> list[str]:
         return [d.entry.key for d in self.deletions]
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"cache_dir": str(self.root), "deleted": self.keys, "reasons": [d.reason for d in self.deletions],
+                "freed_bytes": self.freed_bytes, "kept_entries": self.kept_entries, "kept_bytes": self.kept_bytes,
+                "executables_deleted": [e.key for e in self.executables]}
+
 
 @dataclass(frozen=True)
 class PruneResult:
@@ -68,6 +74,12 @@ class PruneResult:
     @property
     def freed_bytes(self) -> int:
         return sum(e.bytes for e in self.deleted) + sum(e.bytes for e in self.executables_deleted)
+
+    def as_dict(self) -> dict[str, Any]:
+        skipped = [(e.key, why) for e, why in self.skipped] + [(e.path.name, why) for e, why in self.executables_skipped]
+        return {"deleted": [e.key for e in self.deleted], "freed_bytes": self.freed_bytes,
+                "skipped": [{"key": key, "reason": why} for key, why in skipped],
+                "executables_deleted": [e.key for e in self.executables_deleted]}
 
 
 def validate_glob(pattern: str) -> str:

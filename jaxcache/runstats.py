@@ -124,6 +124,9 @@ def run(command: Sequence[str], settings: Settings, *, env: Mapping[str, str] | 
     """
     if not command:
         raise UsageError("no command to run: jaxcache run -- CMD [ARGS...]")
+    from jaxcache.scanning import require_cache_or_new
+
+    require_cache_or_new(settings.root)
     jax_dir, _ = prepare_folder(settings)
     from jaxcache.security import cache_problems
 
@@ -215,9 +218,11 @@ def load_stats(root: Path) -> dict[str, Any]:
     """The cumulative figures (zeros if none were recorded).
 
     Raises:
-        CacheDirError: the root exists but is not a folder.
+        CacheDirError: there is no folder at ``root``, or it is a file.
     """
-    if root.exists() and not root.is_dir():
+    if not root.exists():
+        raise CacheDirError(f"no cache folder at {root}")
+    if not root.is_dir():
         raise CacheDirError(f"{root} is a file, not a folder")
     data: dict[str, Any] = {"runs": 0, **{name: 0 for name in _COUNTERS}, "since": None}
     try:

@@ -362,3 +362,39 @@ def _entries(folder: Path, listing: index.Listing, marker: provenance.VersionInf
         if fd >= 0:
             os.close(fd)
     return entries
+
+
+def require_cache_or_new(root: Path) -> None:
+    """Refuses a folder that holds files but nothing JAX or jaxcache writes.
+
+    Commands that create entries (``run``, ``hook``) call it before creating
+    anything, so a home folder passed by mistake never gets ``jaxlib-*/`` and
+    ``.jaxcache/`` folders; ``jaxcache init`` marks a folder a cache on purpose.
+    Stops at the first file that is evidence, so a large cache costs one read.
+
+    Raises:
+        CacheDirError: ``root`` is a file, or cannot be read.
+        NotACacheError: ``root`` holds only files and folders that are not a cache's.
+    """
+    others = 0
+    try:
+        with os.scandir(root) as it:
+            for dirent in it:
+                name = dirent.name
+                if (name in _JAXCACHE_NAMES or name in jaxformat.XLA_SUBCACHE_NAMES or name.startswith(TEMP_PREFIX)
+                        or name == exeformat.FOLDER_NAME or _ENTRY_RE.fullmatch(name) is not None):
+                    return
+                if name.startswith(provenance.VERSION_DIR_PREFIX) and provenance.read_marker(root / name):
+                    return
+                others += 1
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        raise CacheDirError(f"{root} is a file, not a folder") from None
+    except OSError as e:
+        raise CacheDirError(f"cannot read {root}: {e.strerror}") from None
+    if others:
+        raise NotACacheError(
+            f"{root} is not empty and does not look like a JAX cache ({others} other files and folders); "
+            "give a new or empty folder, or run `jaxcache init` on it to make it a cache on purpose"
+        )

@@ -224,7 +224,7 @@ def test_upgrade_from_jax_0_9_to_0_10_with_one_shared_cache(pythons: dict[str, P
 
     _age_write_log(hooked / f"jaxlib-{OLD}")
     before = _snapshot(hooked)
-    result = new.jaxcache(hooked, "hook", "--json")
+    result = new.jaxcache(hooked, "hook", "--yes", "--json")  # a job script's hook prunes with --yes
     assert (result["jaxlib"], result["upgraded_from"]) == (NEW, OLD), result
     assert (result["pruned_entries"], result["pruned_executables"], result["freed_bytes"]) == (
         len(hooked_old), len(hooked_stored), hooked_size), result
