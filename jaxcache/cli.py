@@ -10,7 +10,8 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,41 @@ def _scan(settings: Settings, *, quick: bool = True):
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+
+# Work on more items than this shows progress on stderr: a bar on a terminal, else a line now and then.
+_PROGRESS_FROM = 1000
+_PROGRESS_LINE_SECS = 2.0
+
+
+@contextmanager
+def _progress(label: str, total: int) -> Iterator[Callable[[int], None] | None]:
+    """A callback taking the number of items done so far, or None when the work is small.
+
+    On a terminal it draws a bar; without one (a job log, CI) it prints a line at
+    most every couple of seconds, so long work is never silent, and short work
+    prints nothing.
+    """
+    if total <= _PROGRESS_FROM:
+        yield None
+        return
+    if sys.stderr.isatty():
+        with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+            yield lambda done: bar.update(done - bar.pos)
+        return
+    import time
+
+    state = {"shown": time.monotonic(), "done": 0}
+
+    def line(done: int) -> None:
+        state["done"] = done
+        if time.monotonic() - state["shown"] >= _PROGRESS_LINE_SECS:
+            state["shown"] = time.monotonic()
+            click.echo(f"{label}: {done}/{total} ({100 * done // total}%)", err=True)
+
+    start = state["shown"]
+    yield line
+    if state["shown"] != start:  # it spoke before: say it finished
+        click.echo(f"{label}: {state['done']}/{total} done", err=True)
 
 
 @click.group(cls=_Group, context_settings=CONTEXT_SETTINGS)
@@ -343,17 +379,8 @@ def _run_plan(plan, *, dry_run: bool, yes: bool, as_json: bool) -> None:
         return
     note = _executables_note(len(plan.executables), sum(e.bytes for e in plan.executables))
     _confirm(f"Delete {_entries(len(plan.deletions))}{note}?", yes=yes, as_json=as_json)
-    if len(plan.deletions) > 2000 and not as_json and sys.stderr.isatty():
-        with click.progressbar(length=len(plan.deletions), label="Deleting", file=sys.stderr) as bar:
-            state = {"done": 0}
-
-            def step(done: int) -> None:
-                bar.update(done - state["done"])
-                state["done"] = done
-
-            result = execute(plan, progress=step)
-    else:
-        result = execute(plan)
+    with _progress("Deleting", len(plan.deletions)) as step:
+        result = execute(plan, progress=step)
     if as_json:
         _emit_json({"dry_run": False, "cache_dir": str(plan.root), **result.as_dict(),
                     "kept_entries": plan.kept_entries, "kept_bytes": plan.kept_bytes})
@@ -444,12 +471,8 @@ def check_command(ctx: click.Context, repair: bool, dry_run: bool, yes: bool, as
     settings = _settings(ctx)
     info = _scan(settings, quick=False)
     capped = settings.max_size.value != -1
-    if len(info.entries) > 1000 and not as_json and sys.stderr.isatty():
-        with click.progressbar(length=len(info.entries), label="Checking", file=sys.stderr) as bar:
-            report = check(info, capped=capped, installed_version=_installed_jaxlib(),
-                           progress=lambda done: bar.update(done - bar.pos))
-    else:
-        report = check(info, capped=capped, installed_version=_installed_jaxlib())
+    with _progress("Checking", len(info.entries)) as step:
+        report = check(info, capped=capped, installed_version=_installed_jaxlib(), progress=step)
     plan = plan_repair(report) if repair else None
     planned = {r.finding: r.action for r in plan.repairs} if plan else {}
     if not as_json:

@@ -191,7 +191,7 @@ def check(
         installed_version: the jaxlib in use; it decides, for entries whose writer
             is unknown, whether a folder's path is part of every key.
         now: the current time (for tests).
-        progress: called with the number of entries checked so far, every 256 entries.
+        progress: called with the number of entries checked so far, every 256 entries and at the end.
     """
     now = time.time() if now is None else now
     findings: list[Finding] = []
@@ -220,6 +220,8 @@ def check(
             continue
         findings.extend(_check_entry(entry, needs_atime=entry.folder in needs_atime,
                                      path_in_key=jaxformat.path_in_key(entry.version or installed_version)))
+    if progress is not None:
+        progress(len(info.entries))
     for path in info.orphan_atimes:
         findings.append(Finding("orphan-atime", path, "-atime file without its -cache entry", key=path.name[:-6]))
     for path in info.symlinks:

@@ -505,3 +505,18 @@ def test_stats_says_when_there_is_no_cache_folder(tmp_path: Path) -> None:
     (tmp_path / "c").mkdir()
     data = jc_json("--cache-dir", str(tmp_path / "c"), "stats")
     assert data["runs"] == 0 and data["since"] is None
+
+
+def test_long_work_shows_progress_without_a_terminal(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job log gets a line now and then (here: every item), and a last line; data stays on stdout."""
+    from jaxcache import cli
+
+    monkeypatch.setattr(cli, "_PROGRESS_FROM", 0)
+    monkeypatch.setattr(cli, "_PROGRESS_LINE_SECS", 0.0)
+    age(list(cache.rglob("*-cache")), 60)
+    result = jc("--cache-dir", str(cache), "check", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["ok"] is True
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Checking: ")]
+    assert lines and lines[-1].endswith("done"), result.stderr
+    result = jc("--cache-dir", str(cache), "clear", "--yes")
+    assert result.exit_code == 0 and "Deleting: " in result.stderr
