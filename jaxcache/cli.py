@@ -335,11 +335,18 @@ def ls_command(ctx: click.Context, sort_by: str, pattern: str | None, as_json: b
             return f"{d.measured_compile_seconds:.2f}s"
         return "-" if d.compile_seconds is None else f"{d.compile_seconds}s"
 
+    def last_used(d: Any) -> str:
+        # Without a recorded use only the file system's access time speaks, and it may lag (relatime).
+        return display.ago(d.entry.recency) + ("" if d.entry.last_used is not None else " *")
+
     rows = [(d.entry.module, d.entry.key[-64:][:12], display.size(d.entry.bytes), d.entry.version or "unknown",
-             d.entry.platform or "-", compile_time(d), display.ago(d.entry.recency)) for d in details]
+             d.entry.platform or "-", compile_time(d), last_used(d)) for d in details]
     click.echo(display.table(("NAME", "HASH", "SIZE", "VERSION", "PLATFORM", "COMPILE", "LAST USED"), rows,
                              right=(2, 5)))
     click.echo(f"{_entries(len(rows))}, {display.size(sum(d.entry.bytes for d in details))}", err=True)
+    if any(d.entry.last_used is None for d in details):
+        click.echo("* no recorded use: the file system's access time, which may lag (at most daily under "
+                   "relatime)", err=True)
 
 
 def _executables_note(count: int, size: int) -> str:
