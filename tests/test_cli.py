@@ -288,13 +288,15 @@ def test_missing_atime_in_a_capped_cache_is_found_and_repaired(tmp_path: Path) -
     result = jc("--cache-dir", str(root), "check", "--json")
     assert result.exit_code == 0  # uncapped caches need no -atime
     os.environ["JAXCACHE_MAX_SIZE"] = "1GB"
+    needed = jaxformat.missing_atime_breaks_writes(INSTALLED)  # jax#39880, fixed in 0.11.2
     try:
         findings = json.loads(jc("--cache-dir", str(root), "check", "--json").stdout)["findings"]
-        assert findings and {f["kind"] for f in findings} == {"missing-atime"}
+        assert {f["kind"] for f in findings} == ({"missing-atime"} if needed else set())
         assert jc("--cache-dir", str(root), "check", "--repair", "--yes").exit_code == 0
     finally:
         del os.environ["JAXCACHE_MAX_SIZE"]
-    assert len(list(root.rglob("*-atime"))) == len(list(root.rglob("*-cache")))
+    if needed:
+        assert len(list(root.rglob("*-atime"))) == len(list(root.rglob("*-cache")))
     proc = run_python(
         "import jaxcache, jax, jax.numpy as jnp\n"
         "jaxcache.configure(max_size='1GB')\n"
@@ -338,8 +340,11 @@ def test_orphans_foreign_paths_and_permissions(cache: Path, tmp_path: Path) -> N
     result = jc("--cache-dir", str(cache), "check", "--json")
     assert result.exit_code == 1
     findings = {f["kind"]: f for f in json.loads(result.stdout)["findings"]}
-    assert sorted(findings) == ["foreign-path", "orphan-atime", "writable"]
-    assert findings["foreign-path"]["severity"] == "info" and str(other) in findings["foreign-path"]["message"]
+    if jaxformat.path_in_key(INSTALLED):  # from jaxlib 0.11 the path is not in the key: the copy hits
+        assert sorted(findings) == ["foreign-path", "orphan-atime", "writable"]
+        assert findings["foreign-path"]["severity"] == "info" and str(other) in findings["foreign-path"]["message"]
+    else:
+        assert sorted(findings) == ["orphan-atime", "writable"]
     assert jc("--cache-dir", str(cache), "check", "--repair", "--yes").exit_code == 0
     assert not orphan.exists()
     assert copied.read_bytes() == foreign.read_bytes()  # a valid entry another folder's processes hit: kept
