@@ -549,6 +549,10 @@ def _save(path: Path, compiled: Any, module: str, seconds: float) -> bool:
         "module": module, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
         "platform": jax.devices()[0].platform, "compile_seconds": round(seconds, 4), "written": time.time(),
         "memory": memory_of(compiled), "devices": devices,
+        # What the key holds but a header reader (`jaxcache pull`) cannot recompute: a node
+        # pulls only executables it can load.
+        "host_cpu": _host_cpu() if jax.devices()[0].platform == "cpu" else None,
+        "device_kind": jax.devices()[0].device_kind, "device_count": len(jax.devices()),
     }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,270 @@
+"""Moving objects, many in flight at once, each checked before it counts.
+
+Into a local folder: each object is downloaded into a temporary file beside
+its final place, its size and SHA-256 are checked against the manifest, and
+only then does it take its name, under JAX's ``.lockfile``, by a hard link
+that fails if the name exists (JAX never replaces an entry, and neither does
+this). A process killed at any moment leaves at most temporary files, named
+with the host and process id so that the next transfer removes them once that
+process is gone; never a partial entry.
+
+Out to a remote: each object is read whole, checked against the SHA-256 its
+record was made with (a stored executable can be replaced under the same
+name), and written whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jaxcache import jaxformat, locking, provenance
+from jaxcache.atomic import TEMP_PREFIX
+from jaxcache.fleet import catalog
+from jaxcache.fleet.errors import RemoteError
+from jaxcache.fleet.manifest import ObjectRecord
+from jaxcache.fleet.remote import Store
+
+Progress = Callable[[int, int, int], None]
+"""Called as ``progress(objects_done, objects_total, bytes_done)`` after each object."""
+
+_HOST = "".join(c if c.isalnum() else "-" for c in socket.gethostname())[:40] or "host"
+PULL_TEMP_PREFIX = f"{TEMP_PREFIX}pull-"
+
+
+@dataclass(frozen=True)
+class Transferred:
+    """What a transfer did.
+
+    Attributes:
+        done: names of the objects now in place (this run's, or found there meanwhile).
+        failed: (name, why) for objects that were not: refused by their checksum, or not transferred.
+        bytes: bytes moved.
+        seconds: wall time.
+    """
+
+    done: tuple[str, ...]
+    failed: tuple[tuple[str, str], ...]
+    bytes: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"done": len(self.done), "failed": [{"name": n, "reason": r} for n, r in self.failed],
+                "bytes": self.bytes, "seconds": round(self.seconds, 3)}
+
+
+class _Refused(Exception):
+    """An object whose bytes do not match its record."""
+
+
+def _temp_prefix() -> str:
+    return f"{PULL_TEMP_PREFIX}{_HOST}-{os.getpid()}-"
+
+
+def remove_dead_temps(folder: Path) -> int:
+    """Removes temporary files of transfers on this host whose process is gone; returns how many."""
+    removed = 0
+    for sub in (folder, folder / "executables"):
+        try:
+            names = os.listdir(sub)
+        except OSError:
+            continue
+        for name in names:
+            if not name.startswith(f"{PULL_TEMP_PREFIX}{_HOST}-"):
+                continue
+            pid_text = name[len(PULL_TEMP_PREFIX) + len(_HOST) + 1:].split("-", 1)[0]
+            if pid_text.isdigit() and not _alive(int(pid_text)):
+                try:
+                    (sub / name).unlink()
+                    removed += 1
+                except OSError:
+                    pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sha256_of(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_MODE = 0o666 & ~_umask()  # as JAX's own entries: in a team cache every member reads them
+
+
+def fetch_into(store: Store, jaxlib: str, records: Iterable[ObjectRecord], folder: Path, *, jobs: int = 16,
+               capped: bool = False, progress: Progress | None = None) -> Transferred:
+    """Downloads objects into a version folder, each checked, each entering whole or not at all.
+
+    Args:
+        store: the remote.
+        jaxlib: its version folder.
+        records: the objects to fetch (names relative to ``folder``).
+        folder: the local version folder.
+        jobs: transfers in flight.
+        capped: the cache has a size cap: give each entry its ``-atime`` (JAX's eviction needs one).
+        progress: called after each object.
+
+    Raises:
+        CacheDirError: the folder cannot be locked (objects already entered stay).
+    """
+    records = list(records)
+    start = time.monotonic()
+    remove_dead_temps(folder)
+    if any(r.kind == "executable" for r in records):
+        (folder / "executables").mkdir(exist_ok=True)
+    done: list[str] = []
+    failed: list[tuple[str, str]] = []
+    moved = 0
+
+    def download(record: ObjectRecord) -> Path:
+        target_dir = (folder / record.name).parent
+        fd, tmp_name = tempfile.mkstemp(dir=target_dir, prefix=_temp_prefix())
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            store.download(catalog.object_name(jaxlib, record.sha256), tmp)
+            digest, size = _sha256_of(tmp)
+            if size != record.size or digest != record.sha256:
+                raise _Refused(f"{size} bytes with SHA-256 {digest[:12]}..., the manifest says {record.size} "
+                               f"bytes with {record.sha256[:12]}... (tampered or damaged): refused")
+            os.chmod(tmp, _MODE)
+            return tmp
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="jaxcache-pull")
+    pending: dict[Future[Path], ObjectRecord] = {}
+    queue = iter(records)
+    try:
+        def submit() -> None:
+            record = next(queue, None)
+            if record is not None:
+                pending[pool.submit(download, record)] = record
+
+        for _ in range(max(1, jobs) * 2):  # bounded: temp files in flight, not the whole list
+            submit()
+        while pending:
+            finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for future in finished:
+                record = pending.pop(future)
+                submit()
+                try:
+                    tmp = future.result()
+                except FileNotFoundError:
+                    failed.append((record.name, "named by the manifest but missing from the remote"))
+                except (_Refused, RemoteError) as e:
+                    failed.append((record.name, str(e)))
+                except OSError as e:
+                    failed.append((record.name, f"cannot write locally ({e.strerror})"))
+                else:
+                    try:
+                        _enter(folder, record, tmp, capped=capped)
+                    finally:
+                        tmp.unlink(missing_ok=True)
+                    done.append(record.name)
+                    moved += record.size
+                if progress is not None:
+                    progress(len(done) + len(failed), len(records), moved)
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+    return Transferred(done=tuple(done), failed=tuple(failed), bytes=moved, seconds=time.monotonic() - start)
+
+
+def _enter(folder: Path, record: ObjectRecord, tmp: Path, *, capped: bool) -> None:
+    """Gives a checked temporary file its name, under the folder's lock, never replacing a file."""
+    target = folder / record.name
+    with locking.folder_lock(folder):
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            return  # JAX (or another pull) wrote it meanwhile: keep theirs, as JAX's put does
+        except OSError:
+            # A filesystem without hard links: rename, after looking (the lock keeps jaxcache's
+            # writers out; JAX's uncapped writers take no lock, and at worst write the same key).
+            if target.exists():
+                return
+            os.replace(tmp, target)
+        if record.kind == "entry":
+            if capped:
+                atime = folder / jaxformat.atime_file_name(record.key)
+                atime.write_bytes(jaxformat.encode_atime(time.time_ns()))
+            if provenance.read_marker(folder) is not None:
+                try:
+                    provenance.record_write(folder, record.key, record.platform, record.compile_seconds)
+                except OSError:
+                    pass  # the write log is metadata: an entry without a line is still an entry
+
+
+def upload_from(store: Store, jaxlib: str, records: Iterable[ObjectRecord], folder: Path, *, jobs: int = 16,
+                progress: Progress | None = None) -> Transferred:
+    """Uploads objects of a local version folder, each checked against its record first."""
+    records = list(records)
+    start = time.monotonic()
+    done: list[str] = []
+    failed: list[tuple[str, str]] = []
+    moved = 0
+
+    def upload(record: ObjectRecord) -> None:
+        with jaxformat.open_entry(folder / record.name) as f:
+            data = f.read()
+        if hashlib.sha256(data).hexdigest() != record.sha256:
+            raise _Refused("changed since it was described (replaced by a newer write); push again")
+        store.write(catalog.object_name(jaxlib, record.sha256), data)
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="jaxcache-push") as pool:
+        futures = {pool.submit(upload, r): r for r in records}
+        try:
+            for future in as_completed(futures):
+                record = futures[future]
+                try:
+                    future.result()
+                except FileNotFoundError:
+                    failed.append((record.name, "deleted locally since it was described"))
+                except (_Refused, RemoteError) as e:
+                    failed.append((record.name, str(e)))
+                except OSError as e:
+                    failed.append((record.name, f"cannot read ({e.strerror})"))
+                else:
+                    done.append(record.name)
+                    moved += record.size
+                if progress is not None:
+                    progress(len(done) + len(failed), len(records), moved)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return Transferred(done=tuple(done), failed=tuple(failed), bytes=moved, seconds=time.monotonic() - start)
+
+
+__all__ = ["Progress", "Transferred", "fetch_into", "remove_dead_temps", "upload_from"]
