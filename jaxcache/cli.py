@@ -840,3 +840,158 @@ def init_command(ctx: click.Context, group: str | None) -> None:
     for problem in writable_by_others(settings.root, shared=shared_info(settings.root)):
         click.echo(f"jaxcache: warning: {problem}", err=True)
     click.echo(settings.root)
+
+
+# ---------------------------------------------------------------- fleet: push, pull, export, import
+
+_FLEET_ROWS = 20
+
+
+def _fleet_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options every fleet command shares."""
+    options = [
+        click.option("--key-file", type=click.Path(dir_okay=False), metavar="FILE",
+                     help="The fleet's signing key (else JAXCACHE_FLEET_KEY or JAXCACHE_FLEET_KEY_FILE)."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress on stderr."),
+        dry_run_option,
+        json_option,
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+_jobs_option = click.option("--jobs", "-j", type=click.IntRange(min=1), default=16, show_default=True,
+                            help="Objects in flight at once.")
+
+
+def _transfer_progress(verb: str, *, quiet: bool, every: int = 100):
+    """Progress on stderr: one line redrawn on a terminal, else a line per ``every`` objects and the last."""
+    if quiet:
+        return None
+    tty = sys.stderr.isatty()
+
+    def show(done: int, total: int, moved: int) -> None:
+        text = f"{verb} {done}/{total} objects ({display.size(moved)})"
+        if tty:
+            click.echo(f"\r\033[K{text}", err=True, nl=done == total)
+        elif done % every == 0 or done == total:
+            click.echo(text, err=True)
+
+    return show
+
+
+def _fleet_failures(failed: Any, total: int, verb: str) -> None:
+    """One line for objects that did not make it, and exit 1."""
+    if failed:
+        name, reason = failed[0]
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        click.echo(f"jaxcache: error: {len(failed)} of {total} objects not {verb}; first: {name}: {reason}{more}",
+                   err=True)
+        sys.exit(1)
+
+
+def _fleet_rows(records: Any) -> list[tuple[Any, ...]]:
+    return [(r.module, r.kind, r.name.rsplit("-", 2)[-2][:12] if r.kind == "entry" else r.key[:12],
+             display.size(r.size)) for r in records[:_FLEET_ROWS]]
+
+
+def _print_fleet_table(records: Any, *, err: bool = False) -> None:
+    if records:
+        click.echo(display.table(("NAME", "KIND", "HASH", "SIZE"), _fleet_rows(records), right=(3,)), err=err)
+        if len(records) > _FLEET_ROWS:
+            click.echo(f"... and {len(records) - _FLEET_ROWS} more", err=err)
+
+
+def _reasons(skipped: Any) -> str:
+    from collections import Counter
+
+    counts = Counter(why for _, why in skipped)
+    return "; ".join(f"{n} {why}" for why, n in counts.most_common(3))
+
+
+@main.command("push")
+@click.argument("remote")
+@click.option("--version", "version", metavar="V", help="The jaxlib version folder to push (default: the installed one).")
+@click.option("--name", "pattern", metavar="GLOB", help="Only objects whose module name matches, e.g. 'jit_lsq_*'.")
+@_jobs_option
+@_fleet_options
+@click.pass_context
+def push_command(ctx: click.Context, remote: str, version: str | None, pattern: str | None, jobs: int,
+                 key_file: str | None, quiet: bool, dry_run: bool, as_json: bool) -> None:
+    """Send what this cache has and REMOTE lacks: a path on a shared filesystem, s3://bucket/prefix or gs://...
+
+    Objects go first, then one manifest naming them (signed with the fleet key
+    when one is set); another pusher at the same time loses nothing.
+
+    Example: jaxcache push s3://my-bucket/jax-cache
+    """
+    from jaxcache.fleet import plan_push, policy_for, push
+
+    settings = _settings(ctx)
+    policy = policy_for(settings, key_file=key_file)
+    plan = plan_push(settings, remote, version=version, name=pattern, policy=policy, jobs=jobs)
+    for name, why in plan.refused:
+        click.echo(f"jaxcache: warning: not sending {name}: {why}", err=True)
+    if dry_run or not plan.uploads and not plan.send:
+        if as_json:
+            _emit_json({"dry_run": dry_run, **plan.as_dict()})
+        else:
+            _print_fleet_table(plan.uploads)
+            verb = "Would send" if dry_run else "Nothing to send:"
+            what = (f" {display.count(len(plan.uploads), 'object')} ({display.size(plan.bytes)}) to {plan.remote};"
+                    if dry_run else "")
+            click.echo(f"{verb}{what} {plan.already} of this folder's objects are there already.")
+        return
+    result = push(plan, key=policy.key, jobs=jobs, progress=_transfer_progress("pushed", quiet=quiet or as_json))
+    if as_json:
+        _emit_json({"dry_run": False, **result.as_dict()})
+    else:
+        signed = " (signed)" if policy.key is not None and result.manifest else ""
+        click.echo(f"Pushed {display.count(len(result.transferred.done), 'object')} "
+                   f"({display.size(result.transferred.bytes)} uploaded) to {plan.remote} in "
+                   f"{result.transferred.seconds:.1f} s; manifest {result.manifest or '-'}{signed}.")
+    _fleet_failures(result.transferred.failed, len(plan.uploads), "pushed")
+
+
+@main.command("pull")
+@click.argument("remote")
+@click.option("--strict", is_flag=True, help="Refuse manifests not signed with the fleet key (also: strict = true).")
+@_jobs_option
+@_fleet_options
+@click.pass_context
+def pull_command(ctx: click.Context, remote: str, strict: bool, jobs: int, key_file: str | None, quiet: bool,
+                 dry_run: bool, as_json: bool) -> None:
+    """Bring in what REMOTE has, this node can hit, and this cache lacks.
+
+    Only this jaxlib's folder; only entries this platform, compression, CPU and
+    folder path can hit. Each object is checked against the manifest's SHA-256
+    and enters the cache whole, under JAX's lock. With nothing new: one small read.
+
+    Example: jaxcache pull s3://my-bucket/jax-cache
+    """
+    from jaxcache.fleet import plan_pull, policy_for, pull
+
+    settings = _settings(ctx)
+    plan = plan_pull(settings, remote, policy=policy_for(settings, key_file=key_file, strict=strict), jobs=jobs)
+    for name, why in plan.catalog.ignored:
+        click.echo(f"jaxcache: warning: ignoring manifest {name}: {why}", err=True)
+    if dry_run or not plan.fetch:
+        if as_json:
+            _emit_json({"dry_run": dry_run, **plan.as_dict()})
+        else:
+            _print_fleet_table(plan.fetch)
+            head = (f"Would fetch {display.count(len(plan.fetch), 'object')} ({display.size(plan.bytes)})"
+                    if dry_run else "Nothing to fetch")
+            skipped = f"; {len(plan.skipped)} can never hit here ({_reasons(plan.skipped)})" if plan.skipped else ""
+            click.echo(f"{head} from {plan.remote}: {plan.here} already here{skipped}.")
+        return
+    result = pull(plan, settings, jobs=jobs, progress=_transfer_progress("pulled", quiet=quiet or as_json))
+    if as_json:
+        _emit_json({"dry_run": False, **result.as_dict()})
+    else:
+        skipped = f"; {len(plan.skipped)} can never hit here ({_reasons(plan.skipped)})" if plan.skipped else ""
+        click.echo(f"Pulled {display.count(len(result.transferred.done), 'object')} "
+                   f"({display.size(result.transferred.bytes)}) into {plan.folder} in "
+                   f"{result.transferred.seconds:.1f} s{skipped}.")
+    _fleet_failures(result.transferred.failed, len(plan.fetch), "pulled")

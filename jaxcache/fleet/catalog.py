@@ -266,7 +266,11 @@ def read_catalog(store: Store, jaxlib: str, *, policy: trust.Policy, cache_dir: 
         # HEAD is missing, stale, or names a manifest this reader cannot use: the listing decides.
         listed = True
         reader.reads += 1
-        live, ignored = _live(list_manifests(store, jaxlib), reader)
+        names = list_manifests(store, jaxlib)
+        if not names:
+            reader.reads += 1
+            store.require()  # an empty answer from a missing bucket is an error, not "nothing there"
+        live, ignored = _live(names, reader)
     if cache_dir is not None:
         _forget_others(cache_dir, keep=set(reader.raw))
     manifests = {n: m for n, (m, _) in live.items()}

@@ -55,6 +55,9 @@ class Store(Protocol):
     def delete(self, name: str) -> None:
         """Removes an object; one already gone is not an error."""
 
+    def require(self) -> None:
+        """Raises RemoteError when the remote cannot exist as addressed (an object store's bucket is missing)."""
+
 
 def open_store(remote: str, *, concurrency: int = 16) -> Store:
     """The store a ``REMOTE`` argument names.
@@ -169,6 +172,9 @@ class LocalStore:
         except OSError as e:
             raise _remote_error(self.url, name, e) from None
 
+    def require(self) -> None:
+        """A folder is created by the first push; a missing one just holds nothing."""
+
 
 class FsspecStore:
     """An object store through fsspec: s3fs for ``s3://``, gcsfs for ``gs://``."""
@@ -232,6 +238,11 @@ class FsspecStore:
             self._call(name, lambda: self.fs.rm_file(self._full(name)))
         except FileNotFoundError:
             pass
+
+    def require(self) -> None:
+        bucket = self.root.split("/", 1)[0]
+        if not self._call("", lambda: self.fs.exists(bucket)):
+            raise RemoteError(f"{self.url}: no bucket {bucket!r} (or no permission to see it)")
 
 
 def _read_umask() -> int:

@@ -1,0 +1,222 @@
+"""One warm serves a fleet, against a real S3 server (moto's, on 127.0.0.1) and a shared folder.
+
+Every node is a fresh process with its own cache folder and environment; the
+server is started by the fixture below on a random free port, and reached
+the standard way (``AWS_ENDPOINT_URL``, ``AWS_*`` credentials).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from test_fleet import (
+    JAXLIB,
+    cli,
+    cli_json,
+    compiled_no_solver_kernel,
+    concurrent_pushers,
+    names_in,
+    node_env,
+    solve_counts,
+    synthetic_cache,
+    warmed,  # noqa: F401 (a fixture)
+    warmed_once,  # noqa: F401 (a fixture)
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3-compatible server (moto's server mode) for this test process."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+          "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A fresh bucket; returns the S3 environment a node needs to reach it (also set in this process)."""
+    import boto3
+
+    env = {**S3_ENV, "AWS_ENDPOINT_URL": s3_endpoint}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    name = f"fleet-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return {**env, "BUCKET": name}
+
+
+def _s3(bucket: dict[str, str]):
+    import boto3
+
+    return boto3.client("s3")
+
+
+@pytest.fixture(params=["s3", "folder"])
+def remote(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, str]]:
+    """A remote and the environment its nodes need: S3, or a folder every node mounts."""
+    if request.param == "folder":
+        return str(tmp_path / "shared" / "jax-fleet"), {}
+    env = request.getfixturevalue("bucket")
+    return f"s3://{env['BUCKET']}/team/jax", {k: v for k, v in env.items() if k != "BUCKET"}
+
+
+def test_one_warm_serves_another_node(warmed: Path, remote: tuple[str, dict[str, str]],  # noqa: F811
+                                      tmp_path: Path) -> None:
+    """Node A (warmed) pushes; node B, an empty folder, pulls and its solve compiles no solver
+    kernel; B's second pull transfers nothing and costs one read. (The control that the same
+    solve does compile in an empty folder: test_warm.py::test_without_warming_the_same_solve_misses.)"""
+    url, extra = remote
+    node_a = node_env(tmp_path / "home-a", **extra)
+    pushed = cli_json("--cache-dir", str(warmed), "push", url, env=node_a)
+    assert pushed["ok"] and pushed["manifest"] and pushed["transferred"]["done"] == len(pushed["send"]) > 0
+
+    node_b = node_env(tmp_path / "home-b", **extra)
+    cache_b = tmp_path / "node-b" / "cache"
+    pulled = cli_json("--cache-dir", str(cache_b), "pull", url, env=node_b)
+    assert pulled["ok"] and pulled["skipped"] == [] and len(pulled["fetch"]) == len(pushed["send"])
+    assert compiled_no_solver_kernel(solve_counts(cache_b, node_b))
+
+    again = cli_json("--cache-dir", str(cache_b), "pull", url, env=node_b)
+    assert again["fetch"] == []
+    assert again["remote_manifests"]["reads"] == 1 and again["here"] == len(pulled["fetch"])
+
+    # JAX's own entries alone (the executable store off) hit too: their keys hold no folder path.
+    node_c = node_env(tmp_path / "home-c", JAXCACHE_EXECUTABLES="0", **extra)
+    cache_c = tmp_path / "node-c" / "elsewhere" / "cache"
+    cli_json("--cache-dir", str(cache_c), "pull", url, env=node_c)
+    assert compiled_no_solver_kernel(solve_counts(cache_c, node_c))
+
+
+@pytest.mark.slow
+def test_two_pushers_at_once_lose_nothing_on_s3(bucket: dict[str, str], tmp_path: Path) -> None:
+    url = f"s3://{bucket['BUCKET']}/race"
+    env = node_env(tmp_path / "home", **{k: v for k, v in bucket.items() if k != "BUCKET"})
+    expected = concurrent_pushers(tmp_path, url, env)
+    node = tmp_path / "node"
+    pulled = cli_json("--cache-dir", str(node), "pull", url, env=env)
+    assert pulled["ok"] and names_in(node / f"jaxlib-{JAXLIB}") == expected
+
+
+def _entry_files(folder: Path) -> dict[str, bytes]:
+    return {n: (folder / n).read_bytes() for n in names_in(folder)}
+
+
+@pytest.mark.slow
+def test_a_pull_killed_by_sigkill_leaves_nothing_partial(bucket: dict[str, str], tmp_path: Path) -> None:
+    url = f"s3://{bucket['BUCKET']}/kill"
+    env = node_env(tmp_path / "home", **{k: v for k, v in bucket.items() if k != "BUCKET"})
+    source = synthetic_cache(tmp_path / "a", 400, tag="k", size=40_000)
+    assert cli("--cache-dir", str(tmp_path / "a"), "push", url, "-q", env=env).returncode == 0
+    expected = _entry_files(source)
+
+    node = tmp_path / "node"
+    folder = node / f"jaxlib-{JAXLIB}"
+    proc = subprocess.Popen([sys.executable, "-m", "jaxcache", "--cache-dir", str(node), "pull", url, "--jobs", "1",
+                             "-q"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if folder.is_dir() and len(names_in(folder)) >= 20:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    had = _entry_files(folder)
+    # Killed mid-way, not by luck after the end: some objects in, most not.
+    assert proc.returncode == -signal.SIGKILL and 20 <= len(had) < len(expected)
+    assert all(data == expected[name] for name, data in had.items())  # nothing partial under an entry's name
+
+    rerun = cli_json("--cache-dir", str(node), "pull", url, env=env)
+    assert rerun["ok"] and len(rerun["fetch"]) == len(expected) - len(had)
+    assert _entry_files(folder) == expected
+    assert not [p for p in folder.iterdir() if p.name.startswith(".jaxcache-tmp-")]  # the dead pull's temps removed
+
+
+def test_a_tampered_object_is_refused(bucket: dict[str, str], tmp_path: Path) -> None:
+    url = f"s3://{bucket['BUCKET']}/tamper"
+    env = node_env(tmp_path / "home", **{k: v for k, v in bucket.items() if k != "BUCKET"})
+    source = synthetic_cache(tmp_path / "a", 5, tag="t")
+    pushed = cli_json("--cache-dir", str(tmp_path / "a"), "push", url, env=env)
+    victim = sorted(names_in(source))[2]
+    sha = __import__("hashlib").sha256((source / victim).read_bytes()).hexdigest()
+    _s3(bucket).put_object(Bucket=bucket["BUCKET"], Key=f"tamper/jaxlib-{JAXLIB}/objects/{sha}",
+                           Body=b"\x78\x9c" + os.urandom(len((source / victim).read_bytes()) - 2))
+    proc = cli("--cache-dir", str(tmp_path / "node"), "pull", url, "-q", env=env)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert victim in proc.stderr and "refused" in proc.stderr
+    folder = tmp_path / "node" / f"jaxlib-{JAXLIB}"
+    assert names_in(folder) == names_in(source) - {victim} and len(pushed["send"]) == 5
+    assert not [p for p in folder.iterdir() if p.name.startswith(".jaxcache-tmp-")]
+
+
+def test_signed_manifests(bucket: dict[str, str], tmp_path: Path) -> None:
+    """CI signs; a node with the same key pulls; one with another key, or strict without a
+    signature, is refused in one line and pulls nothing."""
+    url = f"s3://{bucket['BUCKET']}/signed"
+    s3env = {k: v for k, v in bucket.items() if k != "BUCKET"}
+    key_file = tmp_path / "fleet.key"
+    key_file.write_text("0123456789abcdef0123456789abcdef\n")
+    ci = node_env(tmp_path / "home-ci", JAXCACHE_FLEET_KEY_FILE=str(key_file), **s3env)
+    synthetic_cache(tmp_path / "ci", 3, tag="s")
+    pushed = cli_json("--cache-dir", str(tmp_path / "ci"), "push", url, env=ci)
+    assert pushed["ok"]
+
+    good = node_env(tmp_path / "home-good", JAXCACHE_FLEET_KEY="0123456789abcdef0123456789abcdef", **s3env)
+    pulled = cli_json("--cache-dir", str(tmp_path / "good"), "pull", url, "--strict", env=good)
+    assert pulled["ok"] and len(pulled["fetch"]) == 3 and pulled["remote_manifests"]["signed"]
+
+    other = node_env(tmp_path / "home-other", JAXCACHE_FLEET_KEY="another key, 32 bytes long......", **s3env)
+    proc = cli("--cache-dir", str(tmp_path / "other"), "pull", url, env=other)
+    assert proc.returncode == 1 and "signed with another key" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "other").exists() or not names_in(tmp_path / "other" / f"jaxlib-{JAXLIB}")
+
+    unsigned_url = f"s3://{bucket['BUCKET']}/unsigned"
+    plain = node_env(tmp_path / "home-plain", **s3env)
+    cli_json("--cache-dir", str(tmp_path / "ci"), "push", unsigned_url, env=plain)
+    strict = node_env(tmp_path / "home-strict", JAXCACHE_STRICT="1", **s3env)
+    proc = cli("--cache-dir", str(tmp_path / "strict"), "pull", unsigned_url, env=strict)
+    assert proc.returncode == 1 and "strict mode" in proc.stderr
+    assert not (tmp_path / "strict").exists() or not names_in(tmp_path / "strict" / f"jaxlib-{JAXLIB}")
+
+
+def test_remote_errors_are_one_line(bucket: dict[str, str], tmp_path: Path) -> None:
+    env = node_env(tmp_path / "home", **{k: v for k, v in bucket.items() if k != "BUCKET"})
+    synthetic_cache(tmp_path / "a", 1, tag="e")
+    missing = cli("--cache-dir", str(tmp_path / "a"), "push", "s3://no-such-bucket-here/x", env=env)
+    assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1, missing.stderr
+    no_creds = node_env(tmp_path / "home2", AWS_ENDPOINT_URL=bucket["AWS_ENDPOINT_URL"],
+                        AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
+                        AWS_EC2_METADATA_DISABLED="true")
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        no_creds.pop(var, None)
+    proc = cli("--cache-dir", str(tmp_path / "a"), "pull", f"s3://{bucket['BUCKET']}/x", env=no_creds)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    bad = cli("--cache-dir", str(tmp_path / "a"), "pull", "ftp://host/x", env=env)
+    assert bad.returncode == 2 and "unsupported remote" in bad.stderr
