@@ -995,3 +995,71 @@ def pull_command(ctx: click.Context, remote: str, strict: bool, jobs: int, key_f
                    f"({display.size(result.transferred.bytes)}) into {plan.folder} in "
                    f"{result.transferred.seconds:.1f} s{skipped}.")
     _fleet_failures(result.transferred.failed, len(plan.fetch), "pulled")
+
+
+@main.command("export")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="The bundle to write (a tar archive).")
+@click.option("--version", "version", metavar="V", help="The jaxlib version folder to export (default: the installed one).")
+@click.option("--name", "pattern", metavar="GLOB", help="Only objects whose module name matches, e.g. 'jit_lsq_*'.")
+@click.option("--key-file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Sign with this fleet key (else JAXCACHE_FLEET_KEY or JAXCACHE_FLEET_KEY_FILE).")
+@json_option
+@click.pass_context
+def export_command(ctx: click.Context, output: Path, version: str | None, pattern: str | None, key_file: str | None,
+                   as_json: bool) -> None:
+    """Write one version folder's entries and stored executables, with their manifest, into one file.
+
+    Example: jaxcache export -o jax-cache.tar --name 'jit_lsq_*'
+    """
+    from jaxcache.fleet.bundle import export
+    from jaxcache.fleet.trust import load_key
+
+    result = export(_settings(ctx), output, version=version, name=pattern, key=load_key(key_file))
+    for name, why in result.refused:
+        click.echo(f"jaxcache: warning: not exported {name}: {why}", err=True)
+    if as_json:
+        _emit_json(result.as_dict())
+    else:
+        click.echo(f"Exported {display.count(result.objects, 'object')} ({display.size(result.bytes)}) of jaxlib "
+                   f"{result.jaxlib} to {result.path}{' (signed)' if result.signed else ''}.")
+
+
+@main.command("import")
+@click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--strict", is_flag=True, help="Refuse a bundle not signed with the fleet key (also: strict = true).")
+@click.option("--key-file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="The fleet's key (else JAXCACHE_FLEET_KEY or JAXCACHE_FLEET_KEY_FILE).")
+@dry_run_option
+@json_option
+@click.pass_context
+def import_command(ctx: click.Context, bundle: Path, strict: bool, key_file: str | None, dry_run: bool,
+                   as_json: bool) -> None:
+    """Check a bundle against this installation, say what will and will not hit, then import what will.
+
+    A truncated or altered bundle is refused and nothing is imported.
+
+    Example: jaxcache import jax-cache.tar --dry-run
+    """
+    from jaxcache.fleet import policy_for
+    from jaxcache.fleet.bundle import import_bundle, plan_import
+
+    settings = _settings(ctx)
+    plan = plan_import(settings, bundle, policy=policy_for(settings, key_file=key_file, strict=strict))
+    if not as_json:
+        _print_fleet_table(plan.fetch)
+        verb = "Would import" if dry_run else "Importing"
+        what = (f"{verb} {display.count(len(plan.fetch), 'object')} ({display.size(plan.bytes)})" if plan.fetch
+                else "Nothing to import")
+        skipped = f"; {len(plan.skipped)} can never hit here ({_reasons(plan.skipped)})" if plan.skipped else ""
+        click.echo(f"{what} of jaxlib {plan.manifest.jaxlib} into {plan.folder}: {plan.here} already here{skipped}"
+                   f" (manifest {plan.status}).")
+    if dry_run:
+        if as_json:
+            _emit_json({"dry_run": True, **plan.as_dict()})
+        return
+    done = import_bundle(plan, settings)
+    if as_json:
+        _emit_json({"dry_run": False, **plan.as_dict(), "transferred": done.as_dict()})
+    elif plan.fetch:
+        click.echo(f"Imported {display.count(len(done.done), 'object')}.")

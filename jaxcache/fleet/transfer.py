@@ -65,7 +65,7 @@ class _Refused(Exception):
     """An object whose bytes do not match its record."""
 
 
-def _temp_prefix() -> str:
+def temp_prefix() -> str:
     return f"{PULL_TEMP_PREFIX}{_HOST}-{os.getpid()}-"
 
 
@@ -116,7 +116,7 @@ def _umask() -> int:
     return mask
 
 
-_MODE = 0o666 & ~_umask()  # as JAX's own entries: in a team cache every member reads them
+FILE_MODE = 0o666 & ~_umask()  # as JAX's own entries: in a team cache every member reads them
 
 
 def fetch_into(store: Store, jaxlib: str, records: Iterable[ObjectRecord], folder: Path, *, jobs: int = 16,
@@ -146,7 +146,7 @@ def fetch_into(store: Store, jaxlib: str, records: Iterable[ObjectRecord], folde
 
     def download(record: ObjectRecord) -> Path:
         target_dir = (folder / record.name).parent
-        fd, tmp_name = tempfile.mkstemp(dir=target_dir, prefix=_temp_prefix())
+        fd, tmp_name = tempfile.mkstemp(dir=target_dir, prefix=temp_prefix())
         os.close(fd)
         tmp = Path(tmp_name)
         try:
@@ -155,7 +155,7 @@ def fetch_into(store: Store, jaxlib: str, records: Iterable[ObjectRecord], folde
             if size != record.size or digest != record.sha256:
                 raise _Refused(f"{size} bytes with SHA-256 {digest[:12]}..., the manifest says {record.size} "
                                f"bytes with {record.sha256[:12]}... (tampered or damaged): refused")
-            os.chmod(tmp, _MODE)
+            os.chmod(tmp, FILE_MODE)
             return tmp
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -187,7 +187,7 @@ def fetch_into(store: Store, jaxlib: str, records: Iterable[ObjectRecord], folde
                     failed.append((record.name, f"cannot write locally ({e.strerror})"))
                 else:
                     try:
-                        _enter(folder, record, tmp, capped=capped)
+                        enter(folder, record, tmp, capped=capped)
                     finally:
                         tmp.unlink(missing_ok=True)
                     done.append(record.name)
@@ -201,29 +201,40 @@ def fetch_into(store: Store, jaxlib: str, records: Iterable[ObjectRecord], folde
     return Transferred(done=tuple(done), failed=tuple(failed), bytes=moved, seconds=time.monotonic() - start)
 
 
-def _enter(folder: Path, record: ObjectRecord, tmp: Path, *, capped: bool) -> None:
-    """Gives a checked temporary file its name, under the folder's lock, never replacing a file."""
-    target = folder / record.name
+def enter(folder: Path, record: ObjectRecord, tmp: Path, *, capped: bool) -> None:
+    """Gives one checked temporary file its name (see `enter_all`)."""
+    enter_all(folder, [(record, tmp)], capped=capped)
+
+
+def enter_all(folder: Path, items: Iterable[tuple[ObjectRecord, Path]], *, capped: bool) -> None:
+    """Gives checked temporary files their names, under the folder's lock (taken once), never
+    replacing a file. The temporary files are left for the caller to remove."""
     with locking.folder_lock(folder):
-        try:
-            os.link(tmp, target)
-        except FileExistsError:
-            return  # JAX (or another pull) wrote it meanwhile: keep theirs, as JAX's put does
-        except OSError:
-            # A filesystem without hard links: rename, after looking (the lock keeps jaxcache's
-            # writers out; JAX's uncapped writers take no lock, and at worst write the same key).
-            if target.exists():
-                return
-            os.replace(tmp, target)
-        if record.kind == "entry":
-            if capped:
-                atime = folder / jaxformat.atime_file_name(record.key)
-                atime.write_bytes(jaxformat.encode_atime(time.time_ns()))
-            if provenance.read_marker(folder) is not None:
-                try:
-                    provenance.record_write(folder, record.key, record.platform, record.compile_seconds)
-                except OSError:
-                    pass  # the write log is metadata: an entry without a line is still an entry
+        for record, tmp in items:
+            _place(folder, record, tmp, capped=capped)
+
+
+def _place(folder: Path, record: ObjectRecord, tmp: Path, *, capped: bool) -> None:
+    target = folder / record.name
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        return  # JAX (or another pull) wrote it meanwhile: keep theirs, as JAX's put does
+    except OSError:
+        # A filesystem without hard links: rename, after looking (the lock keeps jaxcache's
+        # writers out; JAX's uncapped writers take no lock, and at worst write the same key).
+        if target.exists():
+            return
+        os.replace(tmp, target)
+    if record.kind == "entry":
+        if capped:
+            atime = folder / jaxformat.atime_file_name(record.key)
+            atime.write_bytes(jaxformat.encode_atime(time.time_ns()))
+        if provenance.read_marker(folder) is not None:
+            try:
+                provenance.record_write(folder, record.key, record.platform, record.compile_seconds)
+            except OSError:
+                pass  # the write log is metadata: an entry without a line is still an entry
 
 
 def upload_from(store: Store, jaxlib: str, records: Iterable[ObjectRecord], folder: Path, *, jobs: int = 16,
@@ -267,4 +278,4 @@ def upload_from(store: Store, jaxlib: str, records: Iterable[ObjectRecord], fold
     return Transferred(done=tuple(done), failed=tuple(failed), bytes=moved, seconds=time.monotonic() - start)
 
 
-__all__ = ["Progress", "Transferred", "fetch_into", "remove_dead_temps", "upload_from"]
+__all__ = ["FILE_MODE", "Progress", "Transferred", "enter", "enter_all", "fetch_into", "remove_dead_temps", "temp_prefix", "upload_from"]
