@@ -702,9 +702,10 @@ def _print_traffic(title: str, totals: dict[str, Any]) -> None:
 
 @main.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
+@click.option("--push", "push_to", metavar="REMOTE", help="Then push what the cache has and REMOTE lacks.")
 @json_option
 @click.pass_context
-def run_command(ctx: click.Context, command: tuple[str, ...], as_json: bool) -> int:
+def run_command(ctx: click.Context, command: tuple[str, ...], push_to: str | None, as_json: bool) -> int:
     """Run a command with the cache configured; report its hits and misses; pass its exit code through.
 
     The command need not import jaxcache. With --json, the report is the last line of stdout.
@@ -725,6 +726,8 @@ def run_command(ctx: click.Context, command: tuple[str, ...], as_json: bool) -> 
         if rows and len(rows) <= 30:
             click.echo(display.table(("MODULE", "REQUESTS", "HITS", "MISSES", "COMPILE S", "SAVED S"), rows,
                                      right=(1, 2, 3, 4, 5)), err=True)
+    if push_to:
+        return _push_after_run(ctx, push_to, report.exit_code)
     return report.exit_code
 
 
@@ -778,10 +781,11 @@ def stats_command(ctx: click.Context, zero: bool, dry_run: bool, yes: bool, as_j
               help="Never prune this jaxlib version's entries on an upgrade (repeatable).")
 @click.option("--dry-run", "-n", is_flag=True, help="After an upgrade: print what would be pruned, prune nothing.")
 @click.option("--yes", "-y", is_flag=True, help="After an upgrade: prune without asking (job scripts, CI).")
+@click.option("--remote", metavar="REMOTE", help="Pull from REMOTE first (default: the `remote` setting).")
 @json_option
 @click.pass_context
 def hook_command(ctx: click.Context, shell: str, then_warm: bool, keep_versions: tuple[str, ...], dry_run: bool,
-                 yes: bool, as_json: bool) -> int:
+                 yes: bool, remote: str | None, as_json: bool) -> int:
     """Prepare the cache before a job and print the environment to export. Idempotent and fast.
 
     After a jaxlib upgrade it prunes the entries the new version can never hit,
@@ -801,8 +805,8 @@ def hook_command(ctx: click.Context, shell: str, then_warm: bool, keep_versions:
         return True
 
     interactive = yes or (not as_json and sys.stdin.isatty())
-    result = hook(_settings(ctx), warm=then_warm, keep_versions=keep_versions, dry_run=dry_run,
-                  approve=approve if interactive else None)
+    result = hook(_with_remote(_settings(ctx), remote), warm=then_warm, keep_versions=keep_versions,
+                  dry_run=dry_run, approve=approve if interactive else None)
     if dry_run and result.prune_plan is not None and not as_json:
         _print_plan(result.prune_plan, dry_run=True, out_err=True)
     for message in result.messages:
@@ -1063,3 +1067,38 @@ def import_command(ctx: click.Context, bundle: Path, strict: bool, key_file: str
         _emit_json({"dry_run": False, **plan.as_dict(), "transferred": done.as_dict()})
     elif plan.fetch:
         click.echo(f"Imported {display.count(len(done.done), 'object')}.")
+
+
+def _with_remote(settings: Settings, remote: str | None) -> Settings:
+    """The settings with ``hook --remote`` in place of the ``remote`` setting."""
+    import dataclasses
+
+    from jaxcache.settings import Setting
+
+    if remote is None:
+        return settings
+    if not remote.strip():
+        raise click.BadParameter("is empty", param_hint="'--remote'")
+    return dataclasses.replace(settings, remote=Setting(remote, "--remote"))
+
+
+def _push_after_run(ctx: click.Context, remote: str, exit_code: int) -> int:
+    """``run --push``: push whatever the command left in the cache; the command's exit code wins,
+    else 1 if the push failed. Messages on stderr (stdout's last line stays the run report)."""
+    from jaxcache.fleet import plan_push, policy_for, push
+
+    settings = _settings(ctx)
+    policy = policy_for(settings)
+    try:
+        result = push(plan_push(settings, remote, policy=policy), key=policy.key)
+    except JaxCacheError as e:
+        click.echo(f"jaxcache: error: push to {remote} failed: {e}", err=True)
+        return exit_code or e.exit_code
+    click.echo(f"jaxcache run: pushed {display.count(len(result.plan.send), 'new object')} "
+               f"({display.size(result.transferred.bytes)} uploaded) to {result.plan.remote}", err=True)
+    if result.transferred.failed:
+        name, reason = result.transferred.failed[0]
+        click.echo(f"jaxcache: error: {len(result.transferred.failed)} objects not pushed; first: {name}: {reason}",
+                   err=True)
+        return exit_code or 1
+    return exit_code

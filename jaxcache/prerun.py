@@ -48,6 +48,7 @@ class HookResult:
     pruned_executables: int = 0
     freed_bytes: int = 0
     warmed: dict[str, int] | None = None
+    pulled: dict[str, Any] | None = None  # what the pull from the `remote` setting did (jaxcache.fleet)
     messages: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -142,6 +143,8 @@ def hook(settings: Settings, *, warm: bool = False, keep_versions: Sequence[str]
             highest = versions.jaxlib
     state["highest_jaxlib"] = highest
 
+    if settings.remote.value:
+        _pull(settings, result)
     if warm:
         _warm_missing(settings, versions.jaxlib, state, result)
     if state != before:
@@ -219,6 +222,24 @@ def _warm_missing(settings: Settings, jaxlib: str, state: dict[str, Any], result
                            f"{result.warmed['cached']} already cached, {result.warmed['failed']} failed")
     if report.ok:
         warmed[jaxlib] = digest
+
+
+def _pull(settings: Settings, result: HookResult) -> None:
+    """Pulls from the ``remote`` setting; a failure is a message, never a job without its environment."""
+    from jaxcache.fleet import plan_pull, policy_for, pull
+
+    try:
+        plan = plan_pull(settings, settings.remote.value, policy=policy_for(settings))
+        done = pull(plan, settings)
+    except JaxCacheError as e:
+        result.pulled = {"remote": settings.remote.value, "error": str(e)}
+        result.messages.append(f"warning: pull from {settings.remote.value} failed: {e}")
+        return
+    result.pulled = {"remote": plan.remote, "fetched": len(done.transferred.done), "bytes": done.transferred.bytes,
+                     "here": plan.here, "skipped": len(plan.skipped), "failed": len(done.transferred.failed)}
+    if done.transferred.done or done.transferred.failed:
+        failed = f", {len(done.transferred.failed)} refused or failed" if done.transferred.failed else ""
+        result.messages.append(f"pulled {len(done.transferred.done)} objects from {plan.remote}{failed}")
 
 
 def _quote(value: str) -> str:

@@ -32,6 +32,7 @@ ENV_VARS: dict[str, tuple[str, ...]] = {
     "layout": ("JAXCACHE_LAYOUT",),
     "xla_caches": ("JAXCACHE_XLA_CACHES",),
     "strict": ("JAXCACHE_STRICT",),
+    "remote": ("JAXCACHE_REMOTE",),
 }
 # Keys of the config file / [tool.jaxcache] table, and the setting each sets.
 CONFIG_KEYS: dict[str, str] = {
@@ -42,6 +43,7 @@ CONFIG_KEYS: dict[str, str] = {
     "layout": "layout",
     "xla_caches": "xla_caches",
     "strict": "strict",
+    "remote": "remote",
 }
 # Sub-tables of [tool.jaxcache] that belong to other commands.
 _OTHER_TABLES = frozenset({"warm"})
@@ -72,6 +74,7 @@ class Settings:
             turns XLA's GPU sub-caches off when no GPU plugin is installed, which
             takes the folder's path out of every key.
         strict: refuse (rather than warn about) a folder others can write to.
+        remote: where ``jaxcache hook`` pulls from before a job (a shared folder, ``s3://``, ``gs://``); None for none.
     """
 
     cache_dir: Setting
@@ -81,6 +84,7 @@ class Settings:
     layout: Setting
     xla_caches: Setting
     strict: Setting
+    remote: Setting
     # Config files that could not be read and were skipped (one line each, for a warning).
     skipped: tuple[str, ...] = ()
 
@@ -193,6 +197,13 @@ def _coerce(name: str, raw: Any, where: str, base: Path) -> Any:
             if not set(flags) <= _XLA_CACHE_FLAGS:
                 raise ValueError
             return ",".join(flags)
+        if name == "remote":
+            if not isinstance(raw, str) or not raw.strip():
+                raise ValueError
+            if "://" in raw:
+                return raw.strip()
+            path = Path(os.path.expanduser(raw.strip()))  # a shared folder, relative to the file naming it
+            return str(path.resolve() if path.is_absolute() else (base / path).resolve())
         if name == "strict":
             if isinstance(raw, bool):
                 return raw
@@ -215,6 +226,7 @@ _DEFAULTS: dict[str, Any] = {
     "layout": "versioned",
     "xla_caches": "auto",
     "strict": False,
+    "remote": None,
 }
 
 
@@ -227,6 +239,7 @@ def resolve(
     layout: Layout | None = None,
     xla_caches: str | None = None,
     strict: bool | None = None,
+    remote: str | None = None,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     argument_source: str = "argument",
@@ -253,6 +266,7 @@ def resolve(
         "layout": layout,
         "xla_caches": xla_caches,
         "strict": strict,
+        "remote": remote,
     }
     layers: list[tuple[str, Path, dict[str, Any]]] = []
     skipped: list[str] = []
