@@ -388,3 +388,24 @@ def test_a_keyed_reader_ignores_unsigned_manifests_and_refuses_another_key(tmp_p
     catalog.publish(LocalStore(remote), rogue, key=OTHER)
     with pytest.raises(TrustError, match="another key"):
         _remote_names(remote, key=KEY)
+
+
+def test_a_pull_with_nothing_new_reads_head_alone_and_notices_every_change(tmp_path: Path) -> None:
+    synthetic_cache(tmp_path / "a", 6, tag="n")
+    remote = str(tmp_path / "remote")
+    _push(tmp_path / "a", remote)
+    settings = resolve(cache_dir=tmp_path / "node")
+    pull(plan_pull(settings, remote), settings)
+    unchanged = plan_pull(settings, remote)
+    assert unchanged.fetch == () and unchanged.here == 6 and unchanged.catalog.reads == 1
+    assert unchanged.catalog.as_dict()["objects"] == 6
+    folder = tmp_path / "node" / f"jaxlib-{JAXLIB}"
+    gone = sorted(names_in(folder))[0]
+    (folder / gone).unlink()  # pruned here: the next pull brings it back
+    assert [r.name for r in plan_pull(settings, remote).fetch] == [gone]
+    pull(plan_pull(settings, remote), settings)
+    synthetic_cache(tmp_path / "a", 8, tag="n")  # a new push changes HEAD
+    _push(tmp_path / "a", remote)
+    assert len(plan_pull(settings, remote).fetch) == 2
+    keyed = plan_pull(settings, remote, policy=trust.Policy(key=KEY))  # another policy: read in full
+    assert keyed.fetch == () and keyed.catalog.ignored  # the unsigned manifest is not used with a key

@@ -155,7 +155,7 @@ class ImportPlan:
         folder: the folder JAX writes into here.
         fetch: objects to import.
         here: how many this folder already has.
-        skipped: (record, why) for objects this node can never hit.
+        skipped: (name, why) for objects this node can never hit.
     """
 
     bundle: Path
@@ -165,7 +165,7 @@ class ImportPlan:
     folder: Path
     fetch: tuple[ObjectRecord, ...]
     here: int
-    skipped: tuple[tuple[ObjectRecord, str], ...]
+    skipped: tuple[tuple[str, str], ...]
     capped: bool = False
 
     @property
@@ -176,7 +176,7 @@ class ImportPlan:
         return {"bundle": str(self.bundle), "jaxlib": self.manifest.jaxlib, "jax": self.manifest.jax,
                 "path_in_key": self.manifest.path_in_key, "signature": self.status, "node": self.node.as_dict(),
                 "folder": str(self.folder), "fetch": [r.name for r in self.fetch], "bytes": self.bytes,
-                "here": self.here, "skipped": [{"name": r.name, "reason": why} for r, why in self.skipped]}
+                "here": self.here, "skipped": [{"name": name, "reason": why} for name, why in self.skipped]}
 
 
 def plan_import(settings: Settings, bundle: Path, *, policy: trust.Policy | None = None) -> ImportPlan:
@@ -223,7 +223,7 @@ def plan_import(settings: Settings, bundle: Path, *, policy: trust.Policy | None
         if why is None:
             fetch.append(record)
         else:
-            skipped.append((record, why))
+            skipped.append((record.name, why))
     return ImportPlan(bundle=bundle, manifest=manifest, status=status, node=node, folder=folder, fetch=tuple(fetch),
                       here=here, skipped=tuple(skipped), capped=settings.max_size.value != -1)
 

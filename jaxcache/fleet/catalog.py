@@ -41,6 +41,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import EllipsisType
 from typing import Any
 
 from jaxcache.fleet import trust
@@ -132,6 +133,7 @@ class Catalog:
     reads: int = 0
     listed: bool = False
     raw: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False, hash=False)
+    summary: tuple[int, int] | None = None  # (objects, bytes) where ``records`` was not loaded (an unchanged remote)
 
     @property
     def signed(self) -> bool:
@@ -139,8 +141,9 @@ class Catalog:
         return bool(self.statuses) and all(s == "signed" for s in self.statuses.values())
 
     def as_dict(self) -> dict[str, Any]:
+        objects, size = self.summary or (len(self.records), sum(r.size for r in self.records.values()))
         return {"remote": self.remote, "jaxlib": self.jaxlib, "manifests": list(self.manifests),
-                "objects": len(self.records), "bytes": sum(r.size for r in self.records.values()),
+                "objects": objects, "bytes": size,
                 "signed": self.signed, "statuses": dict(self.statuses),
                 "ignored": [{"manifest": n, "reason": r} for n, r in self.ignored],
                 "reads": self.reads, "listed": self.listed}
@@ -239,7 +242,8 @@ def read_head(store: Store, jaxlib: str) -> list[str] | None:
     return names if len(names) == len(head["manifests"]) else None
 
 
-def read_catalog(store: Store, jaxlib: str, *, policy: trust.Policy, cache_dir: Path | None = None) -> Catalog:
+def read_catalog(store: Store, jaxlib: str, *, policy: trust.Policy, cache_dir: Path | None = None,
+                 head: list[str] | None | EllipsisType = ...) -> Catalog:
     """What the remote holds for ``jaxlib`` that this reader may use.
 
     Args:
@@ -248,6 +252,7 @@ def read_catalog(store: Store, jaxlib: str, *, policy: trust.Policy, cache_dir: 
         policy: the signature policy.
         cache_dir: a local folder keeping copies of manifests already read
             (they never change), so an unchanged remote costs one small read.
+        head: HEAD's list, when the caller has just read it (None: there is no HEAD; ``...``: read it here).
 
     Raises:
         TrustError: a manifest signed with another key or altered, or strict mode and an unsigned one.
@@ -255,7 +260,8 @@ def read_catalog(store: Store, jaxlib: str, *, policy: trust.Policy, cache_dir: 
     """
     reader = _Reader(store, jaxlib, policy, cache_dir)
     reader.reads += 1
-    head = read_head(store, jaxlib)
+    if head is ...:
+        head = read_head(store, jaxlib)
     listed = False
     live: dict[str, tuple[Manifest, trust.Status]] = {}
     ignored: list[tuple[str, str]] = []

@@ -36,6 +36,12 @@ _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _EXECUTABLE_PREFIX = exeformat.FOLDER_NAME + "/"
 
 
+# The only two shapes of name a manifest may carry (jaxformat.parse_entry_name and
+# exeformat.is_store_name, as one regex each: a 10k-entry manifest is checked on every full read).
+_ENTRY_NAME = re.compile(r"(?![.])[^/\\\x00]+-[0-9a-f]{64}" + re.escape(jaxformat.CACHE_SUFFIX))
+_EXECUTABLE_NAME = re.compile(re.escape(exeformat.FOLDER_NAME + "/") + r"[0-9a-f]{64}" + re.escape(exeformat.SUFFIX))
+
+
 def valid_name(name: str) -> Kind | None:
     """The kind of object a relative name denotes, or None if it is not one jaxcache transfers.
 
@@ -43,14 +49,13 @@ def valid_name(name: str) -> Kind | None:
     (``<module>-<64 hex>-cache``), and ``executables/<64 hex>.jaxexe``. A
     manifest naming anything else (``../x``, an absolute path, a dot file) is refused.
     """
-    if not isinstance(name, str) or "\0" in name or "\\" in name:
+    if not isinstance(name, str):
         return None
-    if name.startswith(_EXECUTABLE_PREFIX):
-        return "executable" if exeformat.is_store_name(name[len(_EXECUTABLE_PREFIX):]) else None
-    if "/" in name or name.startswith("."):
-        return None
-    parsed = jaxformat.parse_entry_name(name)
-    return "entry" if parsed is not None and parsed.kind == "cache" else None
+    if _ENTRY_NAME.fullmatch(name):
+        return "entry"
+    if _EXECUTABLE_NAME.fullmatch(name):
+        return "executable"
+    return None
 
 
 @dataclass(frozen=True)
@@ -113,25 +118,33 @@ class ObjectRecord:
         Raises:
             ValueError: a missing or mistyped field, or a name that is not an entry's or a stored executable's.
         """
-        name = data.get("name")
+        get = data.get
+        name = get("name")
         kind = valid_name(name)  # type: ignore[arg-type]
-        if kind is None or data.get("kind") != kind:
+        if kind is None or get("kind") != kind:
             raise ValueError(f"not an object name jaxcache transfers: {name!r}")
-        sha = data.get("sha256")
-        size = data.get("size")
-        if not isinstance(sha, str) or not _SHA256_RE.fullmatch(sha):
+        sha, size = get("sha256"), get("size")
+        if type(sha) is not str or not _SHA256_RE.fullmatch(sha):
             raise ValueError(f"{name}: bad sha256")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        if type(size) is not int or size < 0:
             raise ValueError(f"{name}: bad size")
-        return cls(
-            name=name, kind=kind, size=size, sha256=sha, module=_text(data, "module") or "?",  # type: ignore[arg-type]
-            platform=_text(data, "platform"), compile_seconds=_number(data, "compile_seconds"),
-            compression=_text(data, "compression"), keyed_path=_text(data, "keyed_path"),
-            keyed_path_known=bool(data.get("keyed_path_known", True)), cpu=_text(data, "cpu"),
-            device_kind=_text(data, "device_kind"),
-            device_count=int(data["device_count"]) if isinstance(data.get("device_count"), int) else None,
-            written=_number(data, "written") or 0.0,
-        )
+        texts = [get(f) for f in _TEXT_FIELDS]
+        numbers = [get(f) for f in _NUMBER_FIELDS]
+        count = get("device_count")
+        if any(t is not None and type(t) is not str for t in texts) \
+                or any(n is not None and type(n) not in (int, float) for n in numbers) \
+                or (count is not None and type(count) is not int):
+            raise ValueError(f"{name}: a field of the wrong type")
+        module, platform, compression, keyed_path, cpu, device_kind = texts
+        seconds, written = numbers
+        return cls(name=name, kind=kind, size=size, sha256=sha, module=module or "?",  # type: ignore[arg-type]
+                   platform=platform, compile_seconds=None if seconds is None else float(seconds),
+                   compression=compression, keyed_path=keyed_path, keyed_path_known=get("keyed_path_known", True) is True,
+                   cpu=cpu, device_kind=device_kind, device_count=count, written=float(written or 0.0))
+
+
+_TEXT_FIELDS = ("module", "platform", "compression", "keyed_path", "cpu", "device_kind")
+_NUMBER_FIELDS = ("compile_seconds", "written")
 
 
 def _text(data: Mapping[str, Any], name: str) -> str | None:

@@ -9,6 +9,7 @@ local layout does. `plan_pull` with nothing new costs one small read (see
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,7 +184,7 @@ class PullPlan:
         node: this node's profile.
         fetch: objects to download.
         here: how many of the remote's objects this folder already has.
-        skipped: (record, why) for objects this node can never hit.
+        skipped: (name, why) for objects this node can never hit.
         catalog: what the remote holds, as read.
     """
 
@@ -192,10 +193,11 @@ class PullPlan:
     node: Node
     fetch: tuple[ObjectRecord, ...]
     here: int
-    skipped: tuple[tuple[ObjectRecord, str], ...]
+    skipped: tuple[tuple[str, str], ...]
     catalog: Catalog
     store: Store = field(repr=False, compare=False)
     capped: bool = False
+    policy: trust.Policy | None = field(default=None, repr=False, compare=False)
 
     @property
     def bytes(self) -> int:
@@ -205,7 +207,7 @@ class PullPlan:
         return {
             "remote": self.remote, "folder": str(self.folder), "node": self.node.as_dict(),
             "fetch": [r.name for r in self.fetch], "bytes": self.bytes, "here": self.here,
-            "skipped": [{"name": r.name, "reason": why} for r, why in self.skipped],
+            "skipped": [{"name": name, "reason": why} for name, why in self.skipped],
             "remote_manifests": self.catalog.as_dict(),
         }
 
@@ -228,6 +230,11 @@ def plan_pull(settings: Settings, remote: str | Store, *, policy: trust.Policy |
     """What pulling from ``remote`` into this cache would bring in. Creates nothing locally
     except the copies of manifests read, when the folder exists.
 
+    With nothing new, this is one small read (HEAD) and a listing of the local
+    folder: when HEAD names the manifests the last complete pull used, under
+    the same node profile and signature policy, and every object that pull
+    wanted is still here, the manifests are not even parsed again (see `_unchanged`).
+
     Raises:
         NotACacheError: the local folder holds other files and is not a cache.
         TrustError: a manifest signed with another key or altered; strict mode and an unsigned one.
@@ -242,11 +249,67 @@ def plan_pull(settings: Settings, remote: str | Store, *, policy: trust.Policy |
     folder = provenance.jax_dir(settings.root, settings.layout.value, versions)
     node = this_node(folder, xla_caches=settings.xla_caches.value, layout=settings.layout.value)
     cache_dir = catalogs.cache_dir_for(local.meta_dir(folder), store.url) if folder.is_dir() else None
-    cat = catalogs.read_catalog(store, node.jaxlib, policy=policy, cache_dir=cache_dir)
-    return plan_from_records(cat, node, folder, store=store, capped=settings.max_size.value != -1)
+    capped = settings.max_size.value != -1
+    head = catalogs.read_head(store, node.jaxlib)
+    if cache_dir is not None and head is not None:
+        plan = _unchanged(cache_dir, head, node, policy, folder, store, capped=capped)
+        if plan is not None:
+            return plan
+    cat = catalogs.read_catalog(store, node.jaxlib, policy=policy, cache_dir=cache_dir, head=head)
+    plan = plan_from_records(cat, node, folder, store=store, capped=capped, policy=policy)
+    if cache_dir is not None and not plan.fetch:
+        _remember_complete(cache_dir, plan, policy)
+    return plan
 
 
-def plan_from_records(cat: Catalog, node: Node, folder: Path, *, store: Store, capped: bool) -> PullPlan:
+_STATE = "last-pull.json"
+
+
+def _state_key(node: Node, policy: trust.Policy) -> dict[str, Any]:
+    return {"node": node.as_dict(), "policy": policy.as_dict()}
+
+
+def _remember_complete(cache_dir: Path, plan: PullPlan, policy: trust.Policy) -> None:
+    """Records what a pull that left nothing to fetch used, for `_unchanged` (best effort)."""
+    if plan.catalog.listed or plan.catalog.ignored:
+        return  # HEAD alone did not describe the remote: read it in full next time
+    state = {**_state_key(plan.node, policy), "head": list(plan.catalog.manifests),
+             "wanted": sorted(set(plan.catalog.records) - {n for n, _ in plan.skipped}),
+             "skipped": [list(s) for s in plan.skipped], "catalog": plan.catalog.as_dict()}
+    try:
+        local.write_atomically(cache_dir / _STATE, json.dumps(state).encode())
+    except OSError:
+        pass
+
+
+def _unchanged(cache_dir: Path, head: list[str], node: Node, policy: trust.Policy, folder: Path, store: Store, *,
+               capped: bool) -> PullPlan | None:
+    """The plan of a pull with nothing new, from the last complete pull's record, or None.
+
+    Sound because manifests never change (a new push writes a new one, so HEAD
+    changes), the verdicts depend only on the node and the policy (both in the
+    record), and the local listing is taken now.
+    """
+    try:
+        state = json.loads((cache_dir / _STATE).read_bytes())
+        if state.get("head") != head or {k: state.get(k) for k in ("node", "policy")} != _state_key(node, policy):
+            return None
+        wanted = state["wanted"]
+        present = local.present(folder)
+        if not all(name in present for name in wanted):
+            return None
+        summary = state["catalog"]
+        cat = Catalog(remote=store.url, jaxlib=node.jaxlib, manifests=tuple(head), records={},
+                      statuses=dict(summary["statuses"]), reads=1, summary=(summary["objects"], summary["bytes"]))
+        skipped = tuple((str(n), str(why)) for n, why in state["skipped"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return PullPlan(remote=store.url, folder=folder, node=node, fetch=(), here=len(wanted), skipped=skipped,
+                    catalog=cat, store=store, capped=capped)
+
+
+def plan_from_records(cat: Catalog, node: Node, folder: Path, *, store: Store, capped: bool,
+                      policy: trust.Policy | None = None) -> PullPlan:
     """The pull plan for a catalog read (shared with bundle imports)."""
     present = local.present(folder) if folder.is_dir() else set()
     path_keyed = jaxformat.path_in_key(cat.jaxlib)
@@ -260,9 +323,9 @@ def plan_from_records(cat: Catalog, node: Node, folder: Path, *, store: Store, c
         if why is None:
             fetch.append(record)
         else:
-            skipped.append((record, why))
+            skipped.append((record.name, why))
     return PullPlan(remote=cat.remote, folder=folder, node=node, fetch=tuple(fetch), here=here,
-                    skipped=tuple(skipped), catalog=cat, store=store, capped=capped)
+                    skipped=tuple(skipped), catalog=cat, store=store, capped=capped, policy=policy)
 
 
 def pull(plan: PullPlan, settings: Settings, *, jobs: int = DEFAULT_JOBS, progress: Progress | None = None) -> PullResult:
@@ -279,6 +342,9 @@ def pull(plan: PullPlan, settings: Settings, *, jobs: int = DEFAULT_JOBS, progre
     catalogs.remember(plan.catalog, catalogs.cache_dir_for(local.meta_dir(folder), plan.store.url))
     transferred = fetch_into(plan.store, plan.catalog.jaxlib, plan.fetch, folder, jobs=jobs, capped=plan.capped,
                              progress=progress)
+    if not transferred.failed:
+        _remember_complete(catalogs.cache_dir_for(local.meta_dir(folder), plan.store.url), plan,
+                           plan.policy if plan.policy is not None else trust.Policy())
     return PullResult(plan=plan, transferred=transferred)
 
 

@@ -1,0 +1,287 @@
+"""Does one warm serve a fleet? Pulled nodes against local warms and cold starts, and what a pull costs.
+
+Three questions, answered in one run against an S3 server on 127.0.0.1 (moto's
+server mode, in its own process, so it does not share this process's GIL):
+
+1. First solve of ``kinetics`` in a fresh process, on a node that
+   - compiles cold (an empty cache),
+   - was warmed locally (``jaxcache warm``),
+   - pulled what another node warmed and pushed (``jaxcache pull``, timed on
+     its own, then the solve).
+   Goals (issue 13): pulled within 1.2x of locally warmed; at least 5x faster than cold.
+2. ``pull`` of 1,000 entries with 16 objects in flight against one at a time,
+   straight to the loopback server, and through a proxy that adds a round
+   trip (``--rtt-ms``, default 20 ms: a node and a bucket in one region) to
+   every request. Goal: concurrent at least 5x faster.
+3. A pull with nothing new when the remote's manifest names 10,000 entries
+   (the node already holds them all): in process, and as a whole ``jaxcache
+   pull`` process. Goal: under 0.5 s. The manifest is published without its
+   objects, which a no-op pull never fetches.
+
+Usage:
+    python benchmarks/fleet.py [--size 64] [--repeat 3] [--entries 1000] [--rtt-ms 20] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+from _common import PYTHON, clean_env, median, print_table, timed_run, write_json
+
+RESULTS = Path(__file__).resolve().parent / "results" / "fleet.json"
+
+SOLVE = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import jax, solver
+objective, x0 = solver.problems.get(sys.argv[1], int(sys.argv[2]))
+result = solver.least_squares(objective, x0)
+assert result.success
+print(json.dumps({"in_process": time.perf_counter() - t0}))
+"""
+
+# A TCP proxy that holds each response's first bytes back for one round trip.
+PROXY = r"""
+import asyncio, sys
+listen, upstream, delay = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+async def handle(reader, writer):
+    up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream)
+    state = {"asked": False}
+    async def forward_requests():
+        while data := await reader.read(65536):
+            state["asked"] = True
+            up_writer.write(data)
+            await up_writer.drain()
+        up_writer.close()
+    async def forward_responses():
+        while data := await up_reader.read(65536):
+            if state["asked"]:
+                state["asked"] = False
+                await asyncio.sleep(delay)
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+    await asyncio.gather(forward_requests(), forward_responses(), return_exceptions=True)
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", listen)
+    print("ready", flush=True)
+    async with server:
+        await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(port: int) -> None:
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+class Servers:
+    """moto's S3 server and the round-trip proxy in front of it, each in its own process."""
+
+    def __init__(self, rtt_ms: float) -> None:
+        self.port, self.proxy_port = free_port(), free_port()
+        self.procs = [subprocess.Popen([PYTHON, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+        wait_for(self.port)
+        self.procs.append(subprocess.Popen([PYTHON, "-c", PROXY, str(self.proxy_port), str(self.port),
+                                            str(rtt_ms / 1000)], stdout=subprocess.DEVNULL))
+        wait_for(self.proxy_port)
+        self.env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
+                    "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.port}", "AWS_CONFIG_FILE": "/nonexistent",
+                    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_EC2_METADATA_DISABLED": "true"}
+        os.environ.update(self.env)
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket="fleet")
+
+    def use(self, proxied: bool) -> None:
+        port = self.proxy_port if proxied else self.port
+        os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+            proc.wait()
+
+
+def node_env(home: Path, **extra: str) -> dict[str, str]:
+    return clean_env(JAX_PLATFORMS="cpu", XDG_CONFIG_HOME=str(home / "config"), **extra,
+                     **{k: v for k, v in os.environ.items() if k.startswith("AWS_")})
+
+
+def jaxcache(*args: str, env: dict[str, str]) -> tuple[float, str]:
+    return timed_run([PYTHON, "-m", "jaxcache", *args], env)
+
+
+def solve(cache: Path, problem: str, size: int, env: dict[str, str]) -> dict[str, float]:
+    """A first solve in a fresh process with the cache configured through the environment (as `hook` does it)."""
+    from jaxcache.configuration import cache_env, prepare_folder
+    from jaxcache.settings import resolve
+
+    settings = resolve(cache_dir=cache)
+    jax_dir, _ = prepare_folder(settings)
+    wall, out = timed_run([PYTHON, "-c", SOLVE, problem, str(size)], {**env, **cache_env(settings, jax_dir)})
+    return {"wall": wall, "in_process": json.loads(out)["in_process"]}
+
+
+def question_1(tmp: Path, problem: str, size: int, repeat: int) -> dict:
+    env = node_env(tmp / "home")
+    warmed = tmp / "warmed"
+    jaxcache("--cache-dir", str(warmed), "warm", "--problem", problem, "--size", str(size), env=env)
+    remote = "s3://fleet/solve"
+    jaxcache("--cache-dir", str(warmed), "push", remote, "-q", env=env)
+    cold, local, pulled, pulls = [], [], [], []
+    for i in range(repeat):  # interleaved, so the machine's drift hits every mode alike
+        cold.append(solve(tmp / f"cold{i}", problem, size, env))
+        local.append(solve(warmed, problem, size, env))
+        node = tmp / f"node{i}"
+        pull_s, _ = jaxcache("--cache-dir", str(node), "pull", remote, "-q", env=env)
+        pulls.append(pull_s)
+        pulled.append(solve(node, problem, size, env))
+
+    def m(runs: list[dict[str, float]], field: str = "in_process") -> float:
+        return median([r[field] for r in runs])
+
+    c, w, p, pull = m(cold), m(local), m(pulled), median(pulls)
+    return {"problem": problem, "size": size, "repeat": repeat, "cold_s": c, "local_warm_s": w, "pulled_s": p,
+            "pull_s": pull, "pulled_over_local": p / w, "cold_over_pulled": c / p,
+            "cold_over_pull_plus_solve": c / (p + pull), "objects": len(list((tmp / "node0").rglob("*-cache"))),
+            "runs": {"cold": cold, "local": local, "pulled": pulled, "pull_s": pulls}}
+
+
+def synthetic(root: Path, count: int, size: int) -> Path:
+    from jaxcache import provenance
+
+    versions = provenance.installed_versions()
+    assert versions is not None
+    folder = provenance.ensure_version_dir(root, versions)
+    for i in range(count):
+        body = (1).to_bytes(4, "big") + os.urandom(size)
+        digest = hashlib.sha256(f"bench-{i}".encode()).hexdigest()
+        (folder / f"jit_bench_{i % 97}-{digest}-cache").write_bytes(zlib.compress(body, 1))
+    return folder
+
+
+def question_2(tmp: Path, servers: Servers, entries: int, rtt_ms: float) -> dict:
+    from jaxcache.fleet import plan_pull, plan_push, pull, push
+    from jaxcache.settings import resolve
+
+    synthetic(tmp / "source", entries, 16_000)
+    remote = "s3://fleet/many"
+    servers.use(proxied=False)
+    push(plan_push(resolve(cache_dir=tmp / "source"), remote, jobs=16), jobs=16)
+    out: dict[str, dict[str, float]] = {}
+    for proxied, label in ((False, "loopback"), (True, f"+{rtt_ms:g} ms RTT")):
+        servers.use(proxied)
+        times = {}
+        for jobs in (1, 16):
+            settings = resolve(cache_dir=tmp / f"pull-{proxied}-{jobs}")
+            start = time.perf_counter()
+            result = pull(plan_pull(settings, remote, jobs=jobs), settings, jobs=jobs)
+            times[f"jobs_{jobs}_s"] = time.perf_counter() - start
+            assert result.ok and len(result.transferred.done) == entries, result.transferred.failed[:3]
+        times["speedup"] = times["jobs_1_s"] / times["jobs_16_s"]
+        out[label] = times
+    servers.use(proxied=False)
+    return {"entries": entries, "entry_bytes": 16_000, "rtt_ms": rtt_ms, "results": out}
+
+
+def question_3(tmp: Path, count: int) -> dict:
+    from jaxcache.fleet import catalog, local, plan_pull
+    from jaxcache.fleet.remote import open_store
+    from jaxcache.settings import resolve
+
+    folder = synthetic(tmp / "big", count, 200)
+    remote = "s3://fleet/big"
+    catalog.publish(open_store(remote), local.describe(folder).manifest(), key=None)
+    node = tmp / "node-big"
+    shutil.copytree(tmp / "big", node)  # the node already has every entry: nothing new
+    settings = resolve(cache_dir=node)
+    start = time.perf_counter()
+    first = plan_pull(settings, remote)  # reads the manifest once and keeps a copy
+    first_s = time.perf_counter() - start
+    assert not first.fetch and first.here == count
+    noop, noop_open = [], []
+    store = open_store(remote)
+    for _ in range(5):
+        start = time.perf_counter()
+        plan = plan_pull(settings, remote)  # a new S3 client each time, as a new process has
+        noop.append(time.perf_counter() - start)
+        assert not plan.fetch and plan.catalog.reads == 1
+        start = time.perf_counter()
+        plan = plan_pull(settings, store)  # a client already connected (a long-lived process)
+        noop_open.append(time.perf_counter() - start)
+    walls = [jaxcache("--cache-dir", str(node), "pull", remote, "-q", env=node_env(tmp / "home"))[0] for _ in range(3)]
+    python_start = median([timed_run([PYTHON, "-c", "pass"])[0] for _ in range(3)])
+    return {"entries": count, "first_read_s": first_s, "noop_in_process_s": median(noop),
+            "noop_open_client_s": median(noop_open),
+            "noop_process_wall_s": median(walls), "python_start_s": python_start, "reads": 1}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--problem", default="kinetics")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--entries", type=int, default=1000)
+    parser.add_argument("--manifest-entries", type=int, default=10_000)
+    parser.add_argument("--rtt-ms", type=float, default=20.0)
+    parser.add_argument("--json", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    servers = Servers(args.rtt_ms)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            q1 = question_1(Path(tmp) / "q1", args.problem, args.size, args.repeat)
+        with tempfile.TemporaryDirectory() as tmp:
+            q2 = question_2(Path(tmp), servers, args.entries, args.rtt_ms)
+        with tempfile.TemporaryDirectory() as tmp:
+            q3 = question_3(Path(tmp), args.manifest_entries)
+    finally:
+        servers.stop()
+
+    print(f"1. first solve of {q1['problem']}-{q1['size']} in a fresh process (in-process seconds, median of "
+          f"{q1['repeat']}; {q1['objects']} JAX entries pulled, and the stored executables)")
+    print_table(("cold", "locally warmed", "pulled node", "pull itself", "pulled/local", "cold/pulled",
+                 "cold/(pull+solve)"),
+                [(q1["cold_s"], q1["local_warm_s"], q1["pulled_s"], q1["pull_s"], f"{q1['pulled_over_local']:.2f}x",
+                  f"{q1['cold_over_pulled']:.1f}x", f"{q1['cold_over_pull_plus_solve']:.1f}x")])
+    print()
+    print(f"2. pull of {q2['entries']} entries of {q2['entry_bytes'] // 1000} kB from the S3 server on 127.0.0.1")
+    print_table(("network", "one at a time", "16 in flight", "speedup"),
+                [(label, r["jobs_1_s"], r["jobs_16_s"], f"{r['speedup']:.1f}x") for label, r in q2["results"].items()])
+    print()
+    print(f"3. a pull with nothing new, the remote's manifest naming {q3['entries']} entries (one read: HEAD)")
+    print_table(("first read of the manifest", "no-op, new client", "no-op, open client", "no-op, whole process",
+                 "python -c pass"),
+                [(q3["first_read_s"], q3["noop_in_process_s"], q3["noop_open_client_s"], q3["noop_process_wall_s"],
+                  q3["python_start_s"])])
+    write_json(args.json, {"solve": q1, "concurrency": q2, "noop": q3,
+                           "command": " ".join(["python", "benchmarks/fleet.py", *sys.argv[1:]])})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
