@@ -11,15 +11,15 @@ server mode, in its own process, so it does not share this process's GIL):
    Goals (issue 13): pulled within 1.2x of locally warmed; at least 5x faster than cold.
 2. ``pull`` of 1,000 entries with 16 objects in flight against one at a time,
    straight to the loopback server, and through a proxy that adds a round
-   trip (``--rtt-ms``, default 20 ms: a node and a bucket in one region) to
-   every request. Goal: concurrent at least 5x faster.
+   trip to every request (``--rtt-ms``, default 20 and 50 ms: a node and a
+   bucket in one region, and farther). Goal: concurrent at least 5x faster.
 3. A pull with nothing new when the remote's manifest names 10,000 entries
    (the node already holds them all): in process, and as a whole ``jaxcache
    pull`` process. Goal: under 0.5 s. The manifest is published without its
    objects, which a no-op pull never fetches.
 
 Usage:
-    python benchmarks/fleet.py [--size 64] [--repeat 3] [--entries 1000] [--rtt-ms 20] [--json out.json]
+    python benchmarks/fleet.py [--size 64] [--repeat 3] [--entries 1000] [--rtt-ms 20 --rtt-ms 50] [--json out.json]
 """
 
 from __future__ import annotations
@@ -99,16 +99,19 @@ def wait_for(port: int) -> None:
 
 
 class Servers:
-    """moto's S3 server and the round-trip proxy in front of it, each in its own process."""
+    """moto's S3 server and a round-trip proxy per RTT in front of it, each in its own process."""
 
-    def __init__(self, rtt_ms: float) -> None:
-        self.port, self.proxy_port = free_port(), free_port()
+    def __init__(self, rtts_ms: list[float]) -> None:
+        self.port = free_port()
         self.procs = [subprocess.Popen([PYTHON, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
         wait_for(self.port)
-        self.procs.append(subprocess.Popen([PYTHON, "-c", PROXY, str(self.proxy_port), str(self.port),
-                                            str(rtt_ms / 1000)], stdout=subprocess.DEVNULL))
-        wait_for(self.proxy_port)
+        self.proxies: dict[float, int] = {}
+        for rtt in rtts_ms:
+            self.proxies[rtt] = free_port()
+            self.procs.append(subprocess.Popen([PYTHON, "-c", PROXY, str(self.proxies[rtt]), str(self.port),
+                                                str(rtt / 1000)], stdout=subprocess.DEVNULL))
+            wait_for(self.proxies[rtt])
         self.env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
                     "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.port}", "AWS_CONFIG_FILE": "/nonexistent",
                     "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_EC2_METADATA_DISABLED": "true"}
@@ -117,8 +120,8 @@ class Servers:
 
         boto3.client("s3").create_bucket(Bucket="fleet")
 
-    def use(self, proxied: bool) -> None:
-        port = self.proxy_port if proxied else self.port
+    def use(self, rtt_ms: float | None) -> None:
+        port = self.port if rtt_ms is None else self.proxies[rtt_ms]
         os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
 
     def stop(self) -> None:
@@ -185,28 +188,28 @@ def synthetic(root: Path, count: int, size: int) -> Path:
     return folder
 
 
-def question_2(tmp: Path, servers: Servers, entries: int, rtt_ms: float) -> dict:
+def question_2(tmp: Path, servers: Servers, entries: int, rtts_ms: list[float]) -> dict:
     from jaxcache.fleet import plan_pull, plan_push, pull, push
     from jaxcache.settings import resolve
 
     synthetic(tmp / "source", entries, 16_000)
     remote = "s3://fleet/many"
-    servers.use(proxied=False)
+    servers.use(None)
     push(plan_push(resolve(cache_dir=tmp / "source"), remote, jobs=16), jobs=16)
     out: dict[str, dict[str, float]] = {}
-    for proxied, label in ((False, "loopback"), (True, f"+{rtt_ms:g} ms RTT")):
-        servers.use(proxied)
+    for rtt in [None, *rtts_ms]:
+        servers.use(rtt)
         times = {}
         for jobs in (1, 16):
-            settings = resolve(cache_dir=tmp / f"pull-{proxied}-{jobs}")
+            settings = resolve(cache_dir=tmp / f"pull-{rtt}-{jobs}")
             start = time.perf_counter()
             result = pull(plan_pull(settings, remote, jobs=jobs), settings, jobs=jobs)
             times[f"jobs_{jobs}_s"] = time.perf_counter() - start
             assert result.ok and len(result.transferred.done) == entries, result.transferred.failed[:3]
         times["speedup"] = times["jobs_1_s"] / times["jobs_16_s"]
-        out[label] = times
-    servers.use(proxied=False)
-    return {"entries": entries, "entry_bytes": 16_000, "rtt_ms": rtt_ms, "results": out}
+        out["loopback" if rtt is None else f"+{rtt:g} ms RTT"] = times
+    servers.use(None)
+    return {"entries": entries, "entry_bytes": 16_000, "rtt_ms": rtts_ms, "results": out}
 
 
 def question_3(tmp: Path, count: int) -> dict:
@@ -248,15 +251,17 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--entries", type=int, default=1000)
     parser.add_argument("--manifest-entries", type=int, default=10_000)
-    parser.add_argument("--rtt-ms", type=float, default=20.0)
+    parser.add_argument("--rtt-ms", type=float, action="append", help="round trips to add (default: 20 and 50)")
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args()
-    servers = Servers(args.rtt_ms)
+    rtts = args.rtt_ms or [20.0, 50.0]
+    load_before = os.getloadavg()
+    servers = Servers(rtts)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             q1 = question_1(Path(tmp) / "q1", args.problem, args.size, args.repeat)
         with tempfile.TemporaryDirectory() as tmp:
-            q2 = question_2(Path(tmp), servers, args.entries, args.rtt_ms)
+            q2 = question_2(Path(tmp), servers, args.entries, rtts)
         with tempfile.TemporaryDirectory() as tmp:
             q3 = question_3(Path(tmp), args.manifest_entries)
     finally:
@@ -278,7 +283,10 @@ def main() -> int:
                  "python -c pass"),
                 [(q3["first_read_s"], q3["noop_in_process_s"], q3["noop_open_client_s"], q3["noop_process_wall_s"],
                   q3["python_start_s"])])
-    write_json(args.json, {"solve": q1, "concurrency": q2, "noop": q3,
+    load_after = os.getloadavg()
+    print(f"\nload average (1 min) before / after: {load_before[0]:.1f} / {load_after[0]:.1f} on {os.cpu_count()} cores")
+    write_json(args.json, {"solve": q1, "concurrency": q2, "noop": q3, "cores": os.cpu_count(),
+                           "load_before": load_before, "load_after": load_after,
                            "command": " ".join(["python", "benchmarks/fleet.py", *sys.argv[1:]])})
     return 0
 

@@ -409,3 +409,24 @@ def test_a_pull_with_nothing_new_reads_head_alone_and_notices_every_change(tmp_p
     assert len(plan_pull(settings, remote).fetch) == 2
     keyed = plan_pull(settings, remote, policy=trust.Policy(key=KEY))  # another policy: read in full
     assert keyed.fetch == () and keyed.catalog.ignored  # the unsigned manifest is not used with a key
+
+
+def test_a_pull_into_a_capped_cache_gives_each_entry_its_atime(tmp_path: Path) -> None:
+    """JAX's eviction (jaxlib < 0.11.2) fails every write while one -cache lacks its -atime."""
+    synthetic_cache(tmp_path / "a", 4, tag="cap")
+    remote = str(tmp_path / "remote")
+    _push(tmp_path / "a", remote)
+    settings = resolve(cache_dir=tmp_path / "node", max_size="1GB")
+    assert pull(plan_pull(settings, remote), settings).ok
+    folder = tmp_path / "node" / f"jaxlib-{JAXLIB}"
+    for name in names_in(folder):
+        atime = folder / jaxformat.atime_file_name(name[: -len("-cache")])
+        assert jaxformat.decode_atime(atime.read_bytes()) is not None
+    import time
+
+    from jaxcache.integrity import check
+    from jaxcache.scanning import scan
+
+    # As `jaxcache check` sees it a minute later (younger entries may be mid-write and are not judged).
+    report = check(scan(tmp_path / "node"), capped=True, installed_version=JAXLIB, now=time.time() + 60)
+    assert not [f for f in report.findings if f.severity in ("error", "warning")], report.findings

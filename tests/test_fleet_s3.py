@@ -220,3 +220,34 @@ def test_remote_errors_are_one_line(bucket: dict[str, str], tmp_path: Path) -> N
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     bad = cli("--cache-dir", str(tmp_path / "a"), "pull", "ftp://host/x", env=env)
     assert bad.returncode == 2 and "unsupported remote" in bad.stderr
+
+
+@pytest.mark.slow
+def test_a_push_killed_midway_resumes_without_sending_twice(bucket: dict[str, str], tmp_path: Path) -> None:
+    url = f"s3://{bucket['BUCKET']}/resume"
+    env = node_env(tmp_path / "home", **{k: v for k, v in bucket.items() if k != "BUCKET"})
+    source = synthetic_cache(tmp_path / "a", 400, tag="r", size=40_000)
+    proc = subprocess.Popen([sys.executable, "-m", "jaxcache", "--cache-dir", str(tmp_path / "a"), "push", url,
+                             "--jobs", "1", "-q"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    objects = f"resume/jaxlib-{JAXLIB}/objects/"
+
+    def uploaded() -> int:
+        listing = _s3(bucket).list_objects_v2(Bucket=bucket["BUCKET"], Prefix=objects)
+        return listing.get("KeyCount", 0)
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and uploaded() < 20:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    sent = uploaded()
+    assert proc.returncode == -signal.SIGKILL and 20 <= sent < 400
+    # No manifest yet: a reader sees nothing, never a name without its object.
+    assert cli_json("--cache-dir", str(tmp_path / "early"), "pull", url, env=env)["fetch"] == []
+    plan = cli_json("--cache-dir", str(tmp_path / "a"), "push", url, "--dry-run", env=env)
+    assert len(plan["send"]) == 400 and plan["bytes"] < sum(p.stat().st_size for p in source.glob("*-cache"))
+    done = cli_json("--cache-dir", str(tmp_path / "a"), "push", url, env=env)
+    assert done["ok"] and done["transferred"]["done"] == 400
+    assert uploaded() == 400
+    pulled = cli_json("--cache-dir", str(tmp_path / "node"), "pull", url, env=env)
+    assert pulled["ok"] and names_in(tmp_path / "node" / f"jaxlib-{JAXLIB}") == names_in(source)
