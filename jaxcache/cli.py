@@ -937,6 +937,8 @@ def push_command(ctx: click.Context, remote: str, version: str | None, pattern: 
     plan = plan_push(settings, remote, version=version, name=pattern, policy=policy, jobs=jobs)
     for name, why in plan.refused:
         click.echo(f"jaxcache: warning: not sending {name}: {why}", err=True)
+    for name, why in plan.catalog.ignored:
+        click.echo(f"jaxcache: warning: not merging manifest {name}: {why}", err=True)
     if dry_run or not plan.uploads and not plan.send:
         if as_json:
             _emit_json({"dry_run": dry_run, **plan.as_dict()})

@@ -132,7 +132,7 @@ def _entry_files(folder: Path) -> dict[str, bytes]:
 def test_a_pull_killed_by_sigkill_leaves_nothing_partial(bucket: dict[str, str], tmp_path: Path) -> None:
     url = f"s3://{bucket['BUCKET']}/kill"
     env = node_env(tmp_path / "home", **{k: v for k, v in bucket.items() if k != "BUCKET"})
-    source = synthetic_cache(tmp_path / "a", 400, tag="k", size=40_000)
+    source = synthetic_cache(tmp_path / "a", 200, tag="k", size=40_000)
     assert cli("--cache-dir", str(tmp_path / "a"), "push", url, "-q", env=env).returncode == 0
     expected = _entry_files(source)
 
@@ -226,7 +226,7 @@ def test_remote_errors_are_one_line(bucket: dict[str, str], tmp_path: Path) -> N
 def test_a_push_killed_midway_resumes_without_sending_twice(bucket: dict[str, str], tmp_path: Path) -> None:
     url = f"s3://{bucket['BUCKET']}/resume"
     env = node_env(tmp_path / "home", **{k: v for k, v in bucket.items() if k != "BUCKET"})
-    source = synthetic_cache(tmp_path / "a", 400, tag="r", size=40_000)
+    source = synthetic_cache(tmp_path / "a", 200, tag="r", size=40_000)
     proc = subprocess.Popen([sys.executable, "-m", "jaxcache", "--cache-dir", str(tmp_path / "a"), "push", url,
                              "--jobs", "1", "-q"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     objects = f"resume/jaxlib-{JAXLIB}/objects/"
@@ -241,13 +241,13 @@ def test_a_push_killed_midway_resumes_without_sending_twice(bucket: dict[str, st
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     sent = uploaded()
-    assert proc.returncode == -signal.SIGKILL and 20 <= sent < 400
+    assert proc.returncode == -signal.SIGKILL and 20 <= sent < 200
     # No manifest yet: a reader sees nothing, never a name without its object.
     assert cli_json("--cache-dir", str(tmp_path / "early"), "pull", url, env=env)["fetch"] == []
     plan = cli_json("--cache-dir", str(tmp_path / "a"), "push", url, "--dry-run", env=env)
-    assert len(plan["send"]) == 400 and plan["bytes"] < sum(p.stat().st_size for p in source.glob("*-cache"))
+    assert len(plan["send"]) == 200 and plan["bytes"] < sum(p.stat().st_size for p in source.glob("*-cache"))
     done = cli_json("--cache-dir", str(tmp_path / "a"), "push", url, env=env)
-    assert done["ok"] and done["transferred"]["done"] == 400
-    assert uploaded() == 400
+    assert done["ok"] and done["transferred"]["done"] == 200
+    assert uploaded() == 200
     pulled = cli_json("--cache-dir", str(tmp_path / "node"), "pull", url, env=env)
     assert pulled["ok"] and names_in(tmp_path / "node" / f"jaxlib-{JAXLIB}") == names_in(source)
