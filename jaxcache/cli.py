@@ -849,6 +849,7 @@ def init_command(ctx: click.Context, group: str | None) -> None:
 # ---------------------------------------------------------------- fleet: push, pull, export, import
 
 _FLEET_ROWS = 20
+_fleet_dry_run = click.option("--dry-run", "-n", is_flag=True, help="Print the plan; transfer and write nothing.")
 
 
 def _fleet_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -857,7 +858,7 @@ def _fleet_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--key-file", type=click.Path(dir_okay=False), metavar="FILE",
                      help="The fleet's signing key (else JAXCACHE_FLEET_KEY or JAXCACHE_FLEET_KEY_FILE)."),
         click.option("--quiet", "-q", is_flag=True, help="No progress on stderr."),
-        dry_run_option,
+        _fleet_dry_run,
         json_option,
     ]
     for option in reversed(options):
@@ -987,6 +988,9 @@ def pull_command(ctx: click.Context, remote: str, strict: bool, jobs: int, key_f
             _emit_json({"dry_run": dry_run, **plan.as_dict()})
         else:
             _print_fleet_table(plan.fetch)
+            if not plan.catalog.manifests:
+                click.echo(f"Nothing to fetch: {plan.remote} holds no manifest for jaxlib {plan.node.jaxlib}.")
+                return
             head = (f"Would fetch {display.count(len(plan.fetch), 'object')} ({display.size(plan.bytes)})"
                     if dry_run else "Nothing to fetch")
             skipped = f"; {len(plan.skipped)} can never hit here ({_reasons(plan.skipped)})" if plan.skipped else ""
@@ -1036,7 +1040,7 @@ def export_command(ctx: click.Context, output: Path, version: str | None, patter
 @click.option("--strict", is_flag=True, help="Refuse a bundle not signed with the fleet key (also: strict = true).")
 @click.option("--key-file", type=click.Path(dir_okay=False), metavar="FILE",
               help="The fleet's key (else JAXCACHE_FLEET_KEY or JAXCACHE_FLEET_KEY_FILE).")
-@dry_run_option
+@_fleet_dry_run
 @json_option
 @click.pass_context
 def import_command(ctx: click.Context, bundle: Path, strict: bool, key_file: str | None, dry_run: bool,
