@@ -22,9 +22,11 @@ SOLVER_KERNELS = {"jit_lsq_residual", "jit_lsq_jacobian", "jit_lsq_iterate"}
 SOLVE = r"""
 import json, logging, os, sys
 import jaxcache
-if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # else plain JAX settings, as a read-only user has them
-    jaxcache.configure(sys.argv[1])
 from jaxcache import executables, exeformat
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jaxcache.configure(sys.argv[1])
+else:  # plain JAX settings, as a read-only user has them, and the store plugged in by hand
+    executables.plug_into_solver()
 from jaxcache.compilelog import CompileLog
 log = CompileLog().start()
 jax_requests = []
