@@ -30,12 +30,13 @@ else:  # plain JAX settings, as a read-only user has them, and the store plugged
 from jaxcache.compilelog import CompileLog
 log = CompileLog().start()
 jax_requests = []
-class Requests(logging.Filter):  # first in line: sees JAX's DEBUG records before jaxcache's tap drops them
+class Requests(logging.Filter):  # the user's own look at JAX's DEBUG records
     def filter(self, record):
         if isinstance(record.msg, str) and "persistent compilation cache" in record.msg.lower():
             jax_requests.append(str(record.args[0]))
         return True
-logging.getLogger("jax._src.compiler").filters.insert(0, Requests())
+logging.getLogger("jax._src.compiler").setLevel(logging.DEBUG)
+logging.getLogger("jax._src.compiler").addFilter(Requests())
 import solver
 objective, x0 = solver.problems.get(sys.argv[2], int(sys.argv[3]))
 result = solver.least_squares(objective, x0)
