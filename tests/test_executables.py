@@ -282,3 +282,45 @@ def test_arguments_with_a_custom_pytree_node_are_never_keyed() -> None:
     spec = jax.ShapeDtypeStruct((3,), np.float32)
     assert executables.store_key("k", (spec, Params(spec, "a")), env) is None
     assert executables.store_key("k", (spec, {"a": spec}), env) is not None
+
+
+LEVELS = r"""
+import json, sys
+import jax, jax.numpy as jnp
+import jaxcache
+jaxcache.configure(sys.argv[1])
+from jaxcache import executables
+name, value = sys.argv[2], json.loads(sys.argv[3])
+jitted = jax.jit(lambda x: jnp.sin(x) @ x)
+specs = (jax.ShapeDtypeStruct((8, 8), jnp.float32),)
+where = dict(identity="test:kernel", module="jit_kernel", folder=executables.active_folder())
+default = getattr(jax.config, name)
+_, first = executables.load_or_compile(jitted, specs, {}, **where)
+jax.config.update(name, value)
+other_loads = executables.load(specs, **where) is not None
+_, other = executables.load_or_compile(jitted, specs, {}, **where)
+jax.config.update(name, default)
+default_loads = executables.load(specs, **where) is not None
+print(json.dumps({"first": first, "other_loads": other_loads, "other": other, "default_loads": default_loads}))
+"""
+
+_LEVEL_VALUES = {"jax_optimization_level": "O1", "jax_memory_fitting_level": "O1",
+                 "jax_exec_time_optimization_effort": 0.5, "jax_memory_fitting_effort": 0.5}
+
+
+@pytest.mark.parametrize("name", sorted(_LEVEL_VALUES))
+def test_another_optimization_level_never_loads_an_executable_compiled_for_this_one(tmp_path: Path, name: str) -> None:
+    """Whichever of these options the installed JAX has is in the key (the "effort" ones are gone in 0.11.1)."""
+    import jax
+
+    if not hasattr(jax.config, name):
+        from jaxcache import jaxinternals
+
+        assert name not in {n for n, _ in jaxinternals.compile_config()}
+        return
+    proc = subprocess.run([sys.executable, "-c", LEVELS, str(tmp_path / "cache"), name, json.dumps(_LEVEL_VALUES[name])],
+                          capture_output=True, text=True, env=env_with(), timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (out["first"], out["other_loads"], out["default_loads"]) == ("stored", False, True), out
+    assert out["other"] != "loaded", out
