@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -91,6 +92,7 @@ class _TapState:
         self.events: Counter[str] = Counter()  # JAX's monitoring events seen, by kind
         self.watching = False
         self.broken: set[int] = set()  # ids of listeners that raised (said once each)
+        self.lock = threading.Lock()  # compiles in several threads: no count may be lost
 
 
 def _observe(state: Any, record: logging.LogRecord) -> None:
@@ -98,7 +100,8 @@ def _observe(state: Any, record: logging.LogRecord) -> None:
     if event is None:
         return
     if record.name != STORE_LOGGER:
-        state.records[event[0]] += 1
+        with state.lock:
+            state.records[event[0]] += 1
     for listener in list(state.listeners):
         try:
             listener(*event)
@@ -143,19 +146,21 @@ def _state() -> Any:
 
 def _check(state: Any, event: str) -> None:
     """At each JAX event, the record that precedes it must have been seen."""
-    if event == jaxinternals.HIT_EVENT:
-        state.events[HIT] += 1
-        if state.records[HIT] < state.events[HIT]:
-            jaxinternals.feature_off("counting persistent-cache hits per module",
-                                     "JAX reported a hit without the log record jaxcache reads")
-    elif event == jaxinternals.WRITE_EVENT:
-        state.events[WRITE] += 1
-        if state.records[WRITE] < state.events[WRITE]:
-            jaxinternals.feature_off("counting and recording the entries JAX writes",
-                                     "JAX wrote an entry without the log record jaxcache reads")
-        if state.records[MISS] < state.events[WRITE]:
-            jaxinternals.feature_off("counting persistent-cache misses per module",
-                                     "JAX wrote an entry without the miss record jaxcache reads")
+    if event not in (jaxinternals.HIT_EVENT, jaxinternals.WRITE_EVENT):
+        return
+    with state.lock:
+        kind = HIT if event == jaxinternals.HIT_EVENT else WRITE
+        state.events[kind] += 1
+        missing = [what for what, behind in (
+            (kind, state.records[kind] < state.events[kind]),
+            (MISS, kind == WRITE and state.records[MISS] < state.events[WRITE])) if behind]
+    for what in missing:
+        jaxinternals.feature_off(_COUNTING[what], f"JAX {_EVENT_SAYS[what]} without the log record jaxcache reads")
+
+
+_COUNTING = {HIT: "counting persistent-cache hits per module", MISS: "counting persistent-cache misses per module",
+             WRITE: "counting and recording the entries JAX writes"}
+_EVENT_SAYS = {HIT: "reported a hit", MISS: "wrote an entry (after a miss)", WRITE: "wrote an entry"}
 
 
 def listen(listener: Listener) -> Callable[[], None]:

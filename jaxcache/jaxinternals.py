@@ -41,9 +41,10 @@ from typing import Any
 
 if __name__.startswith("_jaxcache_bootstrap_"):  # loaded by path, with its siblings, by `jaxcache run`'s bootstrap
     atomic = sys.modules["_jaxcache_bootstrap_atomic"]
+    importhook = sys.modules["_jaxcache_bootstrap_importhook"]
     jaxformat = sys.modules["_jaxcache_bootstrap_jaxformat"]
 else:
-    from jaxcache import atomic, jaxformat
+    from jaxcache import atomic, importhook, jaxformat
 
 logger = logging.getLogger(__name__)
 
@@ -283,6 +284,12 @@ def install_atomic_put() -> bool:
     put.__doc__ = original.__doc__
     cls.put = put
     return True
+
+
+def install_atomic_put_on_import() -> None:
+    """`install_atomic_put` as soon as JAX imports its cache module (at once if it has): for
+    processes that must not import JAX themselves (``jaxcache run``'s children)."""
+    importhook.when_imported("jax._src.lru_cache", lambda _: install_atomic_put())
 
 
 # --- The executable store's key --------------------------------------------------------

@@ -324,3 +324,34 @@ def test_another_optimization_level_never_loads_an_executable_compiled_for_this_
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (out["first"], out["other_loads"], out["default_loads"]) == ("stored", False, True), out
     assert out["other"] != "loaded", out
+
+
+RUN_SOLVE = r"""
+import json, sys
+renamed = []  # JAX entries renamed into place: jaxcache's atomic writes, in a child that never configures
+sys.addaudithook(lambda event, args: renamed.append(1) if event == "os.rename" and str(args[1]).endswith("-cache")
+                 else None)
+import solver
+objective, x0 = solver.problems.get("bratu", 6)
+result = solver.least_squares(objective, x0)
+from jaxcache import executables  # what the store did (the bootstrap plugged this module's store in)
+print(json.dumps({"store": executables.stats(), "renamed": len(renamed), "success": bool(result.success)}))
+"""
+
+
+def test_under_jaxcache_run_a_solve_stores_its_kernels_then_loads_them(tmp_path: Path) -> None:
+    """The `jaxcache run` bootstrap plugs the store into the solver and makes JAX's writes atomic,
+    though the program never imports jaxcache before its solve."""
+    cache = tmp_path / "cache"
+    runs = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-m", "jaxcache", "--cache-dir", str(cache), "run", "--",
+                               sys.executable, "-c", RUN_SOLVE], capture_output=True, text=True, env=env_with(),
+                              timeout=600, check=False)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs.append(json.loads(next(l for l in reversed(proc.stdout.splitlines()) if l.startswith('{"store"'))))
+    first, second = runs
+    assert first["success"] and second["success"]
+    assert {m for m, c in first["store"].items() if c.get("stored")} == SOLVER_KERNELS, first["store"]
+    assert first["renamed"] > 0
+    assert {m for m, c in second["store"].items() if c.get("loaded")} == SOLVER_KERNELS, second["store"]

@@ -109,7 +109,7 @@ def _configure_on_import() -> None:
         return
     importhook = _load("importhook")
     jaxinternals = _load("jaxinternals")
-    importhook.when_imported("jax._src.lru_cache", lambda _: jaxinternals.install_atomic_put())
+    jaxinternals.install_atomic_put_on_import()
     importhook.when_imported("solver.store", _plug_solver)
 
 
