@@ -154,8 +154,12 @@ def environment() -> str | None:
     import jaxlib
 
     traced = jaxinternals.trace_context()
-    context = _describe(traced) if traced is not None else None
+    if traced is None:
+        return None
+    context = _describe(traced)
     if context is None:
+        jaxinternals.feature_off("the executable store", "jax's trace_context() holds a value with no "
+                                 f"description that is the same in every process: {traced!r:.200}")
         return None
     devices = jax.devices()
     platform = devices[0].platform
