@@ -158,7 +158,14 @@ def test_a_cap_set_on_a_folder_filled_without_one_does_not_break_writes(tmp_path
     proc = run_python(CAPPED_LATER, env=env_with(JAXCACHE_DIR=str(root)), check=False)
     assert proc.returncode == 0, proc.stderr
     after = scan(root).entries
-    assert len(after) == len(before) + 1 and all(e.has_atime for e in after)
+    assert len(after) == len(before) + 1  # the write went through (CAPPED_LATER fails on a JAX warning)
+    new = [e for e in after if e.key not in {b.key for b in before}]
+    assert all(e.has_atime for e in new)
+    from jaxcache import jaxformat
+
+    if not jaxformat.missing_atime_breaks_writes(metadata.version("jaxlib")):
+        return  # jaxlib >= 0.11.2 evicts an entry without -atime as the oldest: nothing to backfill
+    assert all(e.has_atime for e in after)
     # The backfilled last use is the entry's write time, so LRU eviction keeps its order.
     for entry in before:
         atime = version_folder(root) / f"{entry.key}-atime"
@@ -255,7 +262,8 @@ def test_jaxs_own_debug_logging_is_the_same_with_jaxcache_configured(tmp_path: P
     for before in (plain_before, configured_before):
         assert "PERSISTENT COMPILATION CACHE" not in before and "Writing" not in before
     for text in ("PERSISTENT COMPILATION CACHE MISS for 'jit_second'", "Writing jit_second to persistent"):
-        assert plain_after.count(text) == configured_after.count(text) == 1, (text, configured_after[-2000:])
+        # Once from JAX's debug handler; jax 0.6 also propagates it to the root logger's handler.
+        assert plain_after.count(text) == configured_after.count(text) >= 1, (text, configured_after[-2000:])
 
 
 # --- Entry modes follow the umask at the moment of writing --------------------------------------
