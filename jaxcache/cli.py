@@ -10,14 +10,15 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
 from jaxcache import __version__, display, provenance
-from jaxcache.errors import CacheDirError, ConfirmationRequired, JaxCacheError
+from jaxcache.errors import CacheDirError, ConfirmationRequired, Declined, JaxCacheError
 from jaxcache.settings import Settings, resolve
 from jaxcache.units import parse_duration, parse_size
 
@@ -48,6 +49,12 @@ class _Group(click.Group):
             sys.exit(128 + signal.SIGINT)  # as a shell reports Ctrl-C
         sys.exit(code if isinstance(code, int) else 0)
 
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        # The global option is accepted after the command too: `jaxcache inspect --cache-dir X`.
+        cmd.params.append(click.Option(["--cache-dir"], metavar="PATH", expose_value=False,
+                                       callback=_take_cache_dir, help="Cache root (as before the command)."))
+        super().add_command(cmd, name)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -68,12 +75,24 @@ class _Group(click.Group):
             sys.exit(1)
 
 
+def _take_cache_dir(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is None:
+        return
+    if not value.strip():
+        # An unset "$VAR" must never mean "the current folder" for a command that deletes.
+        raise click.BadParameter("is empty", ctx=ctx, param_hint="'--cache-dir'")
+    ctx.ensure_object(dict)["cache_dir"] = value
+
+
 def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
 def _settings(ctx: click.Context) -> Settings:
-    return resolve(cache_dir=ctx.obj.get("cache_dir"), argument_source="--cache-dir")
+    settings = resolve(cache_dir=ctx.obj.get("cache_dir"), argument_source="--cache-dir")
+    for note in settings.skipped:
+        click.echo(f"jaxcache: warning: {note}", err=True)
+    return settings
 
 
 def _installed_jaxlib() -> str | None:
@@ -81,14 +100,19 @@ def _installed_jaxlib() -> str | None:
     return versions.jaxlib if versions else None
 
 
-def _confirm(question: str, *, yes: bool, as_json: bool) -> None:
-    """Asks on a terminal; refuses (never hangs) without one, or with --json, unless --yes."""
+def _confirm(question: str, *, yes: bool, as_json: bool, verb: str = "delete") -> None:
+    """Asks on a terminal; refuses (never hangs) without one, or with --json, unless --yes.
+
+    Every command that deletes or resets goes through here: a refusal exits 2
+    (a usage matter: add --yes), an answer of no exits 1, and neither changes anything.
+    """
     if yes:
         return
     if as_json or not sys.stdin.isatty():
-        raise ConfirmationRequired("refusing to delete without --yes (no terminal to ask on); preview with --dry-run")
+        raise ConfirmationRequired(f"refusing to {verb} without --yes (no terminal to ask on); "
+                                   "preview with --dry-run")
     if not click.confirm(question, default=False, err=True):
-        raise click.Abort()
+        raise Declined("declined: nothing was changed")
 
 
 def _version_order(version: str) -> tuple[int, ...]:
@@ -107,6 +131,41 @@ def _scan(settings: Settings, *, quick: bool = True):
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 
+# Work on more items than this shows progress on stderr: a bar on a terminal, else a line now and then.
+_PROGRESS_FROM = 1000
+_PROGRESS_LINE_SECS = 2.0
+
+
+@contextmanager
+def _progress(label: str, total: int) -> Iterator[Callable[[int], None] | None]:
+    """A callback taking the number of items done so far, or None when the work is small.
+
+    On a terminal it draws a bar; without one (a job log, CI) it prints a line at
+    most every couple of seconds, so long work is never silent, and short work
+    prints nothing.
+    """
+    if total <= _PROGRESS_FROM:
+        yield None
+        return
+    if sys.stderr.isatty():
+        with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+            yield lambda done: bar.update(done - bar.pos)
+        return
+    import time
+
+    state = {"shown": time.monotonic(), "done": 0}
+
+    def line(done: int) -> None:
+        state["done"] = done
+        if time.monotonic() - state["shown"] >= _PROGRESS_LINE_SECS:
+            state["shown"] = time.monotonic()
+            click.echo(f"{label}: {done}/{total} ({100 * done // total}%)", err=True)
+
+    start = state["shown"]
+    yield line
+    if state["shown"] != start:  # it spoke before: say it finished
+        click.echo(f"{label}: {state['done']}/{total} done", err=True)
+
 
 @click.group(cls=_Group, context_settings=CONTEXT_SETTINGS)
 @click.option(
@@ -117,15 +176,17 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 @click.version_option(__version__, "--version", prog_name="jaxcache")
 @click.pass_context
 def main(ctx: click.Context, cache_dir: str | None) -> None:
-    """Configure, inspect, prune and check JAX's persistent compilation cache.
+    """Configure, warm, inspect, prune and check JAX's persistent compilation cache,
+    and run jobs with it.
+
+    Start with `jaxcache warm` (compile ahead of time), `jaxcache run -- CMD`
+    (run with the cache and see its hits), `jaxcache inspect` (what is in it).
 
     Example: jaxcache inspect
     """
-    if cache_dir is not None and not cache_dir.strip():
-        # An unset "$VAR" must never mean "the current folder" for a command that deletes.
-        raise click.BadParameter("is empty", param_hint="'--cache-dir'")
     ctx.ensure_object(dict)
-    ctx.obj["cache_dir"] = cache_dir
+    ctx.obj.setdefault("cache_dir", None)
+    _take_cache_dir(ctx, None, cache_dir)  # type: ignore[arg-type]
 
 
 @main.command("dir")
@@ -179,7 +240,8 @@ def config_command(ctx: click.Context, as_json: bool) -> None:
 
 
 @main.command("inspect")
-@click.option("--top", default=10, show_default=True, help="How many functions to list.")
+@click.option("--top", default=10, show_default=True, type=click.IntRange(min=0),
+              help="How many functions to list (0: all).")
 @json_option
 @click.pass_context
 def inspect_command(ctx: click.Context, top: int, as_json: bool) -> None:
@@ -273,11 +335,18 @@ def ls_command(ctx: click.Context, sort_by: str, pattern: str | None, as_json: b
             return f"{d.measured_compile_seconds:.2f}s"
         return "-" if d.compile_seconds is None else f"{d.compile_seconds}s"
 
+    def last_used(d: Any) -> str:
+        # Without a recorded use only the file system's access time speaks, and it may lag (relatime).
+        return display.ago(d.entry.recency) + ("" if d.entry.last_used is not None else " *")
+
     rows = [(d.entry.module, d.entry.key[-64:][:12], display.size(d.entry.bytes), d.entry.version or "unknown",
-             d.entry.platform or "-", compile_time(d), display.ago(d.entry.recency)) for d in details]
+             d.entry.platform or "-", compile_time(d), last_used(d)) for d in details]
     click.echo(display.table(("NAME", "HASH", "SIZE", "VERSION", "PLATFORM", "COMPILE", "LAST USED"), rows,
                              right=(2, 5)))
     click.echo(f"{_entries(len(rows))}, {display.size(sum(d.entry.bytes for d in details))}", err=True)
+    if any(d.entry.last_used is None for d in details):
+        click.echo("* no recorded use: the file system's access time, which may lag (at most daily under "
+                   "relatime)", err=True)
 
 
 def _executables_note(count: int, size: int) -> str:
@@ -288,20 +357,22 @@ def _entries(n: int) -> str:
     return display.count(n, "entry", "entries")
 
 
-def _print_plan(plan, *, dry_run: bool, limit: int = 20) -> None:
+def _print_plan(plan, *, dry_run: bool, limit: int = 20, out_err: bool = False) -> None:
+    """The plan as a table and a summary line; on stderr where stdout carries other data (hook)."""
     rows = [(d.entry.module, d.entry.key[-64:][:12], display.size(d.entry.bytes), d.entry.version or "unknown", d.reason)
             for d in plan.deletions[:limit]]
     if rows:
-        click.echo(display.table(("NAME", "HASH", "SIZE", "VERSION", "WHY"), rows, right=(2,)))
+        click.echo(display.table(("NAME", "HASH", "SIZE", "VERSION", "WHY"), rows, right=(2,)), err=out_err)
         if len(plan.deletions) > limit:
-            click.echo(f"... and {len(plan.deletions) - limit} more")
+            click.echo(f"... and {len(plan.deletions) - limit} more", err=out_err)
     if not plan.deletions and not plan.executables:
-        click.echo(f"Nothing to delete; keeping {_entries(plan.kept_entries)} ({display.size(plan.kept_bytes)}).")
+        click.echo(f"Nothing to delete; keeping {_entries(plan.kept_entries)} ({display.size(plan.kept_bytes)}).",
+                   err=out_err)
         return
     verb = "Would delete" if dry_run else "To delete:"  # a refusal may follow: not "Deleting"
     note = _executables_note(len(plan.executables), sum(e.bytes for e in plan.executables))
     click.echo(f"{verb} {_entries(len(plan.deletions))}{note}, freeing {display.size(plan.freed_bytes)}; "
-               f"keeping {_entries(plan.kept_entries)} ({display.size(plan.kept_bytes)}).")
+               f"keeping {_entries(plan.kept_entries)} ({display.size(plan.kept_bytes)}).", err=out_err)
 
 
 def _run_plan(plan, *, dry_run: bool, yes: bool, as_json: bool) -> None:
@@ -311,34 +382,20 @@ def _run_plan(plan, *, dry_run: bool, yes: bool, as_json: bool) -> None:
         _print_plan(plan, dry_run=dry_run)
     if dry_run or not (plan.deletions or plan.executables):
         if as_json:
-            _emit_json({"dry_run": dry_run, "deleted": plan.keys, "freed_bytes": plan.freed_bytes,
-                        "kept_entries": plan.kept_entries, "kept_bytes": plan.kept_bytes, "skipped": [],
-                        "executables_deleted": [e.key for e in plan.executables]})
+            _emit_json({"dry_run": dry_run, **plan.as_dict(), "skipped": []})
         return
     note = _executables_note(len(plan.executables), sum(e.bytes for e in plan.executables))
     _confirm(f"Delete {_entries(len(plan.deletions))}{note}?", yes=yes, as_json=as_json)
-    if len(plan.deletions) > 2000 and not as_json and sys.stderr.isatty():
-        with click.progressbar(length=len(plan.deletions), label="Deleting", file=sys.stderr) as bar:
-            state = {"done": 0}
-
-            def step(done: int) -> None:
-                bar.update(done - state["done"])
-                state["done"] = done
-
-            result = execute(plan, progress=step)
-    else:
-        result = execute(plan)
-    skipped = [(e.key, why) for e, why in result.skipped] + [(e.path.name, why) for e, why in result.executables_skipped]
+    with _progress("Deleting", len(plan.deletions)) as step:
+        result = execute(plan, progress=step)
     if as_json:
-        _emit_json({"dry_run": False, "deleted": [e.key for e in result.deleted], "freed_bytes": result.freed_bytes,
-                    "kept_entries": plan.kept_entries, "kept_bytes": plan.kept_bytes,
-                    "skipped": [{"key": key, "reason": why} for key, why in skipped],
-                    "executables_deleted": [e.key for e in result.executables_deleted]})
+        _emit_json({"dry_run": False, "cache_dir": str(plan.root), **result.as_dict(),
+                    "kept_entries": plan.kept_entries, "kept_bytes": plan.kept_bytes})
     else:
         note = _executables_note(len(result.executables_deleted), sum(e.bytes for e in result.executables_deleted))
         click.echo(f"Deleted {_entries(len(result.deleted))}{note}, freed {display.size(result.freed_bytes)}.")
-        for key, why in skipped:
-            click.echo(f"skipped {key}: {why}", err=True)
+        for item in result.as_dict()["skipped"]:
+            click.echo(f"skipped {item['key']}: {item['reason']}", err=True)
 
 
 yes_option = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
@@ -396,60 +453,74 @@ def clear_command(ctx: click.Context, dry_run: bool, yes: bool, as_json: bool) -
     _run_plan(plan, dry_run=dry_run, yes=yes, as_json=as_json)
 
 
+_REPAIR_WORDS = {"delete": "delete", "quarantine": "move aside", "create-atime": "create its -atime",
+                 "remove-write-permission": "remove write permission", "give-to-group": "give to the group"}
+
+
 @main.command("check")
-@click.option("--repair", is_flag=True, help="Fix what can be fixed safely (deletes only broken entries).")
+@click.option("--repair", is_flag=True, help="Fix what can be fixed safely: a plan first, then a prompt (or --yes).")
+@click.option("--dry-run", "-n", is_flag=True, help="With --repair: print the repair plan, change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="With --repair: do not ask for confirmation.")
 @json_option
 @click.pass_context
-def check_command(ctx: click.Context, repair: bool, as_json: bool) -> None:
+def check_command(ctx: click.Context, repair: bool, dry_run: bool, yes: bool, as_json: bool) -> int:
     """Verify every entry: decompresses, has a header, has its -atime; find orphans and unsafe permissions.
 
-    Exits 1 when problems remain.
+    Exits 1 when problems remain. --repair deletes only files it proves are
+    broken cache entries (others are moved aside), after a plan and a prompt.
 
-    Example: jaxcache check --repair
+    Example: jaxcache check --repair --dry-run
     """
-    from jaxcache.integrity import check, repair as do_repair
+    from jaxcache.integrity import check, execute_repair, plan_repair
 
+    if (dry_run or yes) and not repair:
+        raise click.UsageError("--dry-run and --yes apply only with --repair")
     settings = _settings(ctx)
     info = _scan(settings, quick=False)
     capped = settings.max_size.value != -1
-    if len(info.entries) > 1000 and not as_json and sys.stderr.isatty():
-        with click.progressbar(length=len(info.entries), label="Checking", file=sys.stderr) as bar:
-            report = check(info, capped=capped, installed_version=_installed_jaxlib(),
-                           progress=lambda done: bar.update(done - bar.pos))
-    else:
-        report = check(info, capped=capped, installed_version=_installed_jaxlib())
-    repaired: set[int] = set()
-    failures: dict[int, str] = {}
-    notes: dict[int, str] = {}
-    if repair:
-        result = do_repair(report)
-        repaired = {id(f) for f in result.repaired}
-        failures = {id(f): why for f, why in result.failed}
-        notes = {id(f): text for f, text in result.notes}
-    remaining = [f for f in report.problems if id(f) not in repaired]
-    if as_json:
-        _emit_json({
-            "cache_dir": str(report.root),
-            "entries_checked": report.entries_checked,
-            "ok": not remaining,
-            "findings": [
-                {"kind": f.kind, "severity": f.severity, "path": str(f.path), "key": f.key, "message": f.message,
-                 "repaired": id(f) in repaired, "repair_error": failures.get(id(f)), "repair_note": notes.get(id(f))}
-                for f in report.findings
-            ],
-        })
-    else:
+    with _progress("Checking", len(info.entries)) as step:
+        report = check(info, capped=capped, installed_version=_installed_jaxlib(), progress=step)
+    plan = plan_repair(report) if repair else None
+    planned = {r.finding: r.action for r in plan.repairs} if plan else {}
+    if not as_json:
         for f in report.findings:
-            if id(f) in repaired:
-                status = f" [repaired: {notes[id(f)]}]" if id(f) in notes else " [repaired]"
-            else:
-                status = f" [repair failed: {failures[id(f)]}]" if id(f) in failures else ""
-            click.echo(f"{f.severity}: {f.kind}: {f.path.name if f.key else f.path}: {f.message}{status}")
-        summary = "no problems" if not remaining else display.count(len(remaining), "problem")
-        hint = "" if not remaining or repair else "; `jaxcache check --repair` fixes what it can"
-        click.echo(f"Checked {_entries(report.entries_checked)} in {report.root}: {summary}{hint}.", err=True)
-    if remaining:
-        sys.exit(1)
+            action = f"  [{_REPAIR_WORDS[planned[f]]}]" if f in planned else ""
+            click.echo(f"{f.severity}: {f.kind}: {f.path.name if f.key else f.path}: {f.message}{action}")
+    result = None
+    if plan is not None and plan.repairs:
+        if not as_json:
+            click.echo(f"{'Would repair' if dry_run else 'To repair:'} {_repair_summary(plan)}.", err=True)
+        if not dry_run:
+            _confirm(f"Repair {display.count(len(plan.repairs), 'finding')}?", yes=yes, as_json=as_json,
+                     verb="repair")
+            result = execute_repair(plan)
+    remaining = report.remaining(result)
+    if as_json:
+        data = report.as_dict(result)
+        if plan is not None:
+            data["dry_run"] = dry_run
+            data["repair_plan"] = plan.as_dict()["repairs"]
+        _emit_json(data)
+        return 1 if remaining else 0
+    if result is not None:
+        for outcome in result.outcomes:
+            if outcome.status == "failed" or outcome.detail:
+                status = "could not repair" if outcome.status == "failed" else outcome.status
+                click.echo(f"{status}: {outcome.repair.finding.path.name}: {outcome.detail}", err=True)
+        fixed = sum(1 for o in result.outcomes if o.status == "repaired")
+        click.echo(f"Repaired {fixed} of {display.count(len(result.outcomes), 'finding')}.", err=True)
+    summary = "no problems" if not remaining else display.count(len(remaining), "problem")
+    hint = "" if not remaining or repair else "; `jaxcache check --repair` fixes what it can"
+    click.echo(f"Checked {_entries(report.entries_checked)} in {report.root}: {summary}{hint}.", err=True)
+    return 1 if remaining else 0
+
+
+def _repair_summary(plan) -> str:
+    """``delete 2, move aside 1, create its -atime 3`` in the order actions first appear."""
+    counts: dict[str, int] = {}
+    for r in plan.repairs:
+        counts[r.action] = counts.get(r.action, 0) + 1
+    return ", ".join(f"{_REPAIR_WORDS[action]} {n}" for action, n in counts.items())
 
 
 def _plan_options(fn: Callable) -> Callable:
@@ -633,7 +704,7 @@ def _print_traffic(title: str, totals: dict[str, Any]) -> None:
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
 @json_option
 @click.pass_context
-def run_command(ctx: click.Context, command: tuple[str, ...], as_json: bool) -> None:
+def run_command(ctx: click.Context, command: tuple[str, ...], as_json: bool) -> int:
     """Run a command with the cache configured; report its hits and misses; pass its exit code through.
 
     The command need not import jaxcache. With --json, the report is the last line of stdout.
@@ -644,7 +715,7 @@ def run_command(ctx: click.Context, command: tuple[str, ...], as_json: bool) -> 
 
     report = run(command, _settings(ctx))
     for warning in report.warnings:
-        click.echo(f"jaxcache run: warning: {warning}", err=True)
+        click.echo(f"jaxcache: warning: {warning}", err=True)
     if as_json:
         click.echo(json.dumps(report.as_dict()))
     else:
@@ -654,41 +725,50 @@ def run_command(ctx: click.Context, command: tuple[str, ...], as_json: bool) -> 
         if rows and len(rows) <= 30:
             click.echo(display.table(("MODULE", "REQUESTS", "HITS", "MISSES", "COMPILE S", "SAVED S"), rows,
                                      right=(1, 2, 3, 4, 5)), err=True)
-    sys.exit(report.exit_code)
+    return report.exit_code
 
 
 @main.command("stats")
-@click.option("--zero", "-z", is_flag=True, help="Reset the cumulative figures.")
+@click.option("--zero", "-z", is_flag=True, help="Reset the cumulative figures (shown first; asks, or --yes).")
+@click.option("--dry-run", "-n", is_flag=True, help="With --zero: show what would be reset, reset nothing.")
+@click.option("--yes", "-y", is_flag=True, help="With --zero: do not ask for confirmation.")
 @json_option
 @click.pass_context
-def stats_command(ctx: click.Context, zero: bool, as_json: bool) -> None:
+def stats_command(ctx: click.Context, zero: bool, dry_run: bool, yes: bool, as_json: bool) -> None:
     """Cumulative hits and misses of `jaxcache run` in this cache (like ccache -s / -z).
 
-    Example: jaxcache stats --zero
+    Example: jaxcache stats --zero --yes
     """
     from jaxcache.runstats import load_stats, zero_stats
 
+    if (dry_run or yes) and not zero:
+        raise click.UsageError("--dry-run and --yes apply only with --zero")
     settings = _settings(ctx)
-    data = load_stats(settings.root)  # with --zero: what is being reset, so it can be read and reset at once
-    if zero:
-        zero_stats(settings.root)
+    data = load_stats(settings.root)  # with --zero: what is being reset
     data = {k: round(v, 3) if isinstance(v, float) and k != "since" else v for k, v in data.items()}
+    data["since"] = display.iso(data["since"])
+    if not as_json:
+        since = f" since {data['since']}" if data["since"] else ""
+        click.echo(f"{display.count(int(data['runs']), 'run')}{since}")
+        requests = int(data["requests"])
+        click.echo(display.table(("", ""), [
+            ("compile requests", requests),
+            ("hits", f"{data['hits']}" + (f" ({100 * data['hits'] / requests:.0f}%)" if requests else "")),
+            ("misses", data["misses"]),
+            ("entries written", data["writes"]),
+            ("seconds compiling", f"{data['compile_seconds']:.1f}"),
+            ("seconds saved", f"{data['saved_seconds']:.1f}"),
+        ]).split("\n", 1)[1])
+    zeroed = False
+    if zero and not dry_run:
+        _confirm("Reset these figures to zero?", yes=yes, as_json=as_json, verb="reset the figures")
+        zero_stats(settings.root)
+        zeroed = True
     if as_json:
-        _emit_json({"cache_dir": str(settings.root), **data, "zeroed": zero})
-        return
-    since = f" since {display.iso(data['since'])}" if data["since"] else ""
-    click.echo(f"{display.count(int(data['runs']), 'run')}{since}")
-    requests = int(data["requests"])
-    click.echo(display.table(("", ""), [
-        ("compile requests", requests),
-        ("hits", f"{data['hits']}" + (f" ({100 * data['hits'] / requests:.0f}%)" if requests else "")),
-        ("misses", data["misses"]),
-        ("entries written", data["writes"]),
-        ("seconds compiling", f"{data['compile_seconds']:.1f}"),
-        ("seconds saved", f"{data['saved_seconds']:.1f}"),
-    ]).split("\n", 1)[1])
-    if zero:
-        click.echo("Zeroed: the figures above start again from nothing.")
+        _emit_json({"cache_dir": str(settings.root), **data, "zeroed": zeroed, "dry_run": dry_run})
+    elif zero:
+        click.echo("Would reset the figures above to zero." if dry_run
+                   else "Zeroed: the figures above start again from nothing.", err=True)
 
 
 @main.command("hook")
@@ -696,19 +776,47 @@ def stats_command(ctx: click.Context, zero: bool, as_json: bool) -> None:
 @click.option("--warm", "then_warm", is_flag=True, help="Also warm what this jaxlib has not warmed yet.")
 @click.option("--keep-version", "keep_versions", multiple=True, metavar="VERSION",
               help="Never prune this jaxlib version's entries on an upgrade (repeatable).")
+@click.option("--dry-run", "-n", is_flag=True, help="After an upgrade: print what would be pruned, prune nothing.")
+@click.option("--yes", "-y", is_flag=True, help="After an upgrade: prune without asking (job scripts, CI).")
 @json_option
 @click.pass_context
-def hook_command(ctx: click.Context, shell: str, then_warm: bool, keep_versions: tuple[str, ...], as_json: bool) -> None:
+def hook_command(ctx: click.Context, shell: str, then_warm: bool, keep_versions: tuple[str, ...], dry_run: bool,
+                 yes: bool, as_json: bool) -> int:
     """Prepare the cache before a job and print the environment to export. Idempotent and fast.
 
-    Example: eval "$(jaxcache hook --shell bash)"
+    After a jaxlib upgrade it prunes the entries the new version can never hit,
+    like `prune --stale`: with --yes, or after asking on a terminal. Without
+    either it prunes nothing, still prints the environment, and exits 2.
+
+    Example: eval "$(jaxcache hook --shell bash --yes)"
     """
     from jaxcache.prerun import hook, render
 
-    result = hook(_settings(ctx), warm=then_warm, keep_versions=keep_versions)
+    def approve(plan) -> bool:
+        _print_plan(plan, dry_run=False, out_err=True)
+        try:
+            _confirm("Prune these entries of the old jaxlib?", yes=yes, as_json=as_json)
+        except Declined:
+            return False
+        return True
+
+    interactive = yes or (not as_json and sys.stdin.isatty())
+    result = hook(_settings(ctx), warm=then_warm, keep_versions=keep_versions, dry_run=dry_run,
+                  approve=approve if interactive else None)
+    if dry_run and result.prune_plan is not None and not as_json:
+        _print_plan(result.prune_plan, dry_run=True, out_err=True)
     for message in result.messages:
         click.echo(f"jaxcache hook: {message}", err=True)
+    # The environment is printed whatever became of the prune: the job still gets its cache.
     click.echo(json.dumps(result.as_dict(), indent=2) if as_json else render(result.env, shell))
+    if result.upgrade_prune == "refused":
+        click.echo("jaxcache: error: refusing to delete without --yes (no terminal to ask on); "
+                   "preview with --dry-run", err=True)
+        return ConfirmationRequired.exit_code
+    if result.upgrade_prune == "declined":
+        click.echo("jaxcache: error: declined: nothing was changed", err=True)
+        return Declined.exit_code
+    return 0
 
 
 @main.command("init")

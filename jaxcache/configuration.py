@@ -181,6 +181,8 @@ def configure(
         xla_caches=xla_caches,
         strict=strict,
     )
+    for note in settings.skipped:
+        warnings.warn(f"jaxcache: {note}", stacklevel=2)
     target, versions = prepare_folder(settings)
     from jaxcache.security import enforce
 

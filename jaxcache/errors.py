@@ -39,3 +39,7 @@ class CommandError(JaxCacheError):
     def __init__(self, message: str, *, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class Declined(JaxCacheError):
+    """The user answered no at a confirmation prompt: nothing was changed."""

@@ -8,11 +8,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from jaxcache import exeformat, jaxformat
 from jaxcache.atimes import create_atime
 from jaxcache.atomic import TEMP_PREFIX
+from jaxcache.errors import JaxCacheError
 from jaxcache.locking import BATCH_SIZE, folder_lock
 from jaxcache.scanning import CacheEntry, CacheInfo
 from jaxcache.security import share_folder, shared_info, unshared_folders, writable_by_others
@@ -72,6 +73,10 @@ class Finding:
     def repairable(self) -> bool:
         return self.kind in _REPAIRABLE
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "severity": self.severity, "path": str(self.path), "key": self.key,
+                "message": self.message}
+
 
 @dataclass(frozen=True)
 class CheckReport:
@@ -90,15 +95,82 @@ class CheckReport:
     def ok(self) -> bool:
         return not self.problems
 
+    def remaining(self, result: RepairResult | None = None) -> tuple[Finding, ...]:
+        """The problems left once ``result``'s repairs are made."""
+        fixed = set() if result is None else {o.repair.finding for o in result.outcomes if o.status != "failed"}
+        return tuple(f for f in self.problems if f not in fixed)
+
+    def as_dict(self, result: RepairResult | None = None) -> dict[str, Any]:
+        """The report, with each finding's repair outcome when ``result`` is given."""
+        outcomes = {} if result is None else {o.repair.finding: o for o in result.outcomes}
+
+        def finding(f: Finding) -> dict[str, Any]:
+            outcome = outcomes.get(f)
+            return {**f.as_dict(),
+                    "repair": outcome.repair.action if outcome else None,
+                    "repaired": outcome is not None and outcome.status != "failed",
+                    "repair_error": outcome.detail if outcome and outcome.status == "failed" else None,
+                    "repair_note": outcome.detail if outcome and outcome.status != "failed" else None}
+
+        return {"cache_dir": str(self.root), "entries_checked": self.entries_checked,
+                "ok": not self.remaining(result), "findings": [finding(f) for f in self.findings]}
+
+
+RepairAction = Literal["delete", "quarantine", "create-atime", "remove-write-permission", "give-to-group"]
+
+
+@dataclass(frozen=True)
+class Repair:
+    """One planned repair: what happens to the file or folder of a finding."""
+
+    finding: Finding
+    action: RepairAction
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"action": self.action, **self.finding.as_dict()}
+
+
+@dataclass(frozen=True)
+class RepairPlan:
+    """What ``check --repair`` would do, before it does anything."""
+
+    root: Path
+    repairs: tuple[Repair, ...]
+
+    def count(self, action: RepairAction) -> int:
+        return sum(1 for r in self.repairs if r.action == action)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"cache_dir": str(self.root), "repairs": [r.as_dict() for r in self.repairs]}
+
+
+@dataclass(frozen=True)
+class RepairOutcome:
+    """What became of one planned repair.
+
+    ``status``: "repaired"; "skipped" (nothing to do any more: the file is gone, or
+    was replaced by a whole one since the check); or "failed" (``detail`` says why).
+    """
+
+    repair: Repair
+    status: Literal["repaired", "skipped", "failed"]
+    detail: str | None = None
+
 
 @dataclass(frozen=True)
 class RepairResult:
-    repaired: tuple[Finding, ...]
-    failed: tuple[tuple[Finding, str], ...]
-    notes: tuple[tuple[Finding, str], ...] = ()  # how a repair was made, where it is not obvious
+    outcomes: tuple[RepairOutcome, ...]
 
-    def note(self, finding: Finding) -> str | None:
-        return next((text for f, text in self.notes if f is finding), None)
+    @property
+    def repaired(self) -> tuple[Finding, ...]:
+        return tuple(o.repair.finding for o in self.outcomes if o.status != "failed")
+
+    @property
+    def failed(self) -> tuple[tuple[Finding, str], ...]:
+        return tuple((o.repair.finding, o.detail or "") for o in self.outcomes if o.status == "failed")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"outcomes": [{**o.repair.as_dict(), "status": o.status, "detail": o.detail} for o in self.outcomes]}
 
 
 def check(
@@ -119,7 +191,7 @@ def check(
         installed_version: the jaxlib in use; it decides, for entries whose writer
             is unknown, whether a folder's path is part of every key.
         now: the current time (for tests).
-        progress: called with the number of entries checked so far, every 256 entries.
+        progress: called with the number of entries checked so far, every 256 entries and at the end.
     """
     now = time.time() if now is None else now
     findings: list[Finding] = []
@@ -148,6 +220,8 @@ def check(
             continue
         findings.extend(_check_entry(entry, needs_atime=entry.folder in needs_atime,
                                      path_in_key=jaxformat.path_in_key(entry.version or installed_version)))
+    if progress is not None:
+        progress(len(info.entries))
     for path in info.orphan_atimes:
         findings.append(Finding("orphan-atime", path, "-atime file without its -cache entry", key=path.name[:-6]))
     for path in info.symlinks:
@@ -214,42 +288,72 @@ def _foreign_folder(executable: bytes, folder: Path) -> str | None:
     return embedded
 
 
-def repair(report: CheckReport) -> RepairResult:
-    """Fixes what is safe to fix, under each folder's ``.lockfile``.
+def plan_repair(report: CheckReport) -> RepairPlan:
+    """Decides how each repairable finding is fixed; changes nothing.
 
-    Corrupt entries are deleted (JAX recompiles and rewrites them), except one
-    whose contents do not prove it JAX's (neither empty nor zlib/zstd): it is
-    renamed ``<name>.quarantined``, so JAX no longer reads it and nothing is lost; missing ``-atime`` files are recreated from the entry's write time;
-    orphan ``-atime`` files are deleted; group/world write permission is removed.
+    A corrupt entry is deleted only when its contents prove it JAX's (empty, or
+    starting as JAX's compressors write, the proof ``prune`` uses); otherwise it
+    is moved aside to ``<name>.quarantined``. Missing ``-atime`` files are
+    created from the entry's write time; orphan ``-atime`` files, temporary
+    files of dead writers and damaged stored executables are deleted; group or
+    world write permission is removed; an unshared version folder of a team
+    cache is given back to its group.
     """
-    repaired: list[Finding] = []
-    failed: list[tuple[Finding, str]] = []
-    notes: list[tuple[Finding, str]] = []
-    todo = [f for f in report.findings if f.repairable]
-    by_folder: dict[Path, list[Finding]] = {}
-    for finding in todo:
-        folder = finding.path if finding.kind in ("writable", "unshared") else finding.path.parent
-        by_folder.setdefault(folder, []).append(finding)
+    repairs = []
+    for finding in report.findings:
+        if not finding.repairable:
+            continue
+        action: RepairAction
+        if finding.kind == "corrupt":
+            try:
+                action = "delete" if _provably_jax_written(finding.path) else "quarantine"
+            except OSError:
+                continue  # gone since the check, or unreadable: nothing provable to do
+        elif finding.kind == "missing-atime":
+            action = "create-atime"
+        elif finding.kind == "writable":
+            action = "remove-write-permission"
+        elif finding.kind == "unshared":
+            action = "give-to-group"
+        else:  # orphan-atime, stale-temp, damaged-executable
+            action = "delete"
+        repairs.append(Repair(finding, action))
+    return RepairPlan(root=report.root, repairs=tuple(repairs))
+
+
+def execute_repair(plan: RepairPlan) -> RepairResult:
+    """Carries out a plan, folder by folder under each ``.lockfile``, proving each
+    file again right before it changes: anything no longer as the check found it
+    is skipped, and a file is deleted only if it is still provably what the plan says.
+    """
+    outcomes: list[RepairOutcome] = []
+    by_folder: dict[Path, list[Repair]] = {}
+    for item in plan.repairs:
+        kind = item.finding.kind
+        folder = item.finding.path if kind in ("writable", "unshared") else item.finding.path.parent
+        by_folder.setdefault(folder, []).append(item)
     for folder, items in by_folder.items():
         for start in range(0, len(items), BATCH_SIZE):
             batch = items[start : start + BATCH_SIZE]
             try:
                 with folder_lock(folder):
-                    for finding in batch:
+                    for item in batch:
                         try:
-                            note = _repair_one(finding)
-                            repaired.append(finding)
-                            if note:
-                                notes.append((finding, note))
+                            outcomes.append(_repair_one(item))
                         except OSError as e:
-                            failed.append((finding, e.strerror or str(e)))
-            except Exception as e:  # a folder we cannot lock: report every item in it
-                failed.extend((finding, str(e)) for finding in batch)
-    return RepairResult(repaired=tuple(repaired), failed=tuple(failed), notes=tuple(notes))
+                            outcomes.append(RepairOutcome(item, "failed", e.strerror or str(e)))
+            except JaxCacheError as e:  # a folder we cannot lock: report every item in it
+                outcomes.extend(RepairOutcome(item, "failed", str(e)) for item in batch)
+    return RepairResult(outcomes=tuple(outcomes))
 
 
-def _repair_one(finding: Finding) -> str | None:
-    path = finding.path
+def repair(report: CheckReport) -> RepairResult:
+    """Plans and carries out every safe repair (:func:`plan_repair`, then :func:`execute_repair`)."""
+    return execute_repair(plan_repair(report))
+
+
+def _repair_one(item: Repair) -> RepairOutcome:
+    finding, path = item.finding, item.finding.path
     if finding.kind == "writable":
         if not path.is_dir() or path.is_symlink():
             raise OSError(f"{path} is not a folder")
@@ -257,50 +361,76 @@ def _repair_one(finding: Finding) -> str | None:
         shared = shared_info(path) or shared_info(path.parent)
         # A deliberate team cache keeps group write; only world write goes.
         path.chmod(mode & ~statmod.S_IWOTH if shared is not None else mode & ~(statmod.S_IWGRP | statmod.S_IWOTH))
-        return
+        return RepairOutcome(item, "repaired")
     if finding.kind == "unshared":
         version_folder = finding.path.parent if finding.path.name == exeformat.FOLDER_NAME else finding.path
         share_folder(version_folder.parent, finding.path)
-        return None
+        return RepairOutcome(item, "repaired")
     if finding.kind == "damaged-executable":
         if path.parent.name != exeformat.FOLDER_NAME or path.is_symlink() or not exeformat.is_store_name(path.name):
             raise OSError(f"{path.name} is not a stored executable")
         try:
             header = exeformat.read_header(path)  # proven ours by its header before it goes
             if exeformat.file_is_whole(path, header, verify_checksum=True):
-                return  # replaced by a whole one since the check
+                return RepairOutcome(item, "skipped", "replaced by a whole one since the check")
+        except FileNotFoundError:
+            return RepairOutcome(item, "skipped", "gone since the check")
         except exeformat.ExecutableFormatError as e:
             raise OSError(str(e)) from None
         path.unlink(missing_ok=True)
-        return
+        return RepairOutcome(item, "repaired")
     if finding.kind == "stale-temp":
         if not path.name.startswith(TEMP_PREFIX) or path.is_symlink():
             raise OSError(f"{path.name} is not a jaxcache temporary file")
         path.unlink(missing_ok=True)
-        return
+        return RepairOutcome(item, "repaired")
     parsed = jaxformat.parse_entry_name(path.name)
     if parsed is None or path.is_symlink():
         raise OSError(f"{path.name} is not a cache entry")
     if finding.kind == "corrupt":
-        note = None
         try:
+            still_broken = _still_corrupt(path)
             provable = _provably_jax_written(path)
         except FileNotFoundError:
-            return None  # gone since the check
-        if not provable:
+            return RepairOutcome(item, "skipped", "gone since the check")
+        if not still_broken:
+            return RepairOutcome(item, "skipped", "replaced by a whole entry since the check")
+        note = None
+        if item.action == "quarantine" or not provable:
             aside = _quarantine(path)
             note = f"moved aside to {aside.name} (its contents do not prove it a JAX entry)"
         else:
             # -cache first, then -atime: the reverse would leave a -cache without -atime.
             path.unlink(missing_ok=True)
         (path.parent / jaxformat.atime_file_name(parsed.key)).unlink(missing_ok=True)
-        return note
-    elif finding.kind == "orphan-atime":
-        if not (path.parent / jaxformat.cache_file_name(parsed.key)).exists():
-            path.unlink(missing_ok=True)
-    elif finding.kind == "missing-atime":
-        create_atime(path)
-    return None
+        return RepairOutcome(item, "repaired", note)
+    if finding.kind == "orphan-atime":
+        if (path.parent / jaxformat.cache_file_name(parsed.key)).exists():
+            return RepairOutcome(item, "skipped", "its entry is back")
+        data = _read_small(path)
+        if data and jaxformat.decode_atime(data) is None:  # empty: a write cut short
+            raise OSError(f"{path.name} does not hold an access time")
+        path.unlink(missing_ok=True)
+        return RepairOutcome(item, "repaired")
+    if finding.kind == "missing-atime":
+        created = create_atime(path)
+        return RepairOutcome(item, "repaired" if created else "skipped", None if created else "has one since the check")
+    raise AssertionError(finding.kind)
+
+
+def _still_corrupt(path: Path) -> bool:
+    with jaxformat.open_entry(path) as f:
+        data = f.read()
+    try:
+        jaxformat.decompress_entry(data)
+    except jaxformat.EntryFormatError as e:
+        return "zstandard" not in str(e)
+    return False
+
+
+def _read_small(path: Path) -> bytes:
+    with jaxformat.open_entry(path) as f:
+        return f.read(jaxformat.ATIME_BYTES + 1)
 
 
 def _provably_jax_written(path: Path) -> bool:

@@ -4,8 +4,9 @@
 to do matters (the goal: under 100 ms). Importing Click and the CLI module is
 about a third of that, so the common forms, ``[--cache-dir DIR] hook [--shell
 SHELL]``, run here on the library alone. Anything else (other options, help,
-and any error, which the CLI words as for every command) goes to the CLI;
-the hook is idempotent, so running it again there is harmless.
+any error, which the CLI words as for every command, and an upgrade prune,
+which the CLI asks about) goes to the CLI; the hook is idempotent, so running
+it again there is harmless.
 """
 
 from __future__ import annotations
@@ -45,15 +46,17 @@ def main() -> None:
 
         cache_dir, shell = fast
         try:
+            # No approver: an upgrade prune is left to the CLI, which asks or refuses.
             result = hook(resolve(cache_dir=cache_dir, argument_source="--cache-dir"))
         except JaxCacheError:
             pass  # the CLI reports it, in the words every command uses
         else:
-            for message in result.messages:
-                sys.stderr.write(f"jaxcache hook: {message}\n")
-            sys.stdout.write(render(result.env, shell) + "\n")
-            sys.stdout.flush()
-            return
+            if result.upgrade_prune != "refused":
+                for message in result.messages:
+                    sys.stderr.write(f"jaxcache hook: {message}\n")
+                sys.stdout.write(render(result.env, shell) + "\n")
+                sys.stdout.flush()
+                return
     from jaxcache.cli import main as cli_main
 
     cli_main()

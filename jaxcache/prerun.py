@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from jaxcache import provenance
 from jaxcache.configuration import cache_env, prepare_folder
@@ -23,8 +23,16 @@ from jaxcache.errors import CacheDirError, JaxCacheError
 from jaxcache.index import META_DIR_NAME
 from jaxcache.settings import Settings
 
+if TYPE_CHECKING:
+    from jaxcache.prune import PrunePlan
+
 Shell = Literal["bash", "zsh", "fish"]
 STATE_NAME = "hook.json"
+
+
+UpgradePrune = Literal["none", "done", "dry-run", "refused", "declined"]
+"""What became of the upgrade prune: none needed; done; only planned (``dry_run``);
+refused (nobody to approve it); declined (the approver said no)."""
 
 
 @dataclass
@@ -34,6 +42,8 @@ class HookResult:
     env: dict[str, str]
     jaxlib: str
     upgraded_from: str | None = None
+    upgrade_prune: UpgradePrune = "none"
+    prune_plan: PrunePlan | None = None
     pruned_entries: int = 0
     pruned_executables: int = 0
     freed_bytes: int = 0
@@ -41,7 +51,9 @@ class HookResult:
     messages: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        out = {k: v for k, v in self.__dict__.items() if k != "prune_plan"}
+        out["prune_plan"] = self.prune_plan.as_dict() if self.prune_plan is not None else None
+        return out
 
 
 def version_key(version: str) -> tuple[int, ...]:
@@ -82,27 +94,37 @@ def _known_versions(root: Path) -> list[str]:
     return versions
 
 
-def hook(settings: Settings, *, warm: bool = False, keep_versions: Sequence[str] = ()) -> HookResult:
+def hook(settings: Settings, *, warm: bool = False, keep_versions: Sequence[str] = (), dry_run: bool = False,
+         approve: Callable[[PrunePlan], bool] | None = None) -> HookResult:
     """Runs the pre-run step; see the module docstring.
 
     The upgrade rule keeps two environments sharing one cache from pruning
     each other: entries of other versions are pruned only when the installed
     jaxlib is newer than any this cache has seen before (the highest is kept
     in ``<root>/.jaxcache/hook.json``), and never those in ``keep_versions``.
+    Like every deletion, that prune is a plan first: ``dry_run`` only plans it;
+    otherwise ``approve(plan)`` decides, and without an approver nothing is
+    deleted ("refused"). Until a prune is done the upgrade is not recorded, so
+    the next hook asks again; the environment is returned either way.
 
     Raises:
         JaxCacheError: jaxlib is not installed, or the folder cannot be prepared.
+        NotACacheError: the folder holds other files and is not a cache.
     """
     versions = provenance.installed_versions()
     if versions is None:
         raise JaxCacheError("jaxlib is not installed in this environment: nothing to hook")
     root = settings.root
+    from jaxcache.scanning import require_cache_or_new
+
+    require_cache_or_new(root)
     state = _load_state(root)
     # Without a record, the versions whose folders are already here tell, this one's
     # included if it has been here before this hook (prepare_folder makes it now).
     seen = [] if state.get("highest_jaxlib") else _known_versions(root)
     jax_dir, _ = prepare_folder(settings)
     result = HookResult(env=cache_env(settings, jax_dir), jaxlib=versions.jaxlib)
+    result.messages.extend(f"warning: {note}" for note in settings.skipped)
     from jaxcache.security import cache_problems
 
     problems = cache_problems(root, jax_dir)
@@ -115,8 +137,9 @@ def hook(settings: Settings, *, warm: bool = False, keep_versions: Sequence[str]
     highest = state.get("highest_jaxlib") or max(seen, key=version_key, default=versions.jaxlib)
     if version_key(versions.jaxlib) > version_key(highest):
         result.upgraded_from = highest
-        _prune_other_versions(settings, versions.jaxlib, keep_versions, result)
-        highest = versions.jaxlib
+        _prune_other_versions(settings, versions.jaxlib, keep_versions, result, dry_run=dry_run, approve=approve)
+        if result.upgrade_prune == "done":
+            highest = versions.jaxlib
     state["highest_jaxlib"] = highest
 
     if warm:
@@ -129,19 +152,52 @@ def hook(settings: Settings, *, warm: bool = False, keep_versions: Sequence[str]
     return result
 
 
-def _prune_other_versions(settings: Settings, jaxlib: str, keep: Sequence[str], result: HookResult) -> None:
+def _prune_other_versions(settings: Settings, jaxlib: str, keep: Sequence[str], result: HookResult, *,
+                          dry_run: bool, approve: Callable[[PrunePlan], bool] | None) -> None:
     from jaxcache.prune import execute, plan_prune
     from jaxcache.scanning import scan
 
     plan = plan_prune(scan(settings.root, last_used=False), stale=True, installed_version=jaxlib,
                       keep_versions=keep)
+    result.prune_plan = plan
+    upgrade = f"jaxlib {result.upgraded_from} -> {jaxlib}"
+    if not plan.deletions and not plan.executables:
+        result.upgrade_prune = "done"
+        result.messages.append(f"{upgrade}: no entries of other versions to prune")
+        return
+    what = _plan_summary(plan)
+    if dry_run:
+        result.upgrade_prune = "dry-run"
+        result.messages.append(f"{upgrade}: would prune {what} that the new version can never hit")
+        return
+    if approve is None or not approve(plan):
+        result.upgrade_prune = "declined" if approve is not None else "refused"
+        result.messages.append(f"{upgrade}: kept {what} that the new version can never hit (not approved)")
+        return
     done = execute(plan)
+    result.upgrade_prune = "done"
     result.pruned_entries = len(done.deleted)
     result.pruned_executables = len(done.executables_deleted)
     result.freed_bytes = done.freed_bytes
-    result.messages.append(
-        f"jaxlib {result.upgraded_from} -> {jaxlib}: pruned {len(done.deleted)} entries the new version can never hit"
-    )
+    skipped = f"; skipped {len(done.skipped)}" if done.skipped else ""
+    result.messages.append(f"{upgrade}: pruned {_count(len(done.deleted), 'entry', 'entries')}"
+                           f"{_stored(len(done.executables_deleted))} the new version can never hit{skipped}")
+
+
+def _count(n: int, noun: str, plural: str) -> str:
+    return f"{n} {noun if n == 1 else plural}"
+
+
+def _stored(n: int) -> str:
+    return f" and {_count(n, 'stored executable', 'stored executables')}" if n else ""
+
+
+def _plan_summary(plan: PrunePlan) -> str:
+    """``26 entries and 3 stored executables (12.1 MiB)``."""
+    import humanize
+
+    return (f"{_count(len(plan.deletions), 'entry', 'entries')}{_stored(len(plan.executables))} "
+            f"({humanize.naturalsize(plan.freed_bytes, binary=True, format='%.1f')})")
 
 
 def _warm_missing(settings: Settings, jaxlib: str, state: dict[str, Any], result: HookResult) -> None:

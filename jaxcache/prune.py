@@ -9,6 +9,7 @@ again that each file is still a cache entry.
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 import stat as statmod
 import time
@@ -16,8 +17,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
-from jaxcache import exeformat, jaxformat, provenance
+from jaxcache import exeformat, jaxformat, provenance, uses
 from jaxcache.errors import UsageError
 from jaxcache.exeformat import StoredExecutable
 from jaxcache.locking import BATCH_SIZE, folder_lock
@@ -55,6 +57,11 @@ class PrunePlan:
     def keys(self) -> list[str]:
         return [d.entry.key for d in self.deletions]
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"cache_dir": str(self.root), "deleted": self.keys, "reasons": [d.reason for d in self.deletions],
+                "freed_bytes": self.freed_bytes, "kept_entries": self.kept_entries, "kept_bytes": self.kept_bytes,
+                "executables_deleted": [e.key for e in self.executables]}
+
 
 @dataclass(frozen=True)
 class PruneResult:
@@ -68,6 +75,12 @@ class PruneResult:
     @property
     def freed_bytes(self) -> int:
         return sum(e.bytes for e in self.deleted) + sum(e.bytes for e in self.executables_deleted)
+
+    def as_dict(self) -> dict[str, Any]:
+        skipped = [(e.key, why) for e, why in self.skipped] + [(e.path.name, why) for e, why in self.executables_skipped]
+        return {"deleted": [e.key for e in self.deleted], "freed_bytes": self.freed_bytes,
+                "skipped": [{"key": key, "reason": why} for key, why in skipped],
+                "executables_deleted": [e.key for e in self.executables_deleted]}
 
 
 def validate_glob(pattern: str) -> str:
@@ -95,6 +108,7 @@ def plan_prune(
     name: str | None = None,
     everything: bool = False,
     now: float | None = None,
+    atime_resolution: float | None = None,
 ) -> PrunePlan:
     """Builds the plan. Selectors (stale, older_than, name) combine with AND;
     then, if ``max_size`` is given, the least recently used of what is left go
@@ -111,9 +125,15 @@ def plan_prune(
         name: a glob over module names (or keys) to select.
         everything: select every entry (``clear``).
         now: the current time, for tests.
+        atime_resolution: how stale the file system's access time may be, for
+            entries with no recorded use (default: read from the mount of
+            ``info.root``, see :func:`jaxcache.uses.atime_resolution`).
 
     Raises:
-        UsageError: no policy given, or ``stale`` without a version to compare with.
+        UsageError: no policy given; ``stale`` without a version to compare with;
+            or ``older_than`` finer than what the file system can tell about the
+            last use of entries that have no recorded use (refused, rather than
+            deleting what may have been used a moment ago).
     """
     now = time.time() if now is None else now
     Item = CacheEntry | StoredExecutable
@@ -130,8 +150,18 @@ def plan_prune(
             (lambda e: e.version is not None and e.version not in keep, lambda e: f"stale (jaxlib {e.version})")
         )
     if older_than is not None:
+        if atime_resolution is None:
+            from jaxcache.uses import atime_resolution as resolution_of
+
+            atime_resolution = resolution_of(info.root)
+        resolution = atime_resolution
+        _require_known_last_uses(info, older_than, resolution, now)
         cutoff = now - older_than.total_seconds()
-        selectors.append((lambda e: e.recency < cutoff, lambda e: f"unused for {_days(now - e.recency)}"))
+
+        def last(e: CacheEntry | StoredExecutable) -> float:
+            return latest_possible_use(e, resolution, now) if isinstance(e, CacheEntry) else e.recency
+
+        selectors.append((lambda e: last(e) < cutoff, lambda e: f"unused for {_days(now - last(e))}"))
     if name is not None:
         pattern = validate_glob(name)
         selectors.append((lambda e: matches_name(e, pattern), lambda e: f"name matches {pattern!r}"))
@@ -172,6 +202,58 @@ def plan_prune(
         kept_bytes=sum(e.bytes for e in kept) + sum(e.bytes for e in kept_executables),
         executables=tuple(gone_executables),
     )
+
+
+def latest_possible_use(entry: CacheEntry, resolution: float, now: float) -> float:
+    """The latest moment an entry may have been used, given what is recorded.
+
+    A recorded use is exact. Without one, under ``relatime`` the first read after
+    a write moves the access time and later reads move it at most once a day, so
+    an entry read since its write (access time after its write time) may have
+    been used until a day after that read; one never read was last used at its
+    write. Under ``noatime`` nothing after the write is known.
+    """
+    if entry.last_used is not None:
+        return entry.last_used
+    if resolution <= 0:
+        return entry.recency
+    if resolution == math.inf:
+        return now
+    atime = entry.fs_atime if entry.fs_atime is not None else entry.written
+    return entry.written if atime <= entry.written else min(now, atime + resolution)
+
+
+def _require_known_last_uses(info: CacheInfo, older_than: timedelta, resolution: float, now: float) -> None:
+    """Refuses an age finer than the file system can tell, where some entry's use was never recorded.
+
+    At an age of the resolution or more, an entry that may have been used inside
+    the period is simply kept (:func:`latest_possible_use`); below it, most
+    entries read lately would be unknowable, so nothing is guessed.
+    """
+    if older_than.total_seconds() >= resolution:
+        return
+    cutoff = now - older_than.total_seconds()
+    unknown = sum(1 for e in info.entries
+                  if e.last_used is None and e.recency < cutoff <= latest_possible_use(e, resolution, now))
+    if not unknown:
+        return
+    tells = ("never records an access (noatime)" if resolution == math.inf
+             else "moves the access time at most once a day (relatime)")
+    enough = "" if resolution == math.inf else f"give --older-than {_flag_duration(resolution)} or more, or "
+    raise UsageError(
+        f"refusing --older-than {_days(older_than.total_seconds())}: {unknown} "
+        f"{'entry has' if unknown == 1 else 'entries have'} no recorded use and this file system {tells}, so "
+        f"{'it' if unknown == 1 else 'they'} may have been used since; {enough}run JAX through jaxcache "
+        "(configure(), `jaxcache run`, `pytest --jaxcache`) so that uses are recorded"
+    )
+
+
+def _flag_duration(seconds: float) -> str:
+    """A duration as --older-than takes it: ``1d``, ``6h``, ``90s``."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{math.ceil(seconds)}s"
 
 
 def lru_order(entries: Iterable[CacheEntry]) -> list[CacheEntry]:
@@ -245,6 +327,7 @@ def execute(plan: PrunePlan, *, progress: Callable[[int], None] | None = None) -
                 progress(done)
         with folder_lock(folder):
             provenance.compact_writes(folder)  # else the log keeps a line per entry ever written
+            uses.forget_uses(folder, (e.key for e in deleted if e.folder == folder))
     gone, not_gone = [], []
     for item in plan.executables:
         reason = exeformat.delete(item)

@@ -22,7 +22,7 @@ from typing import Any
 
 import filelock
 
-from jaxcache import jaxformat, provenance
+from jaxcache import jaxformat, provenance, uses
 from jaxcache.compilelog import CompileLog, ModuleCounts
 from jaxcache.configuration import cache_env, prepare_folder
 from jaxcache.errors import CacheDirError, CommandError, JaxCacheError, UsageError
@@ -124,6 +124,9 @@ def run(command: Sequence[str], settings: Settings, *, env: Mapping[str, str] | 
     """
     if not command:
         raise UsageError("no command to run: jaxcache run -- CMD [ARGS...]")
+    from jaxcache.scanning import require_cache_or_new
+
+    require_cache_or_new(settings.root)
     jax_dir, _ = prepare_folder(settings)
     from jaxcache.security import cache_problems
 
@@ -161,6 +164,7 @@ def run(command: Sequence[str], settings: Settings, *, env: Mapping[str, str] | 
         for module, counts in log.snapshot().items():  # a write counts once its entry is on disk
             t = modules.setdefault(module, Totals())
             t.add(Totals(**{k: counts.get(k, 0) for k in _COUNTERS if k != "saved_seconds"}))
+    uses.record_uses(jax_dir, hit_keys)  # the file system's access time would not say (relatime)
     saved = _saved_seconds(settings.root, hit_keys)
     for key in hit_keys:
         module = key[:-65]
@@ -215,9 +219,11 @@ def load_stats(root: Path) -> dict[str, Any]:
     """The cumulative figures (zeros if none were recorded).
 
     Raises:
-        CacheDirError: the root exists but is not a folder.
+        CacheDirError: there is no folder at ``root``, or it is a file.
     """
-    if root.exists() and not root.is_dir():
+    if not root.exists():
+        raise CacheDirError(f"no cache folder at {root}")
+    if not root.is_dir():
         raise CacheDirError(f"{root} is a file, not a folder")
     data: dict[str, Any] = {"runs": 0, **{name: 0 for name in _COUNTERS}, "since": None}
     try:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
-from jaxcache import atimes, exeformat, index, jaxformat, provenance
+from jaxcache import atimes, exeformat, index, jaxformat, provenance, uses
 from jaxcache.atomic import TEMP_PREFIX
 from jaxcache.errors import CacheDirError, NotACacheError
 from jaxcache.exeformat import StoredExecutable
@@ -38,8 +38,10 @@ class CacheEntry(NamedTuple):
         bytes: apparent size of the ``-cache`` file.
         allocated_bytes: disk space taken by the ``-cache`` file (``st_blocks * 512``).
         written: when the entry was written (mtime, seconds since the epoch).
-        last_used: last hit or write from the ``-atime`` file; None if it has none,
-            or if the scan did not look (``last_used=False``).
+        last_used: the last recorded use: the ``-atime`` file's time (JAX rewrites it on
+            every hit and write of a capped cache) or jaxcache's use log (see
+            :mod:`jaxcache.uses`), whichever is later; None if neither has one, or if
+            the scan did not look (``last_used=False``).
         has_atime: whether an ``-atime`` file exists.
         fs_atime: the filesystem's access time of the ``-cache`` file; None in a quick scan.
         version: the jaxlib version that wrote it, None when unknown.
@@ -70,12 +72,13 @@ class CacheEntry(NamedTuple):
     def recency(self) -> float:
         """Best estimate of the last use.
 
-        The ``-atime`` record when JAX keeps one (capped caches). Otherwise JAX
-        records no use at all, and the filesystem's access time is the best
-        evidence: JAX reads the whole file on every hit, and under Linux's
-        default ``relatime`` that moves atime at least once a day (on a
-        ``noatime`` mount it stays at the write time). jaxcache itself reads
-        entries with ``O_NOATIME`` so that looking does not count as use.
+        A recorded use when there is one (``last_used``). Otherwise the file
+        system's access time is the only evidence: JAX reads the whole file on
+        every hit, but under Linux's default ``relatime`` that moves the access
+        time at most once a day (on a ``noatime`` mount never), so the true
+        last use may be later (:func:`jaxcache.uses.atime_resolution`).
+        jaxcache itself reads entries with ``O_NOATIME`` so that looking does
+        not count as use.
         """
         if self.last_used is not None:
             return self.last_used
@@ -340,6 +343,7 @@ def _entries(folder: Path, listing: index.Listing, marker: provenance.VersionInf
     """CacheEntry records for one listed folder (stat-ing -atime files for last use if asked)."""
     version = marker.jaxlib if marker is not None else None
     writes = provenance.load_writes(folder) if marker is not None else {}
+    recorded = uses.load_uses(folder) if last_used else {}
     entries = []
     append = entries.append
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY) if last_used else -1
@@ -355,6 +359,9 @@ def _entries(folder: Path, listing: index.Listing, marker: provenance.VersionInf
                         fs_atime = os.stat(key + "-cache", dir_fd=fd, follow_symlinks=False).st_atime
                 except FileNotFoundError:
                     pass
+                use = recorded.get(key)
+                if use is not None and (used is None or use > used):
+                    used = use
             append(CacheEntry(folder, key, key[:-65], stat.size, stat.allocated, stat.mtime_ns / 1e9, used,
                               bool(stat.has_atime), fs_atime, version,
                               writes[key].platform if key in writes else None))
@@ -362,3 +369,39 @@ def _entries(folder: Path, listing: index.Listing, marker: provenance.VersionInf
         if fd >= 0:
             os.close(fd)
     return entries
+
+
+def require_cache_or_new(root: Path) -> None:
+    """Refuses a folder that holds files but nothing JAX or jaxcache writes.
+
+    Commands that create entries (``run``, ``hook``) call it before creating
+    anything, so a home folder passed by mistake never gets ``jaxlib-*/`` and
+    ``.jaxcache/`` folders; ``jaxcache init`` marks a folder a cache on purpose.
+    Stops at the first file that is evidence, so a large cache costs one read.
+
+    Raises:
+        CacheDirError: ``root`` is a file, or cannot be read.
+        NotACacheError: ``root`` holds only files and folders that are not a cache's.
+    """
+    others = 0
+    try:
+        with os.scandir(root) as it:
+            for dirent in it:
+                name = dirent.name
+                if (name in _JAXCACHE_NAMES or name in jaxformat.XLA_SUBCACHE_NAMES or name.startswith(TEMP_PREFIX)
+                        or name == exeformat.FOLDER_NAME or _ENTRY_RE.fullmatch(name) is not None):
+                    return
+                if name.startswith(provenance.VERSION_DIR_PREFIX) and provenance.read_marker(root / name):
+                    return
+                others += 1
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        raise CacheDirError(f"{root} is a file, not a folder") from None
+    except OSError as e:
+        raise CacheDirError(f"cannot read {root}: {e.strerror}") from None
+    if others:
+        raise NotACacheError(
+            f"{root} is not empty and does not look like a JAX cache ({others} other files and folders); "
+            "give a new or empty folder, or run `jaxcache init` on it to make it a cache on purpose"
+        )

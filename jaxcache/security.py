@@ -180,12 +180,15 @@ def share_folder(root: Path, folder: Path) -> None:
 
 
 def init_private(root: Path) -> None:
-    """Creates a cache folder only its owner can write to.
+    """Creates a cache folder only its owner can write to (or marks an existing one a cache).
 
     Raises:
         CacheDirError: the folder cannot be created.
     """
     try:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Marks the folder a cache on purpose: commands that create entries
+        # refuse a non-empty folder without such a mark (a home folder by mistake).
+        (root / ".jaxcache").mkdir(mode=0o700, exist_ok=True)
     except OSError as e:
         raise CacheDirError(f"cannot create {root}: {e.strerror}") from None

@@ -81,6 +81,8 @@ class Settings:
     layout: Setting
     xla_caches: Setting
     strict: Setting
+    # Config files that could not be read and were skipped (one line each, for a warning).
+    skipped: tuple[str, ...] = ()
 
     @property
     def root(self) -> Path:
@@ -89,7 +91,7 @@ class Settings:
     def as_dict(self) -> dict[str, dict[str, Any]]:
         return {
             f.name: {"value": _jsonable(getattr(self, f.name).value), "source": getattr(self, f.name).source}
-            for f in fields(self)
+            for f in fields(self) if f.name != "skipped"
         }
 
 
@@ -114,11 +116,15 @@ def find_pyproject(start: Path) -> Path | None:
     return None
 
 
+class UnreadableConfig(UsageError):
+    """A config file that cannot be read as TOML at all."""
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     """A TOML file's contents.
 
     Raises:
-        UsageError: unreadable, not UTF-8, or invalid TOML (one line naming the file).
+        UnreadableConfig: unreadable, not UTF-8, or invalid TOML (one line naming the file).
     """
     import tomllib  # only when there is a file to read: `jaxcache hook` must start fast
 
@@ -126,11 +132,11 @@ def read_toml(path: Path) -> dict[str, Any]:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"{path}: invalid TOML ({e})") from None
+        raise UnreadableConfig(f"{path}: invalid TOML ({e})") from None
     except UnicodeDecodeError:
-        raise UsageError(f"{path}: not UTF-8 text") from None
+        raise UnreadableConfig(f"{path}: not UTF-8 text") from None
     except OSError as e:
-        raise UsageError(f"{path}: cannot read ({e.strerror})") from None
+        raise UnreadableConfig(f"{path}: cannot read ({e.strerror})") from None
 
 
 def load_table(path: Path, *, pyproject: bool) -> dict[str, Any]:
@@ -249,17 +255,28 @@ def resolve(
         "strict": strict,
     }
     layers: list[tuple[str, Path, dict[str, Any]]] = []
-    pyproject = find_pyproject(cwd)
+    skipped: list[str] = []
+    # A file that is not valid TOML (any project's pyproject.toml, mid-edit) is skipped with
+    # a warning: it must not stop every command. A valid file with a bad value is an error.
+    try:
+        pyproject = find_pyproject(cwd)
+    except UnreadableConfig as e:
+        skipped.append(f"{e}; its settings are ignored")
+        pyproject = None
     if pyproject is not None:
         layers.append((f"pyproject {pyproject}", pyproject.parent, load_table(pyproject, pyproject=True)))
     user_config = user_config_path()
     if user_config.is_file():
-        layers.append((f"user config {user_config}", user_config.parent, load_table(user_config, pyproject=False)))
+        try:
+            layers.append((f"user config {user_config}", user_config.parent,
+                           load_table(user_config, pyproject=False)))
+        except UnreadableConfig as e:
+            skipped.append(f"{e}; its settings are ignored")
 
     resolved: dict[str, Setting] = {}
     for name in explicit:
         resolved[name] = _resolve_one(name, explicit[name], argument_source, env, cwd, layers)
-    return Settings(**resolved)
+    return Settings(**resolved, skipped=tuple(skipped))
 
 
 def _resolve_one(

@@ -246,7 +246,8 @@ class EntryDetails:
             "name": e.module, "key": e.key, "bytes": e.bytes, "allocated_bytes": e.allocated_bytes,
             "version": e.version, "platform": e.platform, "compile_seconds": self.compile_seconds,
             "measured_compile_seconds": self.measured_compile_seconds,
-            "last_used": _iso(e.last_used), "written": _iso(e.written), "path": str(e.path),
+            "last_used": _iso(e.last_used), "last_use_recorded": e.last_used is not None,
+            "last_use_estimate": _iso(e.recency), "written": _iso(e.written), "path": str(e.path),
         }
 
 

@@ -55,6 +55,9 @@ def parse_duration(text: str) -> timedelta:
     """
     compact = str(text).strip()
     parts = _DURATION_PART_RE.findall(compact)
+    if any(u == "M" for _, u in parts):  # minutes to some, months to others: refuse to guess
+        raise UsageError(f"ambiguous duration {text!r}: 'M' could be minutes or months; "
+                         "use 'min' for minutes, or days ('30d')")
     consumed = "".join(f"{n}{u}" for n, u in parts)
     if not parts or consumed != compact.replace(" ", "") or any(
         u.lower() not in _DURATION_UNITS for _, u in parts

@@ -271,7 +271,7 @@ def test_truncated_entry_is_found_repaired_and_rewritten(cache: Path) -> None:
     findings = json.loads(result.stdout)["findings"]
     assert [(f["kind"], f["key"]) for f in findings] == [("corrupt", victim.name[:-6])]
 
-    repaired = jc("--cache-dir", str(cache), "check", "--repair", "--json")
+    repaired = jc("--cache-dir", str(cache), "check", "--repair", "--yes", "--json")
     assert repaired.exit_code == 0 and json.loads(repaired.stdout)["findings"][0]["repaired"] is True
     assert not victim.exists()
 
@@ -288,13 +288,15 @@ def test_missing_atime_in_a_capped_cache_is_found_and_repaired(tmp_path: Path) -
     result = jc("--cache-dir", str(root), "check", "--json")
     assert result.exit_code == 0  # uncapped caches need no -atime
     os.environ["JAXCACHE_MAX_SIZE"] = "1GB"
+    needed = jaxformat.missing_atime_breaks_writes(INSTALLED)  # jax#39880, fixed in 0.11.2
     try:
         findings = json.loads(jc("--cache-dir", str(root), "check", "--json").stdout)["findings"]
-        assert findings and {f["kind"] for f in findings} == {"missing-atime"}
-        assert jc("--cache-dir", str(root), "check", "--repair").exit_code == 0
+        assert {f["kind"] for f in findings} == ({"missing-atime"} if needed else set())
+        assert jc("--cache-dir", str(root), "check", "--repair", "--yes").exit_code == 0
     finally:
         del os.environ["JAXCACHE_MAX_SIZE"]
-    assert len(list(root.rglob("*-atime"))) == len(list(root.rglob("*-cache")))
+    if needed:
+        assert len(list(root.rglob("*-atime"))) == len(list(root.rglob("*-cache")))
     proc = run_python(
         "import jaxcache, jax, jax.numpy as jnp\n"
         "jaxcache.configure(max_size='1GB')\n"
@@ -338,9 +340,12 @@ def test_orphans_foreign_paths_and_permissions(cache: Path, tmp_path: Path) -> N
     result = jc("--cache-dir", str(cache), "check", "--json")
     assert result.exit_code == 1
     findings = {f["kind"]: f for f in json.loads(result.stdout)["findings"]}
-    assert sorted(findings) == ["foreign-path", "orphan-atime", "writable"]
-    assert findings["foreign-path"]["severity"] == "info" and str(other) in findings["foreign-path"]["message"]
-    assert jc("--cache-dir", str(cache), "check", "--repair").exit_code == 0
+    if jaxformat.path_in_key(INSTALLED):  # from jaxlib 0.11 the path is not in the key: the copy hits
+        assert sorted(findings) == ["foreign-path", "orphan-atime", "writable"]
+        assert findings["foreign-path"]["severity"] == "info" and str(other) in findings["foreign-path"]["message"]
+    else:
+        assert sorted(findings) == ["orphan-atime", "writable"]
+    assert jc("--cache-dir", str(cache), "check", "--repair", "--yes").exit_code == 0
     assert not orphan.exists()
     assert copied.read_bytes() == foreign.read_bytes()  # a valid entry another folder's processes hit: kept
     assert stat.S_IMODE(cache.stat().st_mode) == 0o755
@@ -433,7 +438,7 @@ def test_a_crashed_atomic_write_leaves_a_temp_file_that_check_removes(cache: Pat
     leftover.write_bytes(b"x\x9c partial")
     assert jc_json("--cache-dir", str(cache), "check")["ok"] is True  # young: maybe a write in progress
     age([leftover], 3600)
-    result = jc("--cache-dir", str(cache), "check", "--repair", "--json")
+    result = jc("--cache-dir", str(cache), "check", "--repair", "--yes", "--json")
     findings = json.loads(result.stdout)["findings"]
     assert [(f["kind"], f["repaired"]) for f in findings] == [("stale-temp", True)] and not leftover.exists()
 
@@ -470,3 +475,53 @@ def test_a_closed_pipe_ends_quietly(cache: Path) -> None:
     proc.stdout.close()  # the reader leaves before the first line
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141 and stderr == ""
+
+
+def test_global_options_work_after_the_command_too(cache: Path, tmp_path: Path) -> None:
+    before = jc_json("--cache-dir", str(cache), "inspect")
+    after = jc_json("inspect", "--cache-dir", str(cache))
+    assert after["entries"] == before["entries"] > 0
+    # After the command wins, as the nearer option does on a command line.
+    assert jc_json("--cache-dir", str(tmp_path / "elsewhere"), "ls", "--cache-dir", str(cache))
+    empty = jc("inspect", "--cache-dir", " ")
+    assert empty.exit_code == 2 and len(empty.stderr.strip().splitlines()) == 1
+
+
+def test_run_and_hook_refuse_a_folder_that_is_not_a_cache_until_init(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "Documents").mkdir(parents=True)
+    (home / ".bashrc").write_text("alias x=y")
+    before = snapshot(home)
+    for args in (["hook"], ["run", "--", sys.executable, "-c", "pass"]):
+        result = jc("--cache-dir", str(home), *args)
+        assert result.exit_code == 1, (args, result.output)
+        assert "does not look like a JAX cache" in result.stderr and "jaxcache init" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert snapshot(home) == before
+    assert jc("--cache-dir", str(home), "init").exit_code == 0  # a cache on purpose
+    assert jc("--cache-dir", str(home), "hook").exit_code == 0
+    assert (home / ".bashrc").read_text() == "alias x=y"
+
+
+def test_stats_says_when_there_is_no_cache_folder(tmp_path: Path) -> None:
+    result = jc("--cache-dir", str(tmp_path / "missing"), "stats")
+    assert result.exit_code == 1 and "no cache folder at" in result.stderr
+    assert not (tmp_path / "missing").exists()
+    (tmp_path / "c").mkdir()
+    data = jc_json("--cache-dir", str(tmp_path / "c"), "stats")
+    assert data["runs"] == 0 and data["since"] is None
+
+
+def test_long_work_shows_progress_without_a_terminal(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job log gets a line now and then (here: every item), and a last line; data stays on stdout."""
+    from jaxcache import cli
+
+    monkeypatch.setattr(cli, "_PROGRESS_FROM", 0)
+    monkeypatch.setattr(cli, "_PROGRESS_LINE_SECS", 0.0)
+    age(list(cache.rglob("*-cache")), 60)
+    result = jc("--cache-dir", str(cache), "check", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["ok"] is True
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Checking: ")]
+    assert lines and lines[-1].endswith("done"), result.stderr
+    result = jc("--cache-dir", str(cache), "clear", "--yes")
+    assert result.exit_code == 0 and "Deleting: " in result.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import zlib
 from importlib import metadata
 from pathlib import Path
@@ -86,19 +87,78 @@ def test_lru_cache_suffixes_and_lockfile_name() -> None:
     assert '".lockfile"' in source
 
 
-def test_missing_atime_breaks_every_capped_write(tmp_path: Path) -> None:
-    """jax#39880: an uncapped cache later used with a cap cannot save anything new."""
+JAXLIB = metadata.version("jaxlib")
+
+# A function the filling program never compiles: its entry is new in the capped run.
+NEW_KERNEL = """
+import jax.numpy as jnp
+def tripled_cos(x):
+    return jnp.cos(x) * 3
+jax.jit(tripled_cos)(jnp.ones(5)).block_until_ready()
+"""
+
+
+def test_missing_atime_breaks_capped_writes_exactly_where_jaxformat_says(tmp_path: Path) -> None:
+    """jax#39880: a folder filled without a cap (no -atime files), then used with one. Up to
+    jaxlib 0.11.1 every capped write fails in eviction and nothing new is saved; from 0.11.2
+    an entry without -atime counts as the oldest and the write succeeds."""
     folder = tmp_path / "mixed"
     run_compile(env_with(CACHE=str(folder)), configure=PLAIN_CONFIGURE)
-    proc = run_python(
-        PLAIN_CONFIGURE + """
-import jax.numpy as jnp
-jax.jit(lambda x: jnp.cos(x) * 3)(jnp.ones(5)).block_until_ready()
-""",
-        env=env_with(CACHE=str(folder), MAX_SIZE=str(10**9)),
-    )
-    assert "Error writing persistent compilation cache entry" in proc.stderr
-    assert "FileNotFoundError" in proc.stderr
+    before = {p.name for p in _entries(folder)}
+    assert before and _entries(folder, "-atime") == []
+    proc = run_python(PLAIN_CONFIGURE + NEW_KERNEL, env=env_with(CACHE=str(folder), MAX_SIZE=str(10**9)))
+    after = {p.name for p in _entries(folder)}
+    new = after - before
+    if jaxformat.missing_atime_breaks_writes(JAXLIB):
+        assert "Error writing persistent compilation cache entry" in proc.stderr, (JAXLIB, proc.stderr[-2000:])
+        assert "FileNotFoundError" in proc.stderr, proc.stderr[-2000:]
+        assert after == before, (JAXLIB, sorted(new))  # nothing new was saved
+    else:
+        assert "Error writing persistent compilation cache entry" not in proc.stderr, (JAXLIB, proc.stderr[-2000:])
+        assert before <= after, (JAXLIB, sorted(before - after))  # nothing evicted under a 1 GB cap
+        assert any(name.startswith("jit_tripled_cos-") for name in new), (JAXLIB, sorted(new))
+        # Each new entry has its -atime; the old ones still have none.
+        assert {p.name for p in _entries(folder, "-atime")} == {n[: -len("-cache")] + "-atime" for n in new}
+
+
+def test_missing_atime_breaks_writes_up_to_jaxlib_0_11_1() -> None:
+    assert jaxformat.missing_atime_breaks_writes("0.6.1") and jaxformat.missing_atime_breaks_writes("0.11.1")
+    assert not jaxformat.missing_atime_breaks_writes("0.11.2")
+    assert not jaxformat.missing_atime_breaks_writes("0.12.0.1")
+    assert jaxformat.missing_atime_breaks_writes(None)  # unknown: the cautious answer
+
+
+def _keys(folder: Path) -> set[str]:
+    return {p.name[: -len("-cache")] for p in _entries(folder)}
+
+
+def test_the_folder_path_is_in_the_key_exactly_where_jaxformat_says(tmp_path: Path) -> None:
+    """jax-ml/jax#35699: up to 0.10 the XLA sub-cache path (``<cache dir>/xla_gpu_...``) is
+    hashed into every key, so two folders (or the sub-caches switched off) give different keys
+    and a copied folder misses everything; from 0.11.0 the path is cleared before hashing, so
+    all give the same keys and a copy hits everything."""
+    first, second, off = tmp_path / "first", tmp_path / "second", tmp_path / "off"
+    filled = run_compile(env_with(CACHE=str(first)), configure=PLAIN_CONFIGURE)
+    run_compile(env_with(CACHE=str(second)), configure=PLAIN_CONFIGURE)
+    run_compile(env_with(CACHE=str(off)),
+                configure=PLAIN_CONFIGURE + 'jax.config.update("jax_persistent_cache_enable_xla_caches", "none")\n')
+    keys = _keys(first)
+    assert keys and len(keys) == len(filled["misses"]) and not filled["hits"]
+    assert {k.rsplit("-", 1)[0] for k in _keys(second)} == {k.rsplit("-", 1)[0] for k in keys}
+
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(first, copy)
+    used = run_compile(env_with(CACHE=str(copy)), configure=PLAIN_CONFIGURE)
+    if jaxformat.path_in_key(JAXLIB):
+        assert _keys(second).isdisjoint(keys) and _keys(off).isdisjoint(keys), JAXLIB
+        assert _keys(second).isdisjoint(_keys(off)), JAXLIB
+        assert not used["hits"] and sorted(used["misses"]) == sorted(filled["misses"]), (JAXLIB, used)
+        written = _keys(copy) - keys  # the copy compiled everything again, under keys of its own path
+        assert keys <= _keys(copy) and len(written) == len(keys) and written.isdisjoint(_keys(second)), JAXLIB
+    else:
+        assert _keys(second) == keys and _keys(off) == keys, JAXLIB
+        assert not used["misses"] and sorted(used["hits"]) == sorted(filled["misses"]), (JAXLIB, used)
+        assert _keys(copy) == keys, JAXLIB
 
 
 def test_truncated_entry_is_never_replaced(tmp_path: Path) -> None:
@@ -126,6 +186,8 @@ def test_log_records_carry_module_and_key(tmp_path: Path) -> None:
 
 
 def test_autotune_path_is_baked_into_entries_unless_xla_caches_off(tmp_path: Path) -> None:
+    """On every release, 0.11 and later too (where it is no longer in the key): so finding
+    another folder's path in an entry means something only where :func:`jaxformat.path_in_key`."""
     default, off = tmp_path / "default", tmp_path / "off"
     run_compile(env_with(CACHE=str(default)), configure=PLAIN_CONFIGURE)
     run_compile(
@@ -332,7 +394,7 @@ def test_a_name_outside_the_path_fields_is_not_a_path() -> None:
 
 
 def test_the_folder_path_is_in_the_key_only_up_to_0_10() -> None:
-    assert jaxformat.path_in_key("0.6.1") and jaxformat.path_in_key("0.10.2")
+    assert jaxformat.path_in_key("0.6.1") and jaxformat.path_in_key("0.10.2") and jaxformat.path_in_key("0.10.9")
     assert not jaxformat.path_in_key("0.11.0") and not jaxformat.path_in_key("0.12.0.1")
     assert jaxformat.path_in_key(None)  # unknown: assume the cautious answer
 

@@ -27,8 +27,9 @@ sys.exit(int(sys.argv[1]))
 
 
 def jaxcache(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    # stdin is never a terminal here, whatever runs pytest: a prompt would be refused, never shown.
     return subprocess.run([sys.executable, "-m", "jaxcache", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=600)
+                          cwd=cwd, timeout=600, stdin=subprocess.DEVNULL)
 
 
 def test_run_counts_a_child_that_never_imports_jaxcache(tmp_path: Path) -> None:
@@ -51,7 +52,11 @@ def test_run_counts_a_child_that_never_imports_jaxcache(tmp_path: Path) -> None:
 
     stats = json.loads(jaxcache("--cache-dir", str(cache), "stats", "--json").stdout)
     assert stats["runs"] == 2 and stats["hits"] == again["hits"] and stats["misses"] == report["misses"]
-    zeroed = json.loads(jaxcache("--cache-dir", str(cache), "stats", "--zero", "--json").stdout)
+    refused = jaxcache("--cache-dir", str(cache), "stats", "--zero")  # resets like prune deletes: asks first
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    previewed = json.loads(jaxcache("--cache-dir", str(cache), "stats", "--zero", "--dry-run", "--json").stdout)
+    assert previewed["zeroed"] is False and previewed["runs"] == 2
+    zeroed = json.loads(jaxcache("--cache-dir", str(cache), "stats", "--zero", "--yes", "--json").stdout)
     assert zeroed["zeroed"] is True and zeroed["runs"] == 2  # what was reset, read in the same step
     after = json.loads(jaxcache("--cache-dir", str(cache), "stats", "--json").stdout)
     assert after["runs"] == 0 and after["hits"] == 0 and after["since"] is not None
@@ -134,10 +139,26 @@ def test_hook_prunes_after_an_upgrade_and_then_does_nothing(tmp_path: Path) -> N
     (root / ".jaxcache" / "hook.json").write_text(json.dumps({"highest_jaxlib": "0.0.1"}))
     current = sorted(version_folder_of(root).glob("*-cache"))
 
-    first = jaxcache("--cache-dir", str(root), "hook", "--json")
+    state = (root / ".jaxcache" / "hook.json").read_text()
+    # Like every deletion: without --yes and no terminal, refused (exit 2), nothing deleted,
+    # the upgrade not recorded; the environment is still printed, so the job keeps its cache.
+    for args in (["hook"], ["hook", "--json"]):
+        refused = jaxcache("--cache-dir", str(root), *args)
+        assert refused.returncode == 2, refused.stderr
+        assert "--yes" in refused.stderr.strip().splitlines()[-1]
+        assert "JAX_COMPILATION_CACHE_DIR" in refused.stdout
+        assert all(p.exists() for p in old) and (root / ".jaxcache" / "hook.json").read_text() == state
+    planned = jaxcache("--cache-dir", str(root), "hook", "--dry-run", "--json")
+    assert planned.returncode == 0, planned.stderr
+    plan = json.loads(planned.stdout)
+    assert plan["upgrade_prune"] == "dry-run" and all(p.exists() for p in old)
+    assert sorted(plan["prune_plan"]["deleted"]) == sorted(p.name[: -len("-cache")] for p in old)
+
+    first = jaxcache("--cache-dir", str(root), "hook", "--yes", "--json")
     assert first.returncode == 0, first.stderr
     data = json.loads(first.stdout)
     assert data["upgraded_from"] == "0.0.1" and data["pruned_entries"] == len(old)
+    assert data["upgrade_prune"] == "done" and f"pruned {len(old)} entries" in first.stderr
     assert not any(p.exists() for p in old) and all(p.exists() for p in current)
     assert data["env"]["JAX_COMPILATION_CACHE_DIR"] == str(version_folder_of(root))
 
@@ -176,7 +197,7 @@ def test_a_first_hook_reads_the_versions_already_here(tmp_path: Path) -> None:
     run_compile(env_with(JAXCACHE_DIR=str(root2)))
     older = _old_version(root2, "0.0.1")
     shutil.rmtree(version_folder_of(root2))
-    data = json.loads(jaxcache("--cache-dir", str(root2), "hook", "--json").stdout)
+    data = json.loads(jaxcache("--cache-dir", str(root2), "hook", "--yes", "--json").stdout)
     assert data["upgraded_from"] == "0.0.1" and data["pruned_entries"] == len(older)
     assert not any(p.exists() for p in older)
 

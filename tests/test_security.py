@@ -129,7 +129,7 @@ def test_init_shared_on_an_existing_cache_gives_its_folders_to_the_group(tmp_pat
     version_dir.chmod(0o755)
     check = CliRunner().invoke(main, ["--cache-dir", str(root), "check", "--json"])
     assert [f["kind"] for f in json.loads(check.stdout)["findings"]] == ["unshared"]
-    repaired = CliRunner().invoke(main, ["--cache-dir", str(root), "check", "--repair", "--json"])
+    repaired = CliRunner().invoke(main, ["--cache-dir", str(root), "check", "--repair", "--yes", "--json"])
     assert repaired.exit_code == 0, repaired.output
     assert stat.S_IMODE(version_dir.stat().st_mode) == 0o2770
 

@@ -73,16 +73,41 @@ def test_paths_are_absolute_and_symlinks_resolved(tmp_path: Path) -> None:
         ("min_compile_time_secs = -1\n", "invalid value"),
         ('layout = "sideways"\n', "invalid value"),
         ("dir = 3\n", "non-empty path"),
-        ("dir = [\n", "invalid TOML"),
     ],
 )
 def test_bad_pyproject_values_are_usage_errors(tmp_path: Path, body: str, message: str) -> None:
-    path = _pyproject(tmp_path, body) if "TOML" not in message else tmp_path / "pyproject.toml"
-    if "TOML" in message:
-        path.write_text("[tool.jaxcache]\n" + body)
+    path = _pyproject(tmp_path, body)
     with pytest.raises(UsageError, match=message) as info:
         settings.resolve(env={}, cwd=tmp_path)
     assert str(path) in str(info.value)
+
+
+def test_a_pyproject_that_is_not_toml_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    """Any project's pyproject.toml, mid-edit, must not stop every command."""
+    path = tmp_path / "pyproject.toml"
+    path.write_text('[tool.jaxcache]\ndir = [\n')
+    resolved = settings.resolve(env={}, cwd=tmp_path, cache_dir=tmp_path / "c")
+    assert resolved.root == tmp_path / "c"
+    (note,) = resolved.skipped
+    assert str(path) in note and "invalid TOML" in note and "\n" not in note
+    assert settings.resolve(env={}, cwd=tmp_path).cache_dir.source.startswith("default")
+
+
+def test_commands_and_configure_run_past_an_invalid_pyproject(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "pyproject.toml").write_text("[project\nname = 'x'\n")
+    cli = subprocess.run([sys.executable, "-m", "jaxcache", "--cache-dir", str(tmp_path / "c"), "config"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert [line for line in cli.stderr.splitlines() if line.startswith("jaxcache: warning:")]
+    assert "Traceback" not in cli.stderr
+    code = "import warnings, jaxcache\nwarnings.simplefilter('always')\njaxcache.configure(%r)\nprint('OK')" % str(
+        tmp_path / "c")
+    py = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert py.returncode == 0 and py.stdout.strip() == "OK", py.stderr
+    assert "invalid TOML" in py.stderr and "Traceback" not in py.stderr
 
 
 def test_warm_table_is_left_to_warm(tmp_path: Path) -> None:
@@ -125,3 +150,12 @@ def test_bad_durations(text: str) -> None:
 
     with pytest.raises(UsageError, match="invalid duration"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["1M", "2M30s"])
+def test_a_capital_m_is_refused_as_ambiguous(text: str) -> None:
+    from jaxcache.units import parse_duration
+
+    with pytest.raises(UsageError, match="ambiguous"):
+        parse_duration(text)
+    assert parse_duration("1m").total_seconds() == 60

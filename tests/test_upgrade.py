@@ -1,5 +1,6 @@
-"""A real jaxlib upgrade, end to end: two environments (jax/jaxlib 0.9.2 and the
-0.10.2 the project pins) share one cache root.
+"""A real JAX upgrade, end to end: a Python 3.11 environment with jax/jaxlib 0.10.2
+(the newest release for Python 3.11) and a Python 3.12 one with the newest release
+the project claims (0.12.0.1) share one cache root.
 
 Each step runs the environment's own ``python -m jaxcache`` / ``python -m solver``
 in a fresh process with a clean environment, and every claim is checked against
@@ -11,11 +12,14 @@ the files on disk:
 3. new env: ``prune --stale --dry-run`` lists exactly the old version's entries
    and deletes nothing, ``prune --stale --yes`` deletes exactly those; ``hook``
    does the same by itself after the upgrade, and nothing the second time;
-4. new env: ``warm``, then the solve hits everything; with the old environment
-   still in use, its re-warmed entries survive ``hook`` (an upgrade is noticed
-   once) and ``prune --stale --keep-version 0.9.2``, and it still hits them.
+4. new env: ``warm --verify`` passes, and the solve hits everything, served whole
+   by the executable store (proven with JAX's own entries of the solver removed);
+   with the old environment still in use, its re-warmed entries (``warm --verify``
+   passes there too) survive ``hook`` (an upgrade is noticed once) and
+   ``prune --stale --keep-version 0.10.2``, and it still hits them.
 
-The environments are built once by :func:`test_jax_versions.jax_venv` and reused.
+The environments come from :func:`test_jax_versions.jax_python` (the test
+environment's own where it has the release; else built once and reused).
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ import time
 from pathlib import Path
 
 import pytest
-from test_jax_versions import TIMEOUT, _clean_env, jax_venv
+from test_jax_versions import JAX_0_10, NEWEST_JAX, TIMEOUT, _clean_env, jax_python
 
-OLD = "0.9.2"
-NEW = "0.10.2"  # the release the project pins (the main test environment's)
+from jaxcache import exeformat
+
+OLD = JAX_0_10  # Python 3.11
+NEW = NEWEST_JAX  # Python 3.12
 PROBLEM = ("--problem", "bratu", "--size", "6")
 SOLVER_KERNELS = {"jit_lsq_residual", "jit_lsq_jacobian", "jit_lsq_iterate"}
 
@@ -43,7 +49,7 @@ _LOCKFILE = ".lockfile"
 
 @pytest.fixture(scope="module")
 def pythons() -> dict[str, Path]:
-    return {OLD: jax_venv(OLD), NEW: jax_venv(NEW)}
+    return {OLD: jax_python(OLD), NEW: jax_python(NEW)}
 
 
 class Env:
@@ -66,12 +72,23 @@ class Env:
         except ValueError:
             raise AssertionError(f"{where}: not JSON:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}") from None
 
-    def warm(self, root: Path) -> dict:
-        report = self.jaxcache(root, "warm", *PROBLEM, "--json")
+    def warm(self, root: Path, *, verify: bool = False) -> dict:
+        report = self.jaxcache(root, "warm", *PROBLEM, *(["--verify"] if verify else []), "--json")
         assert report["ok"] and report["failed"] == 0, report
         assert report["jax_dir"] == str(root / f"jaxlib-{self.version}"), report["jax_dir"]
         assert SOLVER_KERNELS <= {k["module"] for k in report["kernels"]}, report["kernels"]
+        if verify:
+            (verified,) = report["verify"]
+            assert verified["ok"] and verified["converged"] and verified["missed_kernels"] == [], verified
+            assert set(verified["modules"]) >= SOLVER_KERNELS, verified
+            assert all(verified["modules"][m]["hits"] >= 1 and verified["modules"][m]["misses"] == 0
+                       for m in SOLVER_KERNELS), verified
         return report
+
+    def python_version(self) -> str:
+        proc = self._run(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
 
     def solve(self, root: Path) -> dict[str, dict]:
         """A solve under ``jaxcache run --json`` in a fresh process: hits and misses per solver kernel."""
@@ -140,13 +157,14 @@ def _without(snapshot: dict[str, tuple[int, str]], removed: set[str]) -> dict[st
 
 
 @pytest.mark.slow
-def test_upgrade_from_jax_0_9_to_0_10_with_one_shared_cache(pythons: dict[str, Path], tmp_path: Path) -> None:
+def test_upgrade_from_jax_0_10_to_0_12_with_one_shared_cache(pythons: dict[str, Path], tmp_path: Path) -> None:
     cwd = tmp_path / "cwd"  # no pyproject.toml: flags and defaults only
     cwd.mkdir()
     env = _clean_env(JAX_PLATFORMS="cpu", XDG_CONFIG_HOME=str(tmp_path / "config"),
                      XDG_CACHE_HOME=str(tmp_path / "xdg-cache"))
     old = Env(pythons[OLD], OLD, cwd=cwd, env=env)
     new = Env(pythons[NEW], NEW, cwd=cwd, env=env)
+    assert (old.python_version(), new.python_version()) == ("3.11", "3.12")  # the registry's newest for each
     root = tmp_path / "cache"
 
     # 1. The old environment warms, and a fresh solve compiles nothing.
@@ -224,7 +242,7 @@ def test_upgrade_from_jax_0_9_to_0_10_with_one_shared_cache(pythons: dict[str, P
 
     _age_write_log(hooked / f"jaxlib-{OLD}")
     before = _snapshot(hooked)
-    result = new.jaxcache(hooked, "hook", "--json")
+    result = new.jaxcache(hooked, "hook", "--yes", "--json")  # a job script's hook prunes with --yes
     assert (result["jaxlib"], result["upgraded_from"]) == (NEW, OLD), result
     assert (result["pruned_entries"], result["pruned_executables"], result["freed_bytes"]) == (
         len(hooked_old), len(hooked_stored), hooked_size), result
@@ -249,13 +267,14 @@ def test_upgrade_from_jax_0_9_to_0_10_with_one_shared_cache(pythons: dict[str, P
     assert (result["upgraded_from"], result["pruned_entries"]) == (OLD, 0), result
     assert _without(_snapshot(kept), {f"jaxlib-{NEW}/.jaxcache-version.json"}) == before
 
-    # 4. After the upgrade: warm, and the first solve compiles nothing.
-    assert new.warm(hooked)["compiled"] >= len(SOLVER_KERNELS)
+    # 4. After the upgrade: warm (and verify in fresh processes), and the first solve compiles nothing.
+    assert new.warm(hooked, verify=True)["compiled"] >= len(SOLVER_KERNELS)
     solved = new.solve(hooked)
     assert _all_hit(solved), solved
+    _assert_the_store_serves_the_solver(new, hooked, tmp_path / "store-only")
 
     # Someone still runs the old environment on the same cache: its entries come back...
-    assert old.warm(hooked)["compiled"] >= len(SOLVER_KERNELS)
+    assert old.warm(hooked, verify=True)["compiled"] >= len(SOLVER_KERNELS)
     assert set(_entries(hooked, OLD)) == set(hooked_old)
     before = _snapshot(hooked)
     # ...and survive the hooks of both environments (the upgrade was handled once; a downgrade never prunes)...
@@ -275,3 +294,23 @@ def test_upgrade_from_jax_0_9_to_0_10_with_one_shared_cache(pythons: dict[str, P
     for cache in (root, hooked):
         checked = new.jaxcache(cache, "check", "--json")
         assert checked["ok"] is True, checked
+
+
+def _assert_the_store_serves_the_solver(env: Env, root: Path, scratch: Path) -> None:
+    """The executable store of ``env``'s version holds every solver kernel, written by that
+    jaxlib, and serves a solve whole: in a copy of the cache with JAX's own entries of the
+    solver's kernels removed, a solve still hits every kernel, misses none and writes nothing."""
+    stored = _stored(root, env.version)
+    headers = [exeformat.read_header(p) for p in stored]
+    assert SOLVER_KERNELS <= {h["module"] for h in headers}, headers
+    assert {(h["jax"], h["jaxlib"]) for h in headers} == {(env.version, env.version)}, headers
+
+    shutil.copytree(root, scratch, symlinks=True)
+    removed = [p for key, p in _entries(scratch, env.version).items() if key.rsplit("-", 1)[0] in SOLVER_KERNELS]
+    assert {p.name.rsplit("-", 2)[0] for p in removed} == SOLVER_KERNELS, removed
+    for p in removed:
+        p.unlink()
+    before = _snapshot(scratch)
+    solved = env.solve(scratch)
+    assert _all_hit(solved) and all(c["writes"] == 0 for c in solved.values()), solved
+    assert _snapshot(scratch) == before  # no entry compiled and written, no executable stored
