@@ -1,21 +1,23 @@
 """Seeing JAX's persistent-cache hits, misses and writes, per module, from its log records.
 
-JAX logs, with ``record.args`` as shown (``jax/_src/compiler.py``,
-``jax/_src/compilation_cache.py``)::
+JAX logs each hit, miss and write, with the module name and key, at DEBUG
+(the loggers and messages are in `jaxcache.jaxinternals`); jaxcache's own
+executable store logs a load as a hit the same way::
 
-    jax._src.compiler           "Persistent compilation cache hit for '%s' with key %r"      (module, key)
-    jax._src.compiler           "PERSISTENT COMPILATION CACHE MISS for '%s' with key %r"     (module, key)
-    jax._src.compiler           "'%s' took at least %.2f seconds to compile (%.2fs)"          (module, min, secs)
-    jax._src.compilation_cache  "Writing %s to persistent compilation cache with key %r"     (module, key)
     jaxcache.executables        "Executable store hit for '%s' with key %r"                  (module, key)
 
-The last is jaxcache's own executable store (`jaxcache.executables`): a
-kernel loaded from it was never even looked up in JAX's cache, and counts as
-a hit.
+A kernel loaded from the store was never even looked up in JAX's cache, and counts as a hit.
 
-They are DEBUG records, so a *tap* lowers those two loggers to DEBUG and
-then drops, after its listeners have seen them, every record below the level
-the logger had before: the user's own logging sees nothing new.
+Observing must not change what JAX logs to anyone else. So a *tap* leaves
+every logger's level, handlers and filters alone: it gives the three loggers
+a subclass of their own class that creates DEBUG records even when nothing
+would show them, passes each record to the listeners, and then handles it
+exactly as the logger without the tap would (by the level in force at that
+moment: ``jax_debug_log_modules``, ``assertLogs`` and a user's ``setLevel``
+keep working, before or after the tap). And it checks itself: each record
+precedes, in the same thread, a `jax.monitoring` event (`jaxinternals.HIT_EVENT`,
+`jaxinternals.WRITE_EVENT`), so fewer records than events means JAX changed
+its records, and counting is said to be off (one warning) instead of silently wrong.
 
 This module uses only the standard library: the ``jaxcache run`` bootstrap
 loads it by path into children whose Python may not have jaxcache installed.
@@ -27,36 +29,40 @@ import json
 import logging
 import os
 import sys
+import threading
+import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
-COMPILER_LOGGER = "jax._src.compiler"
-CACHE_LOGGER = "jax._src.compilation_cache"
+if __name__.startswith("_jaxcache_bootstrap_"):  # loaded by path, with its siblings, by `jaxcache run`'s bootstrap
+    importhook = sys.modules["_jaxcache_bootstrap_importhook"]
+    jaxinternals = sys.modules["_jaxcache_bootstrap_jaxinternals"]
+else:
+    from jaxcache import importhook, jaxinternals
+
+COMPILER_LOGGER = jaxinternals.COMPILER_LOGGER
+CACHE_LOGGER = jaxinternals.CACHE_LOGGER
 STORE_LOGGER = "jaxcache.executables"
+STORE_HIT_PREFIX = "Executable store hit for"
 
-HIT = "hit"
-MISS = "miss"
-WRITE = "write"
-COMPILE_TIME = "compile_time"
+HIT = jaxinternals.HIT
+MISS = jaxinternals.MISS
+WRITE = jaxinternals.WRITE
+COMPILE_TIME = jaxinternals.COMPILE_TIME
 
 Listener = Callable[[str, str, "str | float"], None]  # (kind, module, key or seconds)
 
 
 def classify(record: logging.LogRecord) -> tuple[str, str, str | float] | None:
-    """(kind, module, key-or-seconds) for the records above, else None."""
-    msg = record.msg
-    args = record.args
-    if not isinstance(msg, str) or not isinstance(args, tuple) or not args:
+    """(kind, module, key-or-seconds) for JAX's cache records and the store's hits, else None."""
+    if record.name == STORE_LOGGER:
+        msg, args = record.msg, record.args
+        if isinstance(msg, str) and msg.startswith(STORE_HIT_PREFIX) and isinstance(args, tuple) and len(args) == 2:
+            return HIT, str(args[0]), str(args[1])
         return None
-    if (msg.startswith("Persistent compilation cache hit for") or msg.startswith("Executable store hit for")) and len(args) == 2:
-        return HIT, str(args[0]), str(args[1])
-    if msg.startswith("PERSISTENT COMPILATION CACHE MISS for") and len(args) == 2:
-        return MISS, str(args[0]), str(args[1])
-    if msg.startswith("Writing ") and "persistent compilation cache" in msg and len(args) == 2:
-        return WRITE, str(args[0]), str(args[1])
-    if "seconds to compile" in msg and len(args) == 3:
-        return COMPILE_TIME, str(args[0]), float(args[2])
-    return None
+    return jaxinternals.classify(record)
 
 
 def _nonempty(path: str) -> bool:
@@ -74,45 +80,97 @@ def jax_cache_folder() -> str | None:
     return folder or os.environ.get("JAX_COMPILATION_CACHE_DIR") or None
 
 
-class _Tap(logging.Filter):
-    def __init__(self, passthrough_level: int) -> None:
-        super().__init__()
-        self.passthrough_level = passthrough_level
+# The tap's state lives on the compiler logger, so that the copies of this module a
+# process may hold (the bootstrap's, loaded by path, and jaxcache's) share one tap.
+_STATE_ATTR = "_jaxcache_tap"
+
+
+class _TapState:
+    def __init__(self) -> None:
         self.listeners: list[Listener] = []
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        event = classify(record)
-        if event is not None:
-            for listener in list(self.listeners):
-                try:
-                    listener(*event)
-                except Exception:  # a listener must never break a compile
-                    pass
-        return record.levelno >= self.passthrough_level
+        self.records: Counter[str] = Counter()  # JAX's records seen, by kind
+        self.events: Counter[str] = Counter()  # JAX's monitoring events seen, by kind
+        self.watching = False
+        self.broken: set[int] = set()  # ids of listeners that raised (said once each)
+        self.lock = threading.Lock()  # compiles in several threads: no count may be lost
 
 
-def _tap_for(name: str) -> _Tap:
-    logger = logging.getLogger(name)
-    for existing in logger.filters:
-        if type(existing).__name__ == "_Tap" and hasattr(existing, "listeners"):
-            return existing  # type: ignore[return-value]
-    tap = _Tap(logger.getEffectiveLevel())
-    logger.addFilter(tap)
-    if logger.getEffectiveLevel() > logging.DEBUG:
-        logger.setLevel(logging.DEBUG)
-    return tap
+def _observe(state: Any, record: logging.LogRecord) -> None:
+    event = classify(record)
+    if event is None:
+        return
+    if record.name != STORE_LOGGER:
+        with state.lock:
+            state.records[event[0]] += 1
+    for listener in list(state.listeners):
+        try:
+            listener(*event)
+        except Exception as err:  # noqa: BLE001 (a listener must never break a compile; said once)
+            if id(listener) not in state.broken:
+                state.broken.add(id(listener))
+                warnings.warn(f"jaxcache: a compile-log listener failed ({type(err).__name__}: {err}); "
+                              "its counts are incomplete", RuntimeWarning, stacklevel=2)
+
+
+def _tap(logger: logging.Logger, state: Any) -> None:
+    if getattr(logger, _STATE_ATTR, None) is state:
+        return
+    base = type(logger)
+
+    class Tapped(base):  # type: ignore[valid-type,misc]
+        def isEnabledFor(self, level: int) -> bool:  # noqa: N802 (logging's name)
+            return level >= logging.DEBUG or base.isEnabledFor(self, level)
+
+        def handle(self, record: logging.LogRecord) -> None:
+            _observe(getattr(self, _STATE_ATTR), record)
+            if base.isEnabledFor(self, record.levelno):  # what this logger does without the tap
+                base.handle(self, record)
+
+    Tapped.__name__ = Tapped.__qualname__ = f"JaxcacheTapped{base.__name__}"
+    setattr(logger, _STATE_ATTR, state)
+    logger.__class__ = Tapped
+
+
+def _state() -> Any:
+    home = logging.getLogger(COMPILER_LOGGER)
+    state = getattr(home, _STATE_ATTR, None)
+    if state is None:
+        state = _TapState()
+    for name in (COMPILER_LOGGER, CACHE_LOGGER, STORE_LOGGER):
+        _tap(logging.getLogger(name), state)
+    if not state.watching:
+        state.watching = True
+        importhook.when_imported("jax", lambda _: jaxinternals.on_jax_event(lambda event: _check(state, event)))
+    return state
+
+
+def _check(state: Any, event: str) -> None:
+    """At each JAX event, the record that precedes it must have been seen."""
+    if event not in (jaxinternals.HIT_EVENT, jaxinternals.WRITE_EVENT):
+        return
+    with state.lock:
+        kind = HIT if event == jaxinternals.HIT_EVENT else WRITE
+        state.events[kind] += 1
+        missing = [what for what, behind in (
+            (kind, state.records[kind] < state.events[kind]),
+            (MISS, kind == WRITE and state.records[MISS] < state.events[WRITE])) if behind]
+    for what in missing:
+        jaxinternals.feature_off(_COUNTING[what], f"JAX {_EVENT_SAYS[what]} without the log record jaxcache reads")
+
+
+_COUNTING = {HIT: "counting persistent-cache hits per module", MISS: "counting persistent-cache misses per module",
+             WRITE: "counting and recording the entries JAX writes"}
+_EVENT_SAYS = {HIT: "reported a hit", MISS: "wrote an entry (after a miss)", WRITE: "wrote an entry"}
 
 
 def listen(listener: Listener) -> Callable[[], None]:
     """Calls ``listener(kind, module, key_or_seconds)`` for each record; returns an undo."""
-    taps = [_tap_for(COMPILER_LOGGER), _tap_for(CACHE_LOGGER), _tap_for(STORE_LOGGER)]
-    for tap in taps:
-        tap.listeners.append(listener)
+    state = _state()
+    state.listeners.append(listener)
 
     def remove() -> None:
-        for tap in taps:
-            if listener in tap.listeners:
-                tap.listeners.remove(listener)
+        if listener in state.listeners:
+            state.listeners.remove(listener)
 
     return remove
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jaxcache import jaxformat, provenance
+from jaxcache import jaxformat, jaxinternals, provenance
 from jaxcache.errors import CacheDirError, JaxCacheError
 from jaxcache.settings import Layout, Settings, resolve
 
@@ -64,10 +64,17 @@ def resolve_xla_caches(setting: str, layout: str = "versioned") -> str:
 
 
 def jax_options(settings: Settings, jax_dir: Path) -> dict[str, Any]:
-    """The ``jax.config`` options (and their values) that make JAX use this cache."""
+    """The ``jax.config`` options (and their values) that make JAX use this cache.
+
+    "Keep every entry" (-1) is given to JAX as 0, its own default, which keeps
+    every entry too (`jaxinternals.MIN_ENTRY_SIZE_KEEPS_ALL`): JAX rewrites a 0
+    threshold globally when it opens its cache, and a test suite that checks
+    JAX's global config after each test (JAX's own) would see -1 turn into 0.
+    """
+    min_entry = settings.min_entry_size_bytes.value
     return {
         "jax_compilation_cache_dir": str(jax_dir),
-        "jax_persistent_cache_min_entry_size_bytes": settings.min_entry_size_bytes.value,
+        "jax_persistent_cache_min_entry_size_bytes": jaxinternals.MIN_ENTRY_SIZE_KEEPS_ALL if min_entry == -1 else min_entry,
         "jax_persistent_cache_min_compile_time_secs": settings.min_compile_time_secs.value,
         "jax_compilation_cache_max_size": settings.max_size.value,
         "jax_persistent_cache_enable_xla_caches": resolve_xla_caches(settings.xla_caches.value,
@@ -141,13 +148,15 @@ def configure(
             ``JAX_COMPILATION_CACHE_DIR``, ``[tool.jaxcache]`` in ``pyproject.toml``,
             the user config file, or the platformdirs user cache folder.
         max_size: a size cap ("2GB" or bytes) enforced by JAX's own LRU eviction; -1 for none.
-        min_entry_size_bytes: JAX's size threshold (default -1: keep everything).
+        min_entry_size_bytes: JAX's size threshold (default -1: keep everything,
+            given to JAX as its own default 0, which keeps everything too).
         min_compile_time_secs: JAX's compile-time threshold (default 0: keep everything).
         layout: "versioned" (default) or "flat"; see :mod:`jaxcache.provenance`.
         xla_caches: ``jax_persistent_cache_enable_xla_caches``; "auto" by default.
-        atomic_writes: make JAX write each entry to a temporary file and rename
-            it into place, so no process ever reads, and no crash ever leaves, a
-            half-written entry (see :mod:`jaxcache.atomic`).
+        atomic_writes: make JAX write each entry (and, in a capped cache, its
+            ``-atime``) to a temporary file and rename it into place, so no
+            process ever reads, and no crash ever leaves, a half-written entry
+            (see `jaxcache.jaxinternals.install_atomic_put`).
         strict: refuse a folder others can write to instead of warning
             (default from the ``strict`` setting).
 
@@ -180,41 +189,39 @@ def configure(
     enforce(settings.root, strict=settings.strict.value, stacklevel=3, jax_dir=target)
 
     import jax
-    from jax._src import compilation_cache
 
-    _warn_if_already_used(compilation_cache, target)
-    options = jax_options(settings, target)
+    _warn_if_already_used(target)
     applied: dict[str, Any] = {}
-    for name, value in options.items():
+    for name, value in jax_options(settings, target).items():
         try:
-            jax.config.update(name, value)
-        except (AttributeError, KeyError):  # an option this JAX version does not have
-            import logging
-
-            logging.getLogger(__name__).debug("jax %s has no option %s; skipped", jax.__version__, name)
+            jax.config.update(name, value)  # each exists from jax 0.6.1 on (tests/test_jaxinternals.py)
+        except AttributeError:
+            jaxinternals.feature_off(f"setting {name}={value!r}", "this JAX has no such option")
             continue
         applied[name] = value
     _install_provenance_recorder()
     if atomic_writes:
-        from jaxcache import atomic
+        jaxinternals.install_atomic_put()
+    from jaxcache import executables
 
-        atomic.install()
+    executables.plug_into_solver()
     return Configured(root=settings.root, jax_dir=target, settings=settings, jax_options=applied, versions=versions)
 
 
-def _warn_if_already_used(compilation_cache: Any, target: Path) -> None:
+def _warn_if_already_used(target: Path) -> None:
     """JAX fixes the folder at its first cached compile: say so, and let it re-open."""
-    current = getattr(compilation_cache, "_cache", None)
-    current_path = getattr(current, "_path", None)
-    if getattr(compilation_cache, "_cache_initialized", False) and current_path is not None:
-        if Path(str(current_path)) != target:
+    state = jaxinternals.cache_state()
+    if state is None:
+        return
+    if state.opened is not None:
+        if Path(state.opened) != target:
             warnings.warn(
-                f"jaxcache.configure() called after JAX opened its cache at {current_path}; "
+                f"jaxcache.configure() called after JAX opened its cache at {state.opened}; "
                 f"switching to {target} for compilations from now on",
                 stacklevel=3,
             )
-            compilation_cache.reset_cache()
-    elif getattr(compilation_cache, "_cache_checked", False):
+            jaxinternals.reset_cache()
+    elif state.checked:
         warnings.warn(
             "jaxcache.configure() called after JAX already compiled something: "
             "programs compiled before it are not in the persistent cache; call it before the first jit",

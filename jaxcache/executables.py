@@ -39,16 +39,15 @@ import os
 import pickle
 import re
 import sys
-import tempfile
 import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from jaxcache.atomic import TEMP_PREFIX
+from jaxcache import atomic, importhook, jaxinternals
 from jaxcache.exeformat import (
     FOLDER_NAME,
     SUFFIX,
@@ -62,6 +61,8 @@ from jaxcache.exeformat import encode as encode_file
 __all__ = [
     "ENV_SWITCH",
     "FOLDER_NAME",
+    "STORE",
+    "SolverStore",
     "abstract",
     "active_folder",
     "environment",
@@ -70,6 +71,7 @@ __all__ = [
     "load_or_compile",
     "memory_analysis",
     "memory_of",
+    "plug_into_solver",
     "prepare_runtime",
     "stats",
     "store_key",
@@ -79,7 +81,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ENV_SWITCH = "JAXCACHE_EXECUTABLES"  # "0", "off", "false" or "no" turns the store off
-_KEY_FORMAT = 1  # bump when what goes into a key changes
+_KEY_FORMAT = 2  # bump when what goes into a key changes (2: every compile option the installed JAX has)
 
 # Per process: what each module name did, for `jaxcache verify` and tests.
 _STATS: dict[str, Counter[str]] = {}
@@ -101,18 +103,14 @@ def active_folder() -> Path | None:
     cache_dir = jax.config.jax_compilation_cache_dir
     if not cache_dir or "://" in str(cache_dir):
         return None
-    if not getattr(jax.config, "jax_enable_compilation_cache", True) or not _can_serialize():
+    if not jax.config.jax_enable_compilation_cache or not _can_serialize():
         return None
     return Path(cache_dir) / FOLDER_NAME
 
 
 @functools.cache
 def _can_serialize() -> bool:
-    try:
-        from jax.experimental import serialize_executable  # noqa: F401
-    except ImportError:  # a JAX without it: the store stays off
-        return False
-    return True
+    return jaxinternals.can_serialize()
 
 
 def _describe(value: Any, depth: int = 0) -> str | None:
@@ -155,28 +153,24 @@ def environment() -> str | None:
     import jax
     import jaxlib
 
-    try:
-        from jax._src import config as jax_config
-
-        context = _describe(jax_config.trace_context())
-    except (ImportError, AttributeError):  # a JAX without it: the store stays off
+    traced = jaxinternals.trace_context()
+    if traced is None:
         return None
+    context = _describe(traced)
     if context is None:
+        jaxinternals.feature_off("the executable store", "jax's trace_context() holds a value with no "
+                                 f"description that is the same in every process: {traced!r:.200}")
         return None
     devices = jax.devices()
-    client = devices[0].client
+    platform = devices[0].platform
     return json.dumps([
-        _KEY_FORMAT, sys.version_info[:2], jax.__version__, jaxlib.__version__, client.platform,
-        client.platform_version, [(d.id, d.device_kind, d.process_index) for d in devices],
+        _KEY_FORMAT, sys.version_info[:2], jax.__version__, jaxlib.__version__, platform,
+        jaxinternals.platform_version(devices[0]), [(d.id, d.device_kind, d.process_index) for d in devices],
         jax.process_count(), context, os.environ.get("XLA_FLAGS", ""), os.environ.get("LIBTPU_INIT_ARGS", ""),
-        _host_cpu() if client.platform == "cpu" else None,
+        _host_cpu() if platform == "cpu" else None,
         # Not in trace_context, but in JAX's own key: they change how XLA compiles.
-        [repr(getattr(jax.config, name, None)) for name in _COMPILE_CONFIG],
+        jaxinternals.compile_config(),
     ])
-
-
-_COMPILE_CONFIG = ("jax_exec_time_optimization_effort", "jax_memory_fitting_effort",
-                   "jax_compiler_enable_remat_pass", "jax_default_device")
 
 
 @functools.cache
@@ -305,7 +299,7 @@ def load_or_compile(
         if not fresh:
             logger.debug("%s was not compiled here (JAX's cache had it); not stored", module)
             return compiled, "compiled"
-        compiled = _compile_outside_jax_cache(lambda: jitted.lower(*specs, **static))
+        compiled = jaxinternals.compile_outside_cache(lambda: jitted.lower(*specs, **static))
     if _save(path, compiled, module, time.perf_counter() - start):
         _count(module, "stored")
         _STORED_HERE.add(path)
@@ -420,23 +414,6 @@ def _compiled_by_xla(before: tuple[int, int], after: tuple[int, int]) -> bool:
     return after[0] > before[0] and after[1] == before[1]
 
 
-def _compile_outside_jax_cache(lower: Callable[[], Any]) -> Any:
-    """A fresh XLA compile of ``lower()``: JAX's in-memory caches cleared (they would hand back
-    the same executable) and its persistent cache off for this one compile."""
-    import jax
-    from jax._src import compilation_cache
-
-    was = jax.config.jax_enable_compilation_cache
-    jax.clear_caches()
-    jax.config.update("jax_enable_compilation_cache", False)
-    compilation_cache.reset_cache()  # JAX decides once whether the cache is used
-    try:
-        return lower().compile()
-    finally:
-        jax.config.update("jax_enable_compilation_cache", was)
-        compilation_cache.reset_cache()
-
-
 _prepared = threading.Lock()
 _prepared_done: list[bool] = []
 
@@ -452,60 +429,19 @@ def prepare_runtime() -> None:
     with _prepared:
         if _prepared_done:
             return
-        try:
-            import jax
-            from jaxlib import lapack
+        import jax
 
-            if jax.devices()[0].platform == "cpu":  # accelerators' solvers register at start-up
-                _load_lapack_tables()
-                lapack._lapack.initialize()
-        except Exception as err:  # noqa: BLE001 (a jaxlib without it has nothing to prepare; never break a run)
-            logger.debug("LAPACK not initialized: %s", err)
+        if jax.devices()[0].platform == "cpu":  # accelerators' solvers register at start-up
+            try:
+                jaxinternals.initialize_lapack()
+            except Exception as err:  # noqa: BLE001 (never break a run: a kernel without LAPACK calls still runs)
+                logger.warning("cannot initialize LAPACK for stored CPU kernels (%s: %s); "
+                               "kernels with linear algebra may fail to run", type(err).__name__, err)
         _prepared_done.append(True)
-
-
-def _load_lapack_tables() -> None:
-    """Loads the two modules LAPACK's initialization reads, without the rest of scipy.linalg.
-
-    jaxlib takes LAPACK's function pointers from ``scipy.linalg.cython_blas``
-    and ``scipy.linalg.cython_lapack``. Importing those the usual way first runs
-    ``scipy/linalg/__init__.py``, which imports most of scipy.linalg (and, via
-    scipy's array-API layer, numpy.f2py): 0.1-0.3 s of a warm start here, where
-    the two extension modules alone load in 10 ms. They are loaded from
-    scipy's own folder under their own names, so a later ``import scipy.linalg``
-    finds and reuses them. If anything about that fails, nothing is left behind
-    and the usual import runs.
-    """
-    if "scipy.linalg" in sys.modules:
-        return  # already paid for
-    import importlib.machinery
-    import importlib.util
-
-    loaded: list[str] = []
-    try:
-        import scipy
-
-        folder = os.path.join(os.path.dirname(scipy.__file__), "linalg")
-        for name in ("cython_blas", "cython_lapack"):
-            full = f"scipy.linalg.{name}"
-            if full in sys.modules:
-                continue
-            spec = importlib.machinery.PathFinder.find_spec(full, [folder])
-            if spec is None or spec.loader is None:
-                raise ImportError(full)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[full] = module
-            loaded.append(full)
-            spec.loader.exec_module(module)
-    except Exception as err:  # noqa: BLE001 (any surprise: undo, and let jaxlib import it the usual way)
-        logger.debug("loading LAPACK's tables alone failed (%s); importing scipy.linalg", err)
-        for full in loaded:
-            sys.modules.pop(full, None)
 
 
 def _load(path: Path, module: str) -> Any | None:
     import jax
-    from jax.experimental import serialize_executable
 
     try:
         with open(path, "rb") as f:
@@ -523,7 +459,7 @@ def _load(path: Path, module: str) -> Any | None:
         # The devices it was compiled for; the default (every device) would make a
         # one-device program expect one shard per device.
         devices = [by_id[i] for i in header["devices"]]
-        return serialize_executable.deserialize_and_load(payload, in_tree, out_tree, execution_devices=devices)
+        return jaxinternals.deserialize(payload, in_tree, out_tree, devices)
     except Exception as err:  # noqa: BLE001 (a damaged or foreign file must never stop a run)
         logger.warning("stored executable %s is unusable (%s: %s); compiling instead",
                        path.name, type(err).__name__, err)
@@ -534,16 +470,18 @@ def _load(path: Path, module: str) -> Any | None:
 def _save(path: Path, compiled: Any, module: str, seconds: float) -> bool:
     import jax
     import jaxlib
-    from jax.experimental import serialize_executable
 
     try:
         devices = sorted({d.id for sharding in jax.tree_util.tree_leaves(compiled.output_shardings)
                           for d in sharding.device_set})
-        payload, in_tree, out_tree = serialize_executable.serialize(compiled)
+        payload, in_tree, out_tree = jaxinternals.serialize(compiled)
         # Level 1: a third of the size for a few milliseconds; decompressing is faster still.
         body = zlib.compress(pickle.dumps((payload, in_tree, out_tree), protocol=pickle.HIGHEST_PROTOCOL), 1)
-    except Exception as err:  # noqa: BLE001 (some executables cannot be serialized: run without storing)
-        logger.debug("cannot serialize %s: %s", module, err)
+    except Exception as err:  # noqa: BLE001 (an executable JAX cannot serialize runs without the store; said once)
+        log = logger.debug if module in _UNSERIALIZABLE else logger.warning
+        _UNSERIALIZABLE.add(module)
+        log("cannot store %s: serializing it failed (%s: %s); it runs, compiled as usual",
+            module, type(err).__name__, err)
         return False
     header = {
         "module": module, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
@@ -556,15 +494,7 @@ def _save(path: Path, compiled: Any, module: str, seconds: float) -> bool:
     }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(encode_file(header, body))
-            os.chmod(tmp, 0o666 & ~_UMASK)
-            os.replace(tmp, path)  # readers see the whole file or none
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic.write_atomically(path, encode_file(header, body))  # readers see the whole file or none
     except OSError as e:
         # Once per folder and process: a read-only or full folder would say it for every kernel.
         if path.parent not in _UNWRITABLE:
@@ -576,14 +506,60 @@ def _save(path: Path, compiled: Any, module: str, seconds: float) -> bool:
 
 
 _UNWRITABLE: set[Path] = set()
+_UNSERIALIZABLE: set[str] = set()
 
 
-def _read_umask() -> int:
-    # os.umask can only be read by setting it: done once, at import, not while threads write files.
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+class SolverStore:
+    """This store as the bundled solver's kernel store (`solver.store.KernelStore`).
+
+    The solver knows nothing of jaxcache: `plug_into_solver` hands it this
+    object. Each call finds the store's folder afresh (`active_folder`), so
+    a later `jaxcache.configure` or ``JAXCACHE_EXECUTABLES=0`` takes effect.
+    """
+
+    def active(self) -> bool:
+        return active_folder() is not None and jaxinternals.trace_context() is not None
+
+    def context(self) -> Any:
+        return jaxinternals.trace_context()
+
+    def _folder(self) -> Path:
+        folder = active_folder()
+        if folder is None:
+            raise RuntimeError("the executable store is off in this process")
+        return folder
+
+    def is_stored(self, specs: Any, *, identity: str, verify: bool = False) -> bool:
+        folder = active_folder()
+        return folder is not None and is_stored(specs, identity=identity, folder=folder, verify=verify)
+
+    def stored_here(self, specs: Any, *, identity: str) -> bool:
+        folder = active_folder()
+        return folder is not None and stored_here(specs, identity=identity, folder=folder)
+
+    def load(self, specs: Any, *, identity: str, module: str, prepare: bool = True) -> Any | None:
+        folder = active_folder()
+        return None if folder is None else load(specs, identity=identity, module=module, folder=folder,
+                                                  prepare=prepare)
+
+    def load_or_compile(self, jitted: Any, specs: Any, static: Mapping[str, Any], *, identity: str, module: str,
+                        fresh: bool = False) -> tuple[Any, str]:
+        return load_or_compile(jitted, specs, static, identity=identity, module=module, folder=self._folder(),
+                               fresh=fresh)
+
+    def memory_analysis(self, jitted: Any, specs: Any, static: Mapping[str, Any], *, identity: str,
+                        module: str) -> dict[str, int] | None:
+        return memory_analysis(jitted, specs, static, identity=identity, module=module, folder=self._folder())
+
+    def prepare_runtime(self) -> None:
+        prepare_runtime()
 
 
-_UMASK = _read_umask()
+STORE = SolverStore()
 
+
+def plug_into_solver() -> None:
+    """Makes the bundled solver load and store its kernels here: now if ``solver`` is imported,
+    else as soon as it is. `jaxcache.configure` and the ``jaxcache run`` bootstrap call it;
+    a process that sets JAX up by hand may too."""
+    importhook.when_imported("solver.store", lambda store: store.set_kernel_store(STORE))

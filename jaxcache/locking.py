@@ -3,6 +3,8 @@
 JAX holds it for each get/put of a size-capped cache (``jax/_src/lru_cache.py``),
 so deleting under it never races JAX's eviction or its write of an entry and
 its ``-atime``. Work is done in batches so JAX writers wait at most one batch.
+That JAX's lock is a `filelock.FileLock` on this same file, which this lock
+excludes, is pinned by ``tests/test_jaxinternals.py``.
 """
 
 from __future__ import annotations

@@ -19,9 +19,17 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+if __name__.startswith("_jaxcache_bootstrap_"):  # loaded by path, with its siblings, by `jaxcache run`'s bootstrap
+    atomic = sys.modules["_jaxcache_bootstrap_atomic"]
+    jaxformat = sys.modules["_jaxcache_bootstrap_jaxformat"]
+    jaxinternals = sys.modules["_jaxcache_bootstrap_jaxinternals"]
+else:
+    from jaxcache import atomic, jaxformat, jaxinternals
 
 VERSION_DIR_PREFIX = "jaxlib-"
 MARKER_NAME = ".jaxcache-version.json"
@@ -55,8 +63,6 @@ def installed_versions() -> VersionInfo | None:
 def _dist_info_versions(names: tuple[str, ...]) -> dict[str, str]:
     """Versions from ``<name>-<version>.dist-info`` folder names on sys.path, first match
     winning as in importlib.metadata; a fast path that skips importing importlib.metadata."""
-    import sys
-
     found: dict[str, str] = {}
     for entry in sys.path:
         try:
@@ -100,7 +106,7 @@ def ensure_version_dir(root: Path, versions: VersionInfo) -> Path:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "writer": "jaxcache",
         }
-        _write_atomically(folder / MARKER_NAME, json.dumps(payload, indent=1) + "\n")
+        atomic.write_atomically(folder / MARKER_NAME, (json.dumps(payload, indent=1) + "\n").encode(), mode=0o644)
     return folder
 
 
@@ -175,9 +181,6 @@ def compact_writes(folder: Path) -> int:
     the instant between that last read and the rename could be lost, and it is
     metadata (a platform and a compile time), never an entry.
     """
-    # Imported here: `jaxcache run`'s bootstrap loads this module alone, without the package.
-    from jaxcache.jaxformat import cache_file_name
-
     path = folder / WRITES_LOG_NAME
     try:
         with open(path, "rb") as f:
@@ -194,23 +197,20 @@ def compact_writes(folder: Path) -> int:
         latest[key] = line
     now = time.time()
     kept = [line for key, line in latest.items()
-            if key and (os.path.lexists(folder / cache_file_name(key.decode("utf-8", "replace")))
+            if key and (os.path.lexists(folder / jaxformat.cache_file_name(key.decode("utf-8", "replace")))
                         or _recent(line, now))]
     if len(kept) == len(lines):
         return 0
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".jaxcache-tmp-")
     try:
-        with os.fdopen(fd, "wb") as out:
+        with atomic.temp_file(folder) as (out, tmp):
             out.write(b"".join(line + b"\n" for line in kept))
             with open(path, "rb") as f:
                 f.seek(len(complete))
                 out.write(f.read())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
+            os.fchmod(out.fileno(), mode)
+            out.flush()
+            os.replace(tmp, path)
     except OSError:
-        Path(tmp).unlink(missing_ok=True)
         return 0  # a log that stays long is only slower to read
     return len(lines) - len(kept)
 
@@ -234,40 +234,5 @@ class WriteRecorder:
 
             folder = Path(jax.config.jax_compilation_cache_dir or "")
             if read_marker(folder) is not None:
-                record_write(folder, str(value), _writing_platform(), self.last_compile_seconds.pop(module, None))
-
-
-def _writing_platform() -> str | None:
-    """The platform of the backend whose executable JAX is writing.
-
-    Called from inside JAX's log call, so the writer's frame is on the stack:
-    ``compilation_cache.put_executable_and_time`` has the backend as a local.
-    """
-    import sys
-
-    frame = sys._getframe(1)
-    for _ in range(40):
-        if frame is None:
-            break
-        if frame.f_code.co_name == "put_executable_and_time":
-            platform = getattr(frame.f_locals.get("backend"), "platform", None)
-            if platform:
-                return str(platform)
-        frame = frame.f_back
-    import jax
-
-    return jax.default_backend()
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".jaxcache-tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+                record_write(folder, str(value), jaxinternals.writing_platform(),
+                             self.last_compile_seconds.pop(module, None))

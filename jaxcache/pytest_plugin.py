@@ -6,6 +6,25 @@ inherit it) and through ``jaxcache.configure``, makes entry writes atomic so
 that workers sharing one folder never read each other's half-written entries
 (jax#22718), and adds the session's persistent-cache hits and misses, summed
 over workers, to the terminal summary.
+
+What it changes in JAX's global config, once, before any test runs (and in
+the environment as ``JAX_<NAME>``, for workers and subprocesses):
+
+- ``jax_compilation_cache_dir``: the version folder of the cache;
+- ``jax_persistent_cache_min_compile_time_secs``: 0 (JAX's default is 1.0),
+  or the configured value;
+- ``jax_persistent_cache_min_entry_size_bytes``: 0, JAX's own default, or the
+  configured value;
+- ``jax_persistent_cache_enable_xla_caches``: ``none`` without a GPU plugin
+  (so a copied cache still hits before jax 0.11), else JAX's default;
+- ``jax_compilation_cache_max_size``: only when a size cap is configured.
+
+A suite that checks JAX's global config around each test (JAX's own
+``JaxTestCase`` does) sees these as its starting values and stays green:
+none of them is one JAX itself rewrites while a test runs. Beyond config, it
+replaces ``LRUCache.put`` with an atomic equivalent (see
+`jaxcache.jaxinternals.install_atomic_put`) and observes, without changing,
+the DEBUG records of JAX's cache loggers (see `jaxcache.compilelog`).
 """
 
 from __future__ import annotations
@@ -84,7 +103,6 @@ def _enabled(config: pytest.Config) -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     if not _enabled(config):
         return
-    from jaxcache import atomic
     from jaxcache.compilelog import CompileLog
     from jaxcache.configuration import cache_env, configure, prepare_folder
     from jaxcache.errors import JaxCacheError
@@ -94,10 +112,9 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = resolve(cache_dir=config.getoption("jaxcache") or None, argument_source="--jaxcache")
         jax_dir, _ = prepare_folder(settings)
         os.environ.update(cache_env(settings, jax_dir))  # xdist workers and subprocesses
-        configure(settings.root)
+        configure(settings.root)  # atomic writes included
     except JaxCacheError as e:
         raise pytest.UsageError(f"--jaxcache: {e}") from None
-    atomic.install()
     config.stash[_log_key] = CompileLog().start()
     config.stash[_totals_key] = {}
 

@@ -30,40 +30,64 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import numpy as np
 
-from jaxcache import executables
 from solver import memory
 from solver.iterate import lsq_iterate
 from solver.jacobian import lsq_jacobian, lsq_residual
-from solver.objective import ObjectiveFunction
 from solver.step import Factorization
+from solver.store import KernelStore, kernel_store
 from solver.trial import Limits, Point
+
+if TYPE_CHECKING:
+    from solver.objective import ObjectiveFunction
 
 __all__ = [
     "BoundKernel",
     "Kernel",
+    "abstract",
     "bound",
     "kernels",
     "lsq_iterate_jit",
     "lsq_jacobian_jit",
     "lsq_residual_jit",
+    "memory_of",
     "prefetch",
+    "probe_memory",
 ]
 
 logger = logging.getLogger(__name__)
 
-try:  # what jit's own cache keys on (x64, precision, ...); a JAX without it keeps the store off
-    from jax._src.config import trace_context
-except ImportError:  # pragma: no cover (present from jax 0.6.1 to 0.10.2)
-    trace_context = None
-
 lsq_residual_jit = jax.jit(lsq_residual, static_argnames=("spec",))
 lsq_jacobian_jit = jax.jit(lsq_jacobian, static_argnames=("spec", "plan"))
 lsq_iterate_jit = jax.jit(lsq_iterate, static_argnames=("spec", "jac_scale"))
+
+
+def abstract(args: Any) -> Any:
+    """``args`` as `jax.ShapeDtypeStruct` leaves, weak types kept (they change the program)."""
+    def spec(a: Any) -> Any:
+        shape = tuple(a.shape) if hasattr(a, "shape") else np.shape(a)
+        return jax.ShapeDtypeStruct(shape, a.dtype, weak_type=bool(getattr(a, "weak_type", False)))
+
+    return jax.tree_util.tree_map(spec, args)
+
+
+_MEMORY_FIELDS = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes",
+                  "alias_size_in_bytes", "generated_code_size_in_bytes")
+
+
+def memory_of(compiled: Any) -> dict[str, int] | None:
+    """``compiled.memory_analysis()`` as a dict; None where the backend has none."""
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 (backends without the analysis raise; the caller says what it does instead)
+        return None
+    if stats is None:
+        return None
+    return {name: int(getattr(stats, name, 0)) for name in _MEMORY_FIELDS}
 
 
 class Kernel(NamedTuple):
@@ -83,8 +107,8 @@ class Kernel(NamedTuple):
     def compile(self) -> Any:
         """Lowers and compiles the kernel (writing the persistent cache if enabled).
 
-        The solver's own kernels go through the executable store exactly as
-        `least_squares` calls them (see `bound`).
+        The solver's own kernels go through the kernel store, when one is
+        plugged in, exactly as `least_squares` calls them (see `bound`).
         """
         jitted = _JITTED.get(getattr(self.fn, "func", None))
         if jitted is not None:
@@ -97,24 +121,22 @@ class Kernel(NamedTuple):
         """Makes sure a later run finds this kernel compiled: what ``jaxcache warm`` does.
 
         Returns:
-            ``"cached"`` when the executable store already had it (checked from
+            ``"cached"`` when the kernel store already had it (checked from
             its header and checksum, nothing loaded), ``"compiled"`` when this
             process compiled and stored it (now, compiled afresh if only JAX's
-            cache had it, or while building the objective), None when the
-            store does not serve this kernel (JAX's cache alone decides).
+            cache had it, or while building the objective), None when no
+            store serves this kernel (JAX's cache alone decides).
         """
         jitted = _JITTED.get(getattr(self.fn, "func", None))
         target = _store_target(jitted, self.fn.keywords) if jitted is not None else None
         if target is None:
             self.compile()
             return None
-        folder, identity = target
-        module = f"jit_{jitted.__name__}"
-        if executables.is_stored(self.args, identity=identity, folder=folder, verify=True):
-            return "compiled" if executables.stored_here(self.args, identity=identity, folder=folder) else "cached"
-        executables.load_or_compile(
-            jitted, self.args, self.fn.keywords, identity=identity, module=module, folder=folder, fresh=True
-        )
+        store, identity = target
+        if store.is_stored(self.args, identity=identity, verify=True):
+            return "compiled" if store.stored_here(self.args, identity=identity) else "cached"
+        store.load_or_compile(jitted, self.args, self.fn.keywords, identity=identity, module=f"jit_{jitted.__name__}",
+                              fresh=True)
         return "compiled"
 
 
@@ -183,99 +205,123 @@ def _identity(jitted: Any, static: dict[str, Any]) -> str | None:
     return "|".join([f"{__name__}:{jitted.__name__}", fingerprint, *sorted(static), *parts])  # type: ignore[list-item]
 
 
-def _store_target(jitted: Any, static: dict[str, Any]) -> tuple[Path, str] | None:
-    """The executable store's folder and the kernel's identity, or None (store off, or unnamed code)."""
-    if trace_context is None or any(getattr(value, "num_devices", 1) > 1 for value in static.values()):
+def _store_target(jitted: Any, static: dict[str, Any]) -> tuple[KernelStore, str] | None:
+    """The kernel store and the kernel's identity, or None (no store, or code that cannot be named)."""
+    store = kernel_store()
+    if store is None or any(getattr(value, "num_devices", 1) > 1 for value in static.values()):
         # A deserialized multi-device executable does not place its inputs as jit
         # does ("expected 2 shards"): sharded kernels take the ordinary path.
         return None
     try:
-        folder = executables.active_folder()
-        identity = _identity(jitted, static) if folder is not None else None
+        if not store.active():
+            return None
     except Exception as err:  # noqa: BLE001 (the store must never break a solve)
-        logger.debug("executable store off for %s: %s", jitted.__name__, err)
+        _store_failed("asking the kernel store whether it is on", err)
         return None
-    return None if identity is None else (folder, identity)
+    identity = _identity(jitted, static)
+    return None if identity is None else (store, identity)
+
+
+_SAID: set[str] = set()
+
+
+def _store_failed(what: str, err: BaseException) -> None:
+    """A kernel store that fails is bypassed, never fatal: said once per kind of failure."""
+    if what not in _SAID:
+        _SAID.add(what)
+        logger.warning("%s failed (%s: %s); compiling the ordinary way", what, type(err).__name__, err)
 
 
 def compile_through_store(jitted: Any, static: dict[str, Any], specs: tuple[Any, ...]) -> Any | None:
-    """The compiled kernel from the executable store (compiling and storing on a miss), or None
-    when the store is off or the kernel cannot be named."""
+    """The compiled kernel from the kernel store (compiling and storing on a miss), or None
+    when there is no store or the kernel cannot be named."""
     target = _store_target(jitted, static)
     if target is None:
         return None
+    store, identity = target
     try:
-        compiled, _ = executables.load_or_compile(
-            jitted, specs, static, identity=target[1], module=f"jit_{jitted.__name__}", folder=target[0]
-        )
+        compiled, _ = store.load_or_compile(jitted, specs, static, identity=identity, module=f"jit_{jitted.__name__}")
     except Exception as err:  # noqa: BLE001 (the store must never break a solve: the ordinary path decides)
-        logger.warning("executable store failed for jit_%s (%s: %s); compiling the ordinary way",
-                       jitted.__name__, type(err).__name__, err)
+        _store_failed(f"the kernel store for jit_{jitted.__name__}", err)
         return None
     return compiled
 
 
 def is_stored(jitted: Any, static: dict[str, Any], specs: tuple[Any, ...]) -> bool:
-    """Whether the executable store holds this kernel for these abstract arguments (nothing loaded)."""
+    """Whether the kernel store holds this kernel for these abstract arguments (nothing loaded)."""
     target = _store_target(jitted, static)
+    if target is None:
+        return False
     try:
-        return target is not None and executables.is_stored(specs, identity=target[1], folder=target[0])
-    except Exception:  # noqa: BLE001 (then it is simply not known to be stored)
+        return target[0].is_stored(specs, identity=target[1])
+    except Exception as err:  # noqa: BLE001 (then it is simply not known to be stored)
+        _store_failed("asking the kernel store for a kernel", err)
         return False
 
 
 def kernel_memory(jitted: Any, static: dict[str, Any], specs: tuple[Any, ...]) -> dict[str, int] | None:
-    """The compiler's memory analysis of a kernel (`jaxcache.executables.memory_of`).
+    """The compiler's memory analysis of a kernel (see `memory_of`).
 
-    Through the store this reads a stored header and loads nothing; None where
-    the backend has no analysis.
+    Through a kernel store this may read a stored header and load nothing;
+    None where the backend has no analysis.
     """
     target = _store_target(jitted, static)
-    if target is None:
-        return executables.memory_of(jitted.lower(*specs, **static).compile())
-    return executables.memory_analysis(
-        jitted, specs, static, identity=target[1], module=f"jit_{jitted.__name__}", folder=target[0]
-    )
+    if target is not None:
+        try:
+            return target[0].memory_analysis(jitted, specs, static, identity=target[1],
+                                             module=f"jit_{jitted.__name__}")
+        except Exception as err:  # noqa: BLE001 (the store must never break a solve)
+            _store_failed("reading a kernel's memory analysis from the kernel store", err)
+    return memory_of(jitted.lower(*specs, **static).compile())
 
 
-def _call_key(identity: str, args: Any) -> tuple[Any, ...]:
+def probe_memory(objective: ObjectiveFunction, block: int | None, chunk: int) -> dict[str, int] | None:
+    """The memory analysis of the Jacobian kernel at one chunk size: "auto"'s probe (see `solver.memory`)."""
+    spec, plan, data = memory.probe_plan(objective, block, chunk)
+    x_spec = jax.ShapeDtypeStruct((objective.dim_x,), objective.dtype)
+    return kernel_memory(lsq_jacobian_jit, {"spec": spec, "plan": plan}, abstract((x_spec, data)))
+
+
+def _call_key(identity: str, context: Any, args: Any) -> tuple[Any, ...]:
     """What decides which compiled kernel serves a call: arrays or their specs give the same key."""
     leaves, treedef = jax.tree_util.tree_flatten(args)
-    return (identity, trace_context(), treedef,
+    return (identity, context, treedef,
             *((tuple(np.shape(a)), np.dtype(a.dtype), bool(getattr(a, "weak_type", False))) for a in leaves))
 
 
 class BoundKernel:
-    """A jitted kernel with its static arguments bound, served from the executable store.
+    """A jitted kernel with its static arguments bound, served from a kernel store.
 
     The first call for each argument structure uses an executable loaded from
     the store (by `prefetch`, or then and there: no tracing, no lowering), or
     compiles and stores one; later calls reuse it. See `bound`.
     """
 
-    def __init__(self, jitted: Any, static: dict[str, Any], folder: Path, identity: str) -> None:
-        self.jitted, self.static, self.folder, self.identity = jitted, static, folder, identity
+    def __init__(self, jitted: Any, static: dict[str, Any], store: KernelStore, identity: str) -> None:
+        self.jitted, self.static, self.store, self.identity = jitted, static, store, identity
         self.module = f"jit_{jitted.__name__}"
         self.plain = functools.partial(jitted, **static)
 
+    def _key(self, args: Any) -> tuple[Any, ...]:
+        return _call_key(self.identity, self.store.context(), args)
+
     def prefetch(self, specs: tuple[Any, ...]) -> None:
         """Loads the stored executable for these abstract arguments, if there is one (thread-safe)."""
-        key = _call_key(self.identity, specs)
+        key = self._key(specs)
         if key in _COMPILED or key in _PREFETCHED:
             return
-        compiled = executables.load(specs, identity=self.identity, module=self.module, folder=self.folder,
-                                    prepare=False)
+        compiled = self.store.load(specs, identity=self.identity, module=self.module, prepare=False)
         if compiled is not None:
             _PREFETCHED[key] = compiled
 
     def __call__(self, *args: Any) -> Any:
-        key = _call_key(self.identity, args)
+        key = self._key(args)
         compiled = _COMPILED.get(key)
         if compiled is not None:
             return compiled(*args)
         compiled = _PREFETCHED.pop(key, None)
         if compiled is None:
-            compiled = compile_through_store(self.jitted, self.static, executables.abstract(args)) or self.plain
+            compiled = compile_through_store(self.jitted, self.static, abstract(args)) or self.plain
         if compiled is self.plain:
             out = compiled(*args)
         else:
@@ -297,8 +343,8 @@ _PREFETCHED: dict[tuple[Any, ...], Any] = {}
 def bound(jitted: Any, **static: Any) -> Callable[..., Any]:
     """``jitted`` with its static arguments bound, as `least_squares` calls it.
 
-    With the executable store on (see `jaxcache.executables`) and a kernel
-    that can be named, a `BoundKernel`; otherwise plain ``jitted``.
+    With a kernel store plugged in (`solver.store`) and a kernel that can be
+    named, a `BoundKernel`; otherwise plain ``jitted``.
     """
     target = _store_target(jitted, static)
     if target is None:
@@ -320,7 +366,7 @@ def prefetch(calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> None:
     with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1)) as pool:
         futures = [pool.submit(kernel.prefetch, specs) for kernel, specs in todo]
         # Meanwhile, what running them needs (LAPACK's table: an import, GIL-bound but short).
-        executables.prepare_runtime()
+        todo[0][0].store.prepare_runtime()
         for future in futures:
             try:
                 future.result()
@@ -393,7 +439,7 @@ def kernels(
     for block, model in enumerate(objective.memory_models):
         if model is None:
             continue
-        for chunk in sorted(set(memory.probe_chunk_sizes(n))):
+        for chunk in model.probes:
             spec, plan, pdata = memory.probe_plan(
                 objective, None if not objective.plan.blocked else block, chunk
             )

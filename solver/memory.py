@@ -1,16 +1,22 @@
 """Memory budget and "auto" chunk sizing from the compiler's memory analysis.
 
-The Jacobian kernel's peak memory is modelled as ``m0 + m1 * chunk``:
+The Jacobian kernel's peak memory is modelled as ``max(floor, m0 + m1 * chunk)``:
 
 * ``m1`` and the chunk-independent part of ``m0`` come from compiling the
-  kernel at two probe chunk sizes and reading
+  kernel at probe chunk sizes and reading
   ``compiled.memory_analysis().temp_size_in_bytes``; arguments and the output
-  (the Jacobian itself) are added to ``m0``.
-* Where the analysis is missing (a backend without it) or not informative
-  (temp memory not growing with the chunk, e.g. when XLA fuses a cheap
-  elementwise residual), the documented estimate is used instead:
-  ``m1 = ESTIMATE_BYTES_PER_COLUMN_FACTOR * (dim_f + dim_x) * itemsize``
-  (one tangent in and one out per column, doubled for intermediates).
+  (the Jacobian itself) are added to ``m0`` (and ``floor``).
+* The probes are 8 and 16 columns. Where their temp sizes are equal, the peak
+  is set by a chunk-independent phase of the program (XLA:CPU from jax 0.11.1
+  reports such a flat temp size for small chunks: about 528 KB for chunks 1 to
+  28 of `spectral` at 64 columns), so the probes go on doubling below ``dim_x``
+  until the temp size grows, and one more probe half as far again gives the
+  slope: ``floor`` is the flat size, and the model reproduces every probe.
+* Where the analysis is missing (a backend without it) or never grows below
+  ``dim_x``, the documented estimate is used instead, and a warning says so
+  once: ``m1 = ESTIMATE_BYTES_PER_COLUMN_FACTOR * (dim_f + dim_x) * itemsize``
+  (one tangent in and one out per column, doubled for intermediates). Problems
+  of at most 8 columns, where there is nothing to choose, use it silently.
 
 The budget is ``memory_budget`` when given; otherwise ``AUTO_MEMORY_FRACTION``
 of free memory: on GPU/TPU from ``device.memory_stats()`` (``bytes_limit -
@@ -25,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
@@ -78,21 +85,25 @@ _CGROUP = Path("/sys/fs/cgroup")
 
 
 class MemoryModel(NamedTuple):
-    """Predicted peak bytes of a Jacobian kernel: ``m0 + m1 * chunk``.
+    """Predicted peak bytes of a Jacobian kernel: ``max(floor, m0 + m1 * chunk)``.
 
     Attributes:
         m0: Chunk-independent bytes (arguments, output and fixed temporaries).
         m1: Bytes per column in a chunk.
         source: ``"compiler"`` (memory_analysis) or ``"estimate"`` (fallback).
+        floor: Peak bytes of a chunk-independent phase of the program (0 if none seen).
+        probes: The chunk sizes compiled to fit it (each a kernel to warm).
     """
 
     m0: float
     m1: float
     source: Literal["compiler", "estimate"]
+    floor: float = 0.0
+    probes: tuple[int, ...] = ()
 
     def predict(self, chunk: int) -> float:
         """Predicted peak bytes at ``chunk`` columns per chunk."""
-        return self.m0 + self.m1 * chunk
+        return max(self.floor, self.m0 + self.m1 * chunk)
 
 
 def _read_int(path: Path) -> int | None:
@@ -176,14 +187,18 @@ def probe_plan(objective: ObjectiveFunction, block: int | None, chunk: int) -> t
     return spec, JacobianPlan(chunks=(chunk,)), (objective.data[block],)
 
 
+Measure = Callable[[int], "dict[str, int] | None"]
+"""The compiler's memory analysis of the probe kernel at a chunk size (None: there is none)."""
+
 _MODELS: dict[tuple[object, ...], MemoryModel] = {}
 
 
-def fit_memory_model(objective: ObjectiveFunction, *, block: int | None) -> MemoryModel:
-    """Fits ``m0 + m1 * chunk`` for the whole objective (``block=None``) or one block.
+def fit_memory_model(objective: ObjectiveFunction, *, block: int | None, measure: Measure) -> MemoryModel:
+    """Fits the model for the whole objective (``block=None``) or one block.
 
-    The objective must have resolved ``dim_x``, ``dtype`` and ``data``. Models
-    are remembered per process (AOT compiles are not cached in memory by JAX).
+    The objective must have resolved ``dim_x``, ``dtype`` and ``data``;
+    ``measure(chunk)`` compiles the probe (`solver.kernels.probe_memory`).
+    Models are remembered per process (AOT compiles are not cached in memory by JAX).
     """
     leaves, treedef = jax.tree_util.tree_flatten(objective.data)
     key = (
@@ -191,41 +206,77 @@ def fit_memory_model(objective: ObjectiveFunction, *, block: int | None) -> Memo
         tuple((tuple(a.shape), np.dtype(a.dtype).str) for a in leaves),
     )
     if key not in _MODELS:
-        _MODELS[key] = _fit_memory_model(objective, block)
+        _MODELS[key] = _fit(objective, block, measure)
     return _MODELS[key]
 
 
-def _fit_memory_model(objective: ObjectiveFunction, block: int | None) -> MemoryModel:
-    from jaxcache import executables
-    from solver.kernels import kernel_memory, lsq_jacobian_jit
+_SAID: set[str] = set()
 
+
+def _fall_back(reason: str, n: int) -> None:
+    """Says once per process why "auto" uses the estimate (only info for problems too small to matter)."""
+    if n <= 8:
+        logger.info("auto chunk size: %s; using the estimate", reason)
+    elif reason not in _SAID:
+        _SAID.add(reason)
+        logger.warning("auto chunk size: %s; chunk sizes come from the estimate, not the compiler", reason)
+
+
+def _fit(objective: ObjectiveFunction, block: int | None, measure: Measure) -> MemoryModel:
     n, itemsize = objective.dim_x, np.dtype(objective.dtype).itemsize
     rows = objective.dim_f if block is None else objective.spec.dims[block]
-    x_spec = jax.ShapeDtypeStruct((n,), objective.dtype)
     jac_bytes = objective.dim_f * n * itemsize
     estimate_m1 = ESTIMATE_BYTES_PER_COLUMN_FACTOR * (rows + n) * itemsize
-    temps = []
-    for chunk in sorted(set(probe_chunk_sizes(n))):
-        spec, plan, data = probe_plan(objective, block, chunk)
+    temps: dict[int, float] = {}
+    arguments: list[float] = []
+
+    def probe(chunk: int) -> float | None:
         try:
-            stats = kernel_memory(lsq_jacobian_jit, {"spec": spec, "plan": plan}, executables.abstract((x_spec, data)))
+            stats = measure(chunk)
         except Exception as err:  # noqa: BLE001 (backends without the analysis raise; the estimate stands in)
-            logger.info("memory_analysis unavailable (%s); using the estimate", err)
-            stats = None
+            logger.info("memory analysis of the %d-column probe failed: %s: %s", chunk, type(err).__name__, err)
+            return None
         if stats is None:
-            logger.info("memory_analysis unavailable; using the estimate")
-            break
-        temps.append((chunk, float(stats["temp_size_in_bytes"]), float(stats["argument_size_in_bytes"])))
-    if not temps:
-        return MemoryModel(jac_bytes + 2 * n * itemsize, estimate_m1, "estimate")
-    c_a, t_a, args = temps[0]
-    fixed = jac_bytes + args
-    if len(temps) == 2:
-        c_b, t_b, _ = temps[1]
+            return None
+        temps[chunk] = float(stats["temp_size_in_bytes"])
+        arguments.append(float(stats["argument_size_in_bytes"]))
+        return temps[chunk]
+
+    def estimate(reason: str) -> MemoryModel:
+        _fall_back(reason, n)
+        fixed = jac_bytes + (arguments[0] if arguments else 2 * n * itemsize)
+        return MemoryModel(fixed + (temps[min(temps)] if temps else 0.0), estimate_m1, "estimate",
+                           probes=tuple(sorted(temps)))
+
+    for chunk in sorted(set(probe_chunk_sizes(n))):
+        if probe(chunk) is None:
+            return estimate("the backend gives no memory analysis")
+    if len(temps) < 2:
+        return estimate(f"{n} columns are too few to fit a slope")
+    fixed = jac_bytes + arguments[0]
+    (c_a, t_a), (c_b, t_b) = sorted(temps.items())
+    if t_b > t_a:  # growing from the first probes on: a line through them
         m1 = (t_b - t_a) / (c_b - c_a)
-        if m1 > 0:
-            return MemoryModel(fixed + t_a - m1 * c_a, m1, "compiler")
-    return MemoryModel(fixed + t_a, estimate_m1, "estimate")
+        return MemoryModel(fixed + t_a - m1 * c_a, m1, "compiler", probes=(c_a, c_b))
+    # Flat: a chunk-independent phase sets the peak. Go up until the chunks' part shows.
+    flat = max(temps.values())
+    grown = None
+    chunk = 2 * c_b
+    while chunk < n:
+        t = probe(chunk)
+        if t is not None and t > flat:
+            grown = chunk
+            break
+        chunk *= 2
+    if grown is None:
+        return estimate(f"the compiler's temp size does not grow with the chunk size below {n} columns")
+    second = min(grown + grown // 2, n - 1)
+    t_second = probe(second) if second > grown else None
+    if t_second is None or t_second <= temps[grown]:
+        return estimate(f"the compiler's temp size grows only at {grown} of {n} columns, too late to fit a slope")
+    m1 = (t_second - temps[grown]) / (second - grown)
+    return MemoryModel(fixed + temps[grown] - m1 * grown, m1, "compiler", floor=fixed + flat,
+                       probes=tuple(sorted(temps)))
 
 
 def choose_chunk_size(
@@ -252,7 +303,7 @@ def choose_chunk_size(
     cap = -(-dim_x // num_devices)
     if model.m1 <= 0:
         return cap
-    chunk = int((budget - model.m0) // model.m1)
+    chunk = int((budget - model.m0) // model.m1) if model.floor <= budget else 0
     if chunk < 1:
         logger.warning(
             "the Jacobian needs about %.3g bytes even with chunk 1, over the %d-byte budget",

@@ -24,8 +24,10 @@ from typing import Any, Literal, Union
 import jax
 import numpy as np
 
+from solver import memory
 from solver.errors import SolverError
 from solver.jacobian import JacobianPlan, ResidualSpec, column_devices
+from solver.kernels import abstract, is_stored, lsq_jacobian_jit, lsq_residual_jit, probe_memory
 
 __all__ = ["ChunkSize", "DerivMode", "Objective", "ObjectiveFunction"]
 
@@ -215,8 +217,6 @@ class ObjectiveFunction:
         Raises:
             ValueError: If ``x`` is not 1-D or a residual has the wrong shape.
         """
-        from solver import memory
-
         shape = tuple(np.shape(x)) if not hasattr(x, "shape") else tuple(x.shape)
         if len(shape) != 1 or shape[0] == 0:
             raise ValueError(f"x must be a non-empty 1-D array, got shape {shape}")
@@ -250,7 +250,10 @@ class ObjectiveFunction:
                 chunks.append(self.dim_x)
                 models.append(None)
             else:
-                model = memory.fit_memory_model(self, block=None if self.deriv_mode == "batched" else block)
+                which = None if self.deriv_mode == "batched" else block
+                model = memory.fit_memory_model(
+                    self, block=which, measure=lambda chunk, which=which: probe_memory(self, which, chunk)
+                )
                 chunks.append(
                     memory.choose_chunk_size(
                         model, budget, self.dim_x, num_devices=ndev,
@@ -266,14 +269,11 @@ class ObjectiveFunction:
         return self
 
     def _residual_is_stored(self) -> bool:
-        """Whether the executable store has this residual for these shapes: it was compiled, so
+        """Whether the kernel store has this residual for these shapes: it was compiled, so
         its shapes were checked, and tracing the function again (seconds for a large
         program) would only repeat that."""
-        from jaxcache import executables  # noqa: PLC0415
-        from solver.kernels import is_stored, lsq_residual_jit  # noqa: PLC0415 (kernels imports this module)
-
         x = jax.ShapeDtypeStruct((self.dim_x,), self.dtype)
-        return is_stored(lsq_residual_jit, {"spec": self.spec}, executables.abstract((x, self.data)))
+        return is_stored(lsq_residual_jit, {"spec": self.spec}, abstract((x, self.data)))
 
     def _check_shapes(self) -> None:
         x = jax.ShapeDtypeStruct((self.dim_x,), self.dtype)
@@ -294,15 +294,11 @@ class ObjectiveFunction:
 
     def compute(self, x: Any) -> jax.Array:
         """Weighted residuals at ``x`` (builds on first use)."""
-        from solver.kernels import lsq_residual_jit
-
         self.build(x)
         return lsq_residual_jit(np.asarray(x, self.dtype), self.data, spec=self.spec)
 
     def jac(self, x: Any) -> jax.Array:
         """The ``(dim_f, dim_x)`` Jacobian at ``x`` (builds on first use)."""
-        from solver.kernels import lsq_jacobian_jit
-
         self.build(x)
         return lsq_jacobian_jit(
             np.asarray(x, self.dtype), self.data, spec=self.spec, plan=self.plan

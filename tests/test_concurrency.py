@@ -275,3 +275,153 @@ def test_uncapped_atomic_cache_with_prune_loop_and_readers(tmp_path: Path) -> No
         assert not any(e in w.stderr for e in JAX_CACHE_ERRORS), w.stderr[-3000:]
         assert "Traceback" not in w.stderr
     assert concurrent_check_findings(outcome) == [], "check reported problems in a healthy cache while JAX wrote"
+
+
+# --- A writer SIGKILLed mid-write in a capped cache ------------------------------------------
+# The writer kills itself (SIGKILL, nothing runs after it) at an exact point of its write of
+# `victim`, found by an audit hook on the file operations that write it: no timing involved.
+KILLED_WRITER = r"""
+import os, signal, sys
+root, kill_at, atomic = sys.argv[1], sys.argv[2], sys.argv[3] == "atomic"
+import jaxcache
+jaxcache.configure(root, max_size=10**8, atomic_writes=atomic)
+import jax, jax.numpy as jnp
+
+def program(c):
+    def f(x):
+        return jnp.tanh(x @ x.T * c).sum()
+    f.__name__ = f"prog{int(c)}"
+    return jax.jit(f)
+
+x = jnp.ones((5, 4))
+for c in (1.0, 2.0):
+    program(c)(x).block_until_ready()
+armed, temps = [False], []
+
+def at(event, args):
+    if not armed[0] or event not in ("open", "os.rename"):
+        return
+    name, target = os.path.basename(str(args[0])), str(args[1])
+    if event == "open" and name.startswith(".jaxcache-tmp-"):
+        temps.append(name)
+    # Audit events come before the operation: "creating" kills before the file exists.
+    hit = {"creating the entry's temp file": event == "open" and len(temps) == 1,
+           "creating the -atime's temp file": event == "open" and len(temps) == 2,
+           "renaming the -atime": event == "os.rename" and target.endswith("-atime"),
+           "renaming the entry": event == "os.rename" and target.endswith("-cache"),
+           # JAX's own put: its -cache written, its -atime about to be
+           "plain atime written": event == "open" and name.endswith("-atime") and "w" in str(target)}[kill_at]
+    if hit:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+sys.addaudithook(at)
+armed[0] = True
+program(3.0)(x).block_until_ready()
+print("NOT KILLED")
+"""
+
+# Another writer afterwards: new programs (and the victim) must all be saved, JAX reporting no error.
+NEXT_WRITER = r"""
+import json, sys, warnings
+warnings.simplefilter("always")
+import jaxcache
+jaxcache.configure(sys.argv[1], max_size=10**8)
+import jax, jax.numpy as jnp
+from jaxcache.compilelog import CompileLog
+log = CompileLog().start()
+
+def program(c):
+    def f(x):
+        return jnp.tanh(x @ x.T * c).sum()
+    f.__name__ = f"prog{int(c)}"
+    return jax.jit(f)
+
+x = jnp.ones((5, 4))
+with warnings.catch_warnings(record=True) as caught:
+    for c in (1.0, 2.0, 3.0, 4.0, 5.0):
+        program(c)(x).block_until_ready()
+print(json.dumps({"modules": log.snapshot(), "warnings": [str(w.message) for w in caught]}))
+"""
+
+
+KILL_POINTS = {  # where the writer dies -> how many of its temporary files are left
+    "creating the entry's temp file": 0,
+    "creating the -atime's temp file": 1,  # the entry's, whole but never renamed
+    "renaming the -atime": 2,
+    "renaming the entry": 1,  # its -atime is in place already: an orphan JAX ignores
+}
+
+
+@pytest.mark.parametrize("kill_at", list(KILL_POINTS))
+def test_a_writer_killed_mid_write_in_a_capped_cache_leaves_nothing_half_written(tmp_path: Path, kill_at: str) -> None:
+    from jaxcache.atomic import writer_is_gone
+    from jaxcache.integrity import check
+    from jaxcache.scanning import scan
+
+    root = tmp_path / "cache"
+    killed = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(root), kill_at, "atomic"],
+                            capture_output=True, text=True, env=env_with(), timeout=300)
+    assert killed.returncode == -9 and "NOT KILLED" not in killed.stdout, killed.stderr[-3000:]
+    folder = version_folder(root)
+    entries = {p.name for p in folder.iterdir() if jaxformat.parse_entry_name(p.name)}
+    temps = [p for p in folder.iterdir() if p.name.startswith(".jaxcache-tmp-")]
+    # Nothing of the victim's entry is in place, except (killed between the renames) its -atime,
+    # which JAX ignores; the two entries written before are whole, each with its -atime.
+    victim = {n for n in entries if n.startswith("jit_prog3-")}
+    others = entries - victim
+    assert victim == ({n for n in victim if n.endswith("-atime")} if kill_at == "renaming the entry" else set())
+    assert len(victim) == (1 if kill_at == "renaming the entry" else 0)
+    pairs = {n.rsplit("-", 1)[0] for n in others}
+    assert {"jit_prog1", "jit_prog2"} <= {p.rsplit("-", 1)[0] for p in pairs}
+    assert others == {f"{p}-{kind}" for p in pairs for kind in ("cache", "atime")}
+    for pair in pairs:
+        jaxformat.decompress_entry((folder / f"{pair}-cache").read_bytes())
+    # Its temporary files are provably its own and orphaned: no need to wait for them to age.
+    assert len(temps) == KILL_POINTS[kill_at]
+    assert all(writer_is_gone(p) for p in temps)
+    report = check(scan(root))
+    assert not [f for f in report.findings if f.kind in ("corrupt", "missing-atime")], report.findings
+
+    after = subprocess.run([sys.executable, "-c", NEXT_WRITER, str(root)], capture_output=True, text=True,
+                           env=env_with(), timeout=300)
+    assert after.returncode == 0, after.stderr[-3000:]
+    out = json.loads(after.stdout.strip().splitlines()[-1])
+    assert not [w for w in out["warnings"] if any(e in w for e in JAX_CACHE_ERRORS)], out["warnings"]
+    modules = out["modules"]
+    assert all(modules[f"jit_prog{c}"]["hits"] == 1 for c in (1, 2)), modules
+    assert all(modules[f"jit_prog{c}"]["writes"] == 1 for c in (3, 4, 5)), modules
+    assert all(e.has_atime for e in scan(root).entries)
+
+
+PLAIN_NEXT_WRITER = NEXT_WRITER.replace("""import jaxcache
+jaxcache.configure(sys.argv[1], max_size=10**8)
+import jax, jax.numpy as jnp""", """import os
+import jax, jax.numpy as jnp
+folder = [os.path.join(sys.argv[1], n) for n in os.listdir(sys.argv[1]) if n.startswith("jaxlib-")][0]
+for name, value in [("jax_compilation_cache_dir", folder), ("jax_compilation_cache_max_size", 10**8),
+                    ("jax_persistent_cache_min_compile_time_secs", 0)]:
+    jax.config.update(name, value)""")
+
+
+def test_the_control_a_plain_jax_writer_killed_between_entry_and_atime_breaks_capped_writes_before_0_11_2(
+        tmp_path: Path) -> None:
+    """Without jaxcache's atomic writes the same kind of kill leaves a -cache without its
+    -atime, and then (jax#39880, fixed in jaxlib 0.11.2) every capped write of a process set
+    up by hand fails: what the test above proves cannot happen to a configured writer."""
+    from jaxcache.provenance import installed_versions
+
+    root = tmp_path / "cache"
+    killed = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(root), "plain atime written", "plain"],
+                            capture_output=True, text=True, env=env_with(), timeout=300)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    folder = version_folder(root)
+    assert len(list(folder.glob("jit_prog3-*-cache"))) == 1 and not list(folder.glob("jit_prog3-*-atime"))
+    after = subprocess.run([sys.executable, "-c", PLAIN_NEXT_WRITER, str(root)], capture_output=True, text=True,
+                           env=env_with(), timeout=300)
+    assert after.returncode == 0, after.stderr[-3000:]
+    failed = [w for w in json.loads(after.stdout.strip().splitlines()[-1])["warnings"]
+              if "Error writing persistent compilation cache entry" in w]
+    if jaxformat.missing_atime_breaks_writes(installed_versions().jaxlib):
+        assert failed and all("FileNotFoundError" in w and "jit_prog3-" in w for w in failed), failed
+    else:
+        assert failed == []

@@ -22,18 +22,21 @@ SOLVER_KERNELS = {"jit_lsq_residual", "jit_lsq_jacobian", "jit_lsq_iterate"}
 SOLVE = r"""
 import json, logging, os, sys
 import jaxcache
-if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # else plain JAX settings, as a read-only user has them
-    jaxcache.configure(sys.argv[1])
 from jaxcache import executables, exeformat
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jaxcache.configure(sys.argv[1])
+else:  # plain JAX settings, as a read-only user has them, and the store plugged in by hand
+    executables.plug_into_solver()
 from jaxcache.compilelog import CompileLog
 log = CompileLog().start()
 jax_requests = []
-class Requests(logging.Filter):  # first in line: sees JAX's DEBUG records before jaxcache's tap drops them
+class Requests(logging.Filter):  # the user's own look at JAX's DEBUG records
     def filter(self, record):
         if isinstance(record.msg, str) and "persistent compilation cache" in record.msg.lower():
             jax_requests.append(str(record.args[0]))
         return True
-logging.getLogger("jax._src.compiler").filters.insert(0, Requests())
+logging.getLogger("jax._src.compiler").setLevel(logging.DEBUG)
+logging.getLogger("jax._src.compiler").addFilter(Requests())
 import solver
 objective, x0 = solver.problems.get(sys.argv[2], int(sys.argv[3]))
 result = solver.least_squares(objective, x0)
@@ -279,3 +282,76 @@ def test_arguments_with_a_custom_pytree_node_are_never_keyed() -> None:
     spec = jax.ShapeDtypeStruct((3,), np.float32)
     assert executables.store_key("k", (spec, Params(spec, "a")), env) is None
     assert executables.store_key("k", (spec, {"a": spec}), env) is not None
+
+
+LEVELS = r"""
+import json, sys
+import jax, jax.numpy as jnp
+import jaxcache
+jaxcache.configure(sys.argv[1])
+from jaxcache import executables
+name, value = sys.argv[2], json.loads(sys.argv[3])
+jitted = jax.jit(lambda x: jnp.sin(x) @ x)
+specs = (jax.ShapeDtypeStruct((8, 8), jnp.float32),)
+where = dict(identity="test:kernel", module="jit_kernel", folder=executables.active_folder())
+default = getattr(jax.config, name)
+_, first = executables.load_or_compile(jitted, specs, {}, **where)
+jax.config.update(name, value)
+other_loads = executables.load(specs, **where) is not None
+_, other = executables.load_or_compile(jitted, specs, {}, **where)
+jax.config.update(name, default)
+default_loads = executables.load(specs, **where) is not None
+print(json.dumps({"first": first, "other_loads": other_loads, "other": other, "default_loads": default_loads}))
+"""
+
+_LEVEL_VALUES = {"jax_optimization_level": "O1", "jax_memory_fitting_level": "O1",
+                 "jax_exec_time_optimization_effort": 0.5, "jax_memory_fitting_effort": 0.5}
+
+
+@pytest.mark.parametrize("name", sorted(_LEVEL_VALUES))
+def test_another_optimization_level_never_loads_an_executable_compiled_for_this_one(tmp_path: Path, name: str) -> None:
+    """Whichever of these options the installed JAX has is in the key (the "effort" ones are gone in 0.11.1)."""
+    import jax
+
+    if not hasattr(jax.config, name):
+        from jaxcache import jaxinternals
+
+        assert name not in {n for n, _ in jaxinternals.compile_config()}
+        return
+    proc = subprocess.run([sys.executable, "-c", LEVELS, str(tmp_path / "cache"), name, json.dumps(_LEVEL_VALUES[name])],
+                          capture_output=True, text=True, env=env_with(), timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (out["first"], out["other_loads"], out["default_loads"]) == ("stored", False, True), out
+    assert out["other"] != "loaded", out
+
+
+RUN_SOLVE = r"""
+import json, sys
+renamed = []  # JAX entries renamed into place: jaxcache's atomic writes, in a child that never configures
+sys.addaudithook(lambda event, args: renamed.append(1) if event == "os.rename" and str(args[1]).endswith("-cache")
+                 else None)
+import solver
+objective, x0 = solver.problems.get("bratu", 6)
+result = solver.least_squares(objective, x0)
+from jaxcache import executables  # what the store did (the bootstrap plugged this module's store in)
+print(json.dumps({"store": executables.stats(), "renamed": len(renamed), "success": bool(result.success)}))
+"""
+
+
+def test_under_jaxcache_run_a_solve_stores_its_kernels_then_loads_them(tmp_path: Path) -> None:
+    """The `jaxcache run` bootstrap plugs the store into the solver and makes JAX's writes atomic,
+    though the program never imports jaxcache before its solve."""
+    cache = tmp_path / "cache"
+    runs = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-m", "jaxcache", "--cache-dir", str(cache), "run", "--",
+                               sys.executable, "-c", RUN_SOLVE], capture_output=True, text=True, env=env_with(),
+                              timeout=600, check=False)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs.append(json.loads(next(l for l in reversed(proc.stdout.splitlines()) if l.startswith('{"store"'))))
+    first, second = runs
+    assert first["success"] and second["success"]
+    assert {m for m, c in first["store"].items() if c.get("stored")} == SOLVER_KERNELS, first["store"]
+    assert first["renamed"] > 0
+    assert {m for m, c in second["store"].items() if c.get("loaded")} == SOLVER_KERNELS, second["store"]

@@ -9,6 +9,9 @@ without jaxcache installed, and most processes in a job never import JAX.
 3. Taps JAX's cache log records: appends each hit, miss, write and compile
    time to ``$JAXCACHE_RUN_STATS`` as it happens, and records each entry
    written (platform, compile time) as ``jaxcache.configure`` does.
+4. As ``jaxcache.configure`` does, and only once the program imports them:
+   makes JAX's entry writes atomic, and plugs the executable store into the
+   bundled solver.
 """
 
 import os
@@ -30,9 +33,15 @@ def _chain_sitecustomize() -> None:
             return
 
 
+# Loaded by path in this order: each may use those before it (see their module headers).
+_MODULES = ("atomic", "jaxformat", "importhook", "jaxinternals", "compilelog", "provenance")
+
+
 def _load(name: str):
     if "_jaxcache_bootstrap_" + name in sys.modules:
         return sys.modules["_jaxcache_bootstrap_" + name]
+    for before in _MODULES[: _MODULES.index(name)]:
+        _load(before)
     import importlib.util
 
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), name + ".py")
@@ -89,12 +98,28 @@ def _record_stats() -> None:
         compilelog.listen(_load("provenance").WriteRecorder())
 
 
+def _plug_solver(store_module) -> None:
+    from jaxcache import executables  # the package itself: the solver is installed with it
+
+    store_module.set_kernel_store(executables.STORE)
+
+
+def _configure_on_import() -> None:
+    if not os.environ.get("JAXCACHE_DIR"):
+        return
+    importhook = _load("importhook")
+    jaxinternals = _load("jaxinternals")
+    jaxinternals.install_atomic_put_on_import()
+    importhook.when_imported("solver.store", _plug_solver)
+
+
 try:
     _chain_sitecustomize()
 finally:
     try:
         _point_at_own_version()
         _record_stats()
+        _configure_on_import()
     except Exception as error:  # never break the user's program
         # Said at exit, and only by a process that used JAX: a job's other Pythons
         # (a system interpreter running a helper script) have nothing to count.
