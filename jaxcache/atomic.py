@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["TEMP_PREFIX", "WriterId", "create_temp", "parse_temp_name", "temp_file", "writer_id",
-           "writer_is_gone", "write_atomically"]
+__all__ = ["TEMP_PREFIX", "WriterId", "create_temp", "parse_temp_name", "remove_orphaned_temps", "rewrite_log",
+           "temp_file", "writer_id", "writer_is_gone", "write_atomically"]
 
 TEMP_PREFIX = ".jaxcache-tmp-"
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -148,6 +148,28 @@ def writer_is_gone(path: str | os.PathLike[str]) -> bool:
     return False
 
 
+def remove_orphaned_temps(folder: Path) -> int:
+    """Deletes the temporary files in ``folder`` whose writer is provably gone; returns how many.
+
+    Only names that `writer_is_gone` proves: a file of a live writer, of
+    another machine, or with an older name is left (``check`` judges those by age).
+    """
+    removed = 0
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(TEMP_PREFIX)]
+    except OSError:
+        return 0
+    for name in names:
+        path = folder / name
+        if not path.is_symlink() and writer_is_gone(path):
+            try:
+                path.unlink()
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
 def create_temp(folder: Path) -> tuple[int, Path]:
     """Creates a new temporary file in ``folder``, as a plain write would create a file there.
 
@@ -173,6 +195,23 @@ def temp_file(folder: Path) -> Iterator[tuple[BinaryIO, Path]]:
     except BaseException:
         path.unlink(missing_ok=True)
         raise
+
+
+def rewrite_log(path: Path, head: bytes, *, read_bytes: int, mode: int) -> None:
+    """Replaces an append-only log with ``head`` plus whatever was appended after its first
+    ``read_bytes`` bytes (lines other writers added while the caller read it are kept).
+
+    Raises:
+        OSError: the folder cannot be written (the log is left as it was).
+    """
+    with temp_file(path.parent) as (out, tmp):
+        out.write(head)
+        with open(path, "rb") as f:
+            f.seek(read_bytes)
+            out.write(f.read())
+        os.fchmod(out.fileno(), mode)  # as the log was: in a team cache every member appends to it
+        out.flush()
+        os.replace(tmp, path)
 
 
 def write_atomically(path: Path, data: bytes, *, mode: int | None = None) -> None:

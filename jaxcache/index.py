@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
+
+from jaxcache import atomic
 
 META_DIR_NAME = ".jaxcache"
 _INDEX_FILE = "index"
@@ -141,13 +142,6 @@ def save(folder: Path, listing: Listing) -> None:
         if meta_dir.is_symlink():
             return
         meta_dir.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=meta_dir, prefix=".tmp-")
+        atomic.write_atomically(meta_dir / _INDEX_FILE, payload)
     except OSError:
         return
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, meta_dir / _INDEX_FILE)
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)

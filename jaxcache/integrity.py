@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from jaxcache import exeformat, jaxformat
+from jaxcache import atomic, exeformat, jaxformat
 from jaxcache.atimes import create_atime
 from jaxcache.atomic import TEMP_PREFIX
 from jaxcache.errors import JaxCacheError
@@ -48,7 +48,8 @@ _SEVERITY: dict[str, Severity] = {
 # proves it dead; `prune` by age removes it once nobody uses it.
 _REPAIRABLE = frozenset({"corrupt", "missing-atime", "orphan-atime", "writable", "stale-temp",
                          "damaged-executable", "unshared"})
-# An atomic write lives for milliseconds: a temporary file this old lost its writer.
+# An atomic write lives for milliseconds: a temporary file this old lost its writer, even
+# where its name cannot prove it (another host on a shared folder, an older name).
 STALE_TEMP_SECS = 300.0
 
 # JAX writes an entry with a plain write_bytes: a file younger than this may be
@@ -231,7 +232,7 @@ def check(
             age = now - path.lstat().st_mtime
         except OSError:
             continue
-        if age > STALE_TEMP_SECS:
+        if _orphaned(path, age):
             findings.append(Finding("stale-temp", path, "temporary file left by a writer that died"))
     for item in info.executables:
         try:
@@ -382,6 +383,12 @@ def _repair_one(item: Repair) -> RepairOutcome:
     if finding.kind == "stale-temp":
         if not path.name.startswith(TEMP_PREFIX) or path.is_symlink():
             raise OSError(f"{path.name} is not a jaxcache temporary file")
+        try:
+            age = time.time() - path.lstat().st_mtime
+        except FileNotFoundError:
+            return RepairOutcome(item, "skipped", "gone since the check")
+        if not _orphaned(path, age):
+            return RepairOutcome(item, "skipped", "its writer is back at work")  # written to since the check
         path.unlink(missing_ok=True)
         return RepairOutcome(item, "repaired")
     parsed = jaxformat.parse_entry_name(path.name)
@@ -416,6 +423,20 @@ def _repair_one(item: Repair) -> RepairOutcome:
         created = create_atime(path)
         return RepairOutcome(item, "repaired" if created else "skipped", None if created else "has one since the check")
     raise AssertionError(finding.kind)
+
+
+def _orphaned(path: Path, age: float) -> bool:
+    """A temporary file whose writer provably died.
+
+    Its name records its writer: on this machine that settles it either way (a
+    long pull of a large object is never cut short by its age). Otherwise (another
+    host sharing the folder, a name from before writers were recorded) only an
+    age far beyond any write says so.
+    """
+    writer = atomic.parse_temp_name(path.name)
+    if writer is not None and writer.machine == atomic.machine_token():
+        return atomic.writer_is_gone(path)
+    return age > STALE_TEMP_SECS
 
 
 def _still_corrupt(path: Path) -> bool:

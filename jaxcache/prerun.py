@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from jaxcache import provenance
+from jaxcache import atomic, provenance
 from jaxcache.configuration import cache_env, prepare_folder
 from jaxcache.errors import CacheDirError, JaxCacheError
 from jaxcache.index import META_DIR_NAME
@@ -77,9 +77,7 @@ def _load_state(root: Path) -> dict[str, Any]:
 def _save_state(root: Path, state: dict[str, Any]) -> None:
     path = _state_path(root)
     path.parent.mkdir(exist_ok=True)
-    tmp = path.with_name(f"{STATE_NAME}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(state, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic.write_atomically(path, (json.dumps(state, indent=1) + "\n").encode())
 
 
 def _known_versions(root: Path) -> list[str]:

@@ -202,14 +202,7 @@ def compact_writes(folder: Path) -> int:
     if len(kept) == len(lines):
         return 0
     try:
-        with atomic.temp_file(folder) as (out, tmp):
-            out.write(b"".join(line + b"\n" for line in kept))
-            with open(path, "rb") as f:
-                f.seek(len(complete))
-                out.write(f.read())
-            os.fchmod(out.fileno(), mode)
-            out.flush()
-            os.replace(tmp, path)
+        atomic.rewrite_log(path, b"".join(line + b"\n" for line in kept), read_bytes=len(complete), mode=mode)
     except OSError:
         return 0  # a log that stays long is only slower to read
     return len(lines) - len(kept)

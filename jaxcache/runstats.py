@@ -22,7 +22,7 @@ from typing import Any
 
 import filelock
 
-from jaxcache import jaxformat, provenance, uses
+from jaxcache import atomic, jaxformat, provenance, uses
 from jaxcache.compilelog import CompileLog, ModuleCounts
 from jaxcache.configuration import cache_env, prepare_folder
 from jaxcache.errors import CacheDirError, CommandError, JaxCacheError, UsageError
@@ -250,6 +250,4 @@ def zero_stats(root: Path) -> None:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic.write_atomically(path, (json.dumps(data, indent=1) + "\n").encode())

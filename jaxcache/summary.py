@@ -165,14 +165,14 @@ def _write_summary_cache(root: Path, data: dict[str, Any]) -> None:
     import json
     import os
 
+    from jaxcache import atomic
+
     path = _cache_path(root)
     try:
         if not os.access(root, os.W_OK) or path.parent.is_symlink():
             return
         path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(f"{_SUMMARY_FILE}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, path)
+        atomic.write_atomically(path, json.dumps(data).encode())
     except OSError:
         pass
 

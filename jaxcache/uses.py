@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from jaxcache import atomic
 from jaxcache.index import META_DIR_NAME
 
 USES_NAME = "uses"
@@ -107,21 +107,11 @@ def forget_uses(folder: Path, keys: Iterable[str]) -> None:
 
 def _rewrite(path: Path, read_bytes: int, uses: dict[str, float]) -> None:
     """Replaces the log with one line per key, carrying over lines appended since it was read."""
+    head = "".join(f"{k}\t{v:.3f}\n" for k, v in uses.items()).encode("utf-8")
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".jaxcache-tmp-")
+        atomic.rewrite_log(path, head, read_bytes=read_bytes, mode=os.stat(path).st_mode & 0o7777)
     except OSError:
-        return
-    try:
-        mode = os.stat(path).st_mode & 0o7777
-        with os.fdopen(fd, "wb") as out:
-            out.write("".join(f"{k}\t{v:.3f}\n" for k, v in uses.items()).encode("utf-8"))
-            with open(path, "rb") as f:
-                f.seek(read_bytes)
-                out.write(f.read())  # appended meanwhile: kept
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
+        pass  # a log that stays long is only slower to read
 
 
 def atime_resolution(path: Path) -> float:

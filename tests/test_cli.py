@@ -443,6 +443,29 @@ def test_a_crashed_atomic_write_leaves_a_temp_file_that_check_removes(cache: Pat
     assert [(f["kind"], f["repaired"]) for f in findings] == [("stale-temp", True)] and not leftover.exists()
 
 
+def test_a_temp_file_is_stale_exactly_when_its_writer_is_gone(cache: Path) -> None:
+    """A name that records its writer settles it at once, whatever the file's age: a dead writer's
+    file is stale while young, a live writer's (a long pull) never, however old."""
+    from jaxcache import atomic
+
+    age(list(cache.rglob("*-cache")), 60)
+    folder = version_folder(cache)
+    child = subprocess.run([sys.executable, "-c", (
+        "import os, sys\nfrom pathlib import Path\nfrom jaxcache import atomic\n"
+        "fd, path = atomic.create_temp(Path(sys.argv[1]))\nos.write(fd, b'x\\x9c partial')\nprint(path)")
+        , str(folder)], capture_output=True, text=True, check=True, timeout=60)
+    dead = Path(child.stdout.strip())  # its writer has exited
+    fd, alive = atomic.create_temp(folder)  # this process: alive
+    os.close(fd)
+    age([alive], 3600)
+    assert atomic.writer_is_gone(dead) and not atomic.writer_is_gone(alive)
+    checked = jc("--cache-dir", str(cache), "check", "--json")
+    findings = json.loads(checked.stdout)["findings"]
+    assert checked.exit_code == 1 and [(f["kind"], Path(f["path"])) for f in findings] == [("stale-temp", dead)]
+    result = jc("--cache-dir", str(cache), "check", "--repair", "--yes", "--json")
+    assert result.exit_code == 0 and not dead.exists() and alive.exists()
+
+
 def test_inspect_reuses_its_summary_only_while_no_folder_changed(cache: Path) -> None:
     from jaxcache import inspect_cache
 

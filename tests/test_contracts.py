@@ -26,6 +26,7 @@ from test_jax_versions import E2E_VERSIONS, REPO, TIMEOUT, _clean_env, jax_pytho
 # Files (relative to the repository) that pin JAX facts; each must pass on every release.
 CONTRACT_FILES = (
     "tests/test_jaxformat.py",
+    "tests/test_jaxinternals.py",
 )
 
 # The releases the main environment does not have: it runs the contract files itself.

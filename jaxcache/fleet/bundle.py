@@ -21,7 +21,6 @@ import io
 import json
 import os
 import tarfile
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,13 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jaxcache import jaxformat, provenance
+from jaxcache import atomic, jaxformat, provenance
 from jaxcache.configuration import prepare_folder
 from jaxcache.fleet import local, trust
 from jaxcache.fleet.errors import BundleError, TrustError
 from jaxcache.fleet.manifest import Manifest, ObjectRecord
 from jaxcache.fleet.node import Node, this_node, verdict, version_verdict
-from jaxcache.fleet.transfer import FILE_MODE, Transferred, enter_all, remove_dead_temps, temp_prefix
+from jaxcache.fleet.transfer import Transferred, enter_all, remove_dead_temps
 from jaxcache.settings import Settings
 
 MANIFEST_MEMBER = "MANIFEST.json"
@@ -82,7 +81,7 @@ def export(settings: Settings, output: Path, *, version: str | None = None, name
     manifest = described.manifest(writer=f"{socket.gethostname()}:{os.getpid()} (export)")
     envelope = json.dumps(trust.seal(manifest.as_dict(), key), indent=None, separators=(",", ":")).encode()
     output = Path(output).absolute()
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.tmp-")
+    fd, tmp = atomic.create_temp(output.parent)  # a plain write's mode; named so a dead writer's is provable
     try:
         with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
             _add(tar, MANIFEST_MEMBER, envelope)
@@ -96,10 +95,9 @@ def export(settings: Settings, output: Path, *, version: str | None = None, name
                     raise BundleError(f"{record.name} changed while it was exported; export again")
                 _add(tar, OBJECTS_PREFIX + record.sha256, data)
                 written.add(record.sha256)
-        os.chmod(tmp, 0o644)
         os.replace(tmp, output)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return Exported(path=output, jaxlib=jaxlib, objects=len(described.objects), bytes=manifest.bytes,
                     signed=key is not None, refused=described.refused)
@@ -251,11 +249,10 @@ def import_bundle(plan: ImportPlan, settings: Settings) -> Transferred:
                 data = _member(tar, OBJECTS_PREFIX + record.sha256, plan.bundle)
                 if hashlib.sha256(data).hexdigest() != record.sha256:
                     raise BundleError(f"{plan.bundle} changed since it was checked; nothing imported")
-                fd, tmp = tempfile.mkstemp(dir=(folder / record.name).parent, prefix=temp_prefix())
-                staged.append((record, Path(tmp)))
+                fd, tmp = atomic.create_temp((folder / record.name).parent)
+                staged.append((record, tmp))
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
-                os.chmod(tmp, FILE_MODE)
         enter_all(folder, staged, capped=plan.capped)
     finally:
         for _, tmp in staged:

@@ -16,12 +16,11 @@ import hashlib
 import json
 import os
 import stat as statmod
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jaxcache import exeformat, jaxformat, provenance
+from jaxcache import atomic, exeformat, jaxformat, provenance
 from jaxcache.errors import CacheDirError
 from jaxcache.fleet.manifest import Manifest, ObjectRecord
 from jaxcache.index import META_DIR_NAME
@@ -232,14 +231,6 @@ def _save_digests(folder: Path, objects: dict[str, list[Any]]) -> None:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """A whole file or none: a temporary file in the same folder, then a rename."""
+    """A whole file or none (`jaxcache.atomic.write_atomically`), creating its folder first."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".jaxcache-tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_atomically(path, data)

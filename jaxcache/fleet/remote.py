@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from jaxcache import atomic
 from jaxcache.fleet.errors import BadRemote, MissingExtra, RemoteError
 
 T = TypeVar("T")
-_TEMP_PREFIX = ".jaxcache-tmp-"
+_TEMP_PREFIX = atomic.TEMP_PREFIX
 _EXTRAS = {"s3": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs")}
 
 
@@ -126,16 +126,17 @@ class LocalStore:
         target = self._path(name)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=_TEMP_PREFIX)
+            # A plain write's mode (other nodes' users read it, as JAX's own entries) and a
+            # name that proves it orphaned once its writer is gone.
+            fd, tmp = atomic.create_temp(target.parent)
         except OSError as e:
             raise _remote_error(self.url, name, e) from None
         try:
             with os.fdopen(fd, "wb") as f:
                 fill(f)
-            os.chmod(tmp, 0o666 & ~_UMASK)  # other nodes' users read it, as JAX's own entries
             os.replace(tmp, target)
         except BaseException as e:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             if isinstance(e, OSError):
                 raise _remote_error(self.url, name, e) from None
             raise
@@ -245,10 +246,3 @@ class FsspecStore:
             raise RemoteError(f"{self.url}: no bucket {bucket!r} (or no permission to see it)")
 
 
-def _read_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()

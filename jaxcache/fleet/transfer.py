@@ -5,8 +5,8 @@ its final place, its size and SHA-256 are checked against the manifest, and
 only then does it take its name, under JAX's ``.lockfile``, by a hard link
 that fails if the name exists (JAX never replaces an entry, and neither does
 this). A process killed at any moment leaves at most temporary files, named
-with the host and process id so that the next transfer removes them once that
-process is gone; never a partial entry.
+by their writer (`jaxcache.atomic`) so that the next transfer removes them once
+that process is provably gone; never a partial entry.
 
 Out to a remote: each object is read whole, checked against the SHA-256 its
 record was made with (a stored executable can be replaced under the same
@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
@@ -26,8 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jaxcache import jaxformat, locking, provenance
-from jaxcache.atomic import TEMP_PREFIX
+from jaxcache import atomic, jaxformat, locking, provenance
 from jaxcache.fleet import catalog
 from jaxcache.fleet.errors import RemoteError
 from jaxcache.fleet.manifest import ObjectRecord
@@ -36,8 +33,6 @@ from jaxcache.fleet.remote import Store
 Progress = Callable[[int, int, int], None]
 """Called as ``progress(objects_done, objects_total, bytes_done)`` after each object."""
 
-_HOST = "".join(c if c.isalnum() else "-" for c in socket.gethostname())[:40] or "host"
-PULL_TEMP_PREFIX = f"{TEMP_PREFIX}pull-"
 
 
 @dataclass(frozen=True)
@@ -65,39 +60,9 @@ class _Refused(Exception):
     """An object whose bytes do not match its record."""
 
 
-def temp_prefix() -> str:
-    return f"{PULL_TEMP_PREFIX}{_HOST}-{os.getpid()}-"
-
-
 def remove_dead_temps(folder: Path) -> int:
-    """Removes temporary files of transfers on this host whose process is gone; returns how many."""
-    removed = 0
-    for sub in (folder, folder / "executables"):
-        try:
-            names = os.listdir(sub)
-        except OSError:
-            continue
-        for name in names:
-            if not name.startswith(f"{PULL_TEMP_PREFIX}{_HOST}-"):
-                continue
-            pid_text = name[len(PULL_TEMP_PREFIX) + len(_HOST) + 1:].split("-", 1)[0]
-            if pid_text.isdigit() and not _alive(int(pid_text)):
-                try:
-                    (sub / name).unlink()
-                    removed += 1
-                except OSError:
-                    pass
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Removes the temporary files that dead writers left in a version folder and its store."""
+    return sum(atomic.remove_orphaned_temps(sub) for sub in (folder, folder / "executables"))
 
 
 def _sha256_of(path: Path) -> tuple[str, int]:
@@ -110,13 +75,6 @@ def _sha256_of(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-FILE_MODE = 0o666 & ~_umask()  # as JAX's own entries: in a team cache every member reads them
 
 
 def fetch_into(store: Store, jaxlib: str, records: Iterable[ObjectRecord], folder: Path, *, jobs: int = 16,
@@ -146,16 +104,14 @@ def fetch_into(store: Store, jaxlib: str, records: Iterable[ObjectRecord], folde
 
     def download(record: ObjectRecord) -> Path:
         target_dir = (folder / record.name).parent
-        fd, tmp_name = tempfile.mkstemp(dir=target_dir, prefix=temp_prefix())
+        fd, tmp = atomic.create_temp(target_dir)  # named by its writer: provably orphaned if it dies
         os.close(fd)
-        tmp = Path(tmp_name)
         try:
             store.download(catalog.object_name(jaxlib, record.sha256), tmp)
             digest, size = _sha256_of(tmp)
             if size != record.size or digest != record.sha256:
                 raise _Refused(f"{size} bytes with SHA-256 {digest[:12]}..., the manifest says {record.size} "
                                f"bytes with {record.sha256[:12]}... (tampered or damaged): refused")
-            os.chmod(tmp, FILE_MODE)
             return tmp
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -278,4 +234,4 @@ def upload_from(store: Store, jaxlib: str, records: Iterable[ObjectRecord], fold
     return Transferred(done=tuple(done), failed=tuple(failed), bytes=moved, seconds=time.monotonic() - start)
 
 
-__all__ = ["FILE_MODE", "Progress", "Transferred", "enter", "enter_all", "fetch_into", "remove_dead_temps", "temp_prefix", "upload_from"]
+__all__ = ["Progress", "Transferred", "enter", "enter_all", "fetch_into", "remove_dead_temps", "upload_from"]

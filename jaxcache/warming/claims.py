@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from jaxcache import atomic
+
 __all__ = ["ClaimBoard", "Published"]
 
 _POLL_SECONDS = 0.05
@@ -100,10 +102,8 @@ class ClaimBoard:
     def publish(self, target: str, names: Sequence[str] | None) -> None:
         """Tells the other workers what ``target``'s kernels are (``None``: its build failed)."""
         path = self.folder / _hashed("names", target)
-        temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        try:
-            temp.write_text(json.dumps(None if names is None else list(names)))
-            os.replace(temp, path)  # readers never see half a list
+        try:  # readers never see half a list
+            atomic.write_atomically(path, json.dumps(None if names is None else list(names)).encode())
         except OSError:
             pass  # they then leave this target to its builder
 
