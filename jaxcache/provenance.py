@@ -28,8 +28,9 @@ if __name__.startswith("_jaxcache_bootstrap_"):  # loaded by path, with its sibl
     atomic = sys.modules["_jaxcache_bootstrap_atomic"]
     jaxformat = sys.modules["_jaxcache_bootstrap_jaxformat"]
     jaxinternals = sys.modules["_jaxcache_bootstrap_jaxinternals"]
+    uses = sys.modules["_jaxcache_bootstrap_uses"]
 else:
-    from jaxcache import atomic, jaxformat, jaxinternals
+    from jaxcache import atomic, jaxformat, jaxinternals, uses
 
 VERSION_DIR_PREFIX = "jaxlib-"
 MARKER_NAME = ".jaxcache-version.json"
@@ -209,11 +210,13 @@ def compact_writes(folder: Path) -> int:
 
 
 class WriteRecorder:
-    """A :mod:`jaxcache.compilelog` listener recording each entry JAX writes.
+    """A :mod:`jaxcache.compilelog` listener recording each entry JAX writes, and each use.
 
     Hears "'<module>' took at least ... seconds to compile (<secs>)", which
     precedes the write, then "Writing <module> ... with key <key>", and appends
     the key, platform and measured compile time to the version folder's log.
+    Every hit and write is also appended to the folder's use log
+    (:mod:`jaxcache.uses`): JAX records no use in an uncapped cache.
     """
 
     def __init__(self) -> None:
@@ -222,10 +225,13 @@ class WriteRecorder:
     def __call__(self, kind: str, module: str, value: str | float) -> None:
         if kind == "compile_time":
             self.last_compile_seconds[module] = float(value)
-        elif kind == "write":
+        elif kind in ("write", "hit"):
             import jax
 
             folder = Path(jax.config.jax_compilation_cache_dir or "")
-            if read_marker(folder) is not None:
+            if not folder.name or not folder.is_dir():
+                return
+            if kind == "write" and read_marker(folder) is not None:
                 record_write(folder, str(value), jaxinternals.writing_platform(),
                              self.last_compile_seconds.pop(module, None))
+            uses.record_uses(folder, [str(value)])

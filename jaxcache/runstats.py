@@ -22,7 +22,7 @@ from typing import Any
 
 import filelock
 
-from jaxcache import atomic, jaxformat, provenance, uses
+from jaxcache import atomic, jaxformat, provenance
 from jaxcache.compilelog import CompileLog, ModuleCounts
 from jaxcache.configuration import cache_env, prepare_folder
 from jaxcache.errors import CacheDirError, CommandError, JaxCacheError, UsageError
@@ -164,7 +164,6 @@ def run(command: Sequence[str], settings: Settings, *, env: Mapping[str, str] | 
         for module, counts in log.snapshot().items():  # a write counts once its entry is on disk
             t = modules.setdefault(module, Totals())
             t.add(Totals(**{k: counts.get(k, 0) for k in _COUNTERS if k != "saved_seconds"}))
-    uses.record_uses(jax_dir, hit_keys)  # the file system's access time would not say (relatime)
     saved = _saved_seconds(settings.root, hit_keys)
     for key in hit_keys:
         module = key[:-65]

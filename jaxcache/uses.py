@@ -8,6 +8,11 @@ folder's use log, and scans take an entry's last use from there::
 
     <folder>/.jaxcache/uses      "<key>\\t<seconds since the epoch>\\n" per recorded hit
 
+Recorded by every process jaxcache configures (``configure()``, so the pytest
+plugin and ``warm``; ``jaxcache run``'s children through its bootstrap): each
+hit and each write, at the moment JAX logs it. Standard library only: the
+bootstrap loads this file by path.
+
 Lines are appended with one ``O_APPEND`` write each (atomic for lines this
 short on local file systems), so processes never interleave. The log is read
 whole by scans that want last uses; once it passes `COMPACT_BYTES` the next
@@ -21,12 +26,17 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from jaxcache import atomic
-from jaxcache.index import META_DIR_NAME
+if __name__.startswith("_jaxcache_bootstrap_"):  # loaded by path, with its siblings, by `jaxcache run`'s bootstrap
+    atomic = sys.modules["_jaxcache_bootstrap_atomic"]
+    META_DIR_NAME = ".jaxcache"  # jaxcache.index.META_DIR_NAME (tests/test_uses.py checks they agree)
+else:
+    from jaxcache import atomic
+    from jaxcache.index import META_DIR_NAME
 
 USES_NAME = "uses"
 COMPACT_BYTES = 1 << 20  # about 12k lines: rewrite with one line per key beyond this

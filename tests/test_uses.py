@@ -143,3 +143,25 @@ def test_the_use_log_keeps_the_last_use_and_compacts(tmp_path: Path, monkeypatch
     assert uses.load_uses(folder) == {"jit_a-" + "a" * 64: 300.0, "jit_b-" + "b" * 64: 300.0}
     uses.forget_uses(folder, ["jit_a-" + "a" * 64])
     assert uses.load_uses(folder) == {"jit_b-" + "b" * 64: 300.0}
+
+
+def test_a_configured_process_records_its_hits_and_writes(tmp_path: Path) -> None:
+    from jaxcache_testing import env_with, run_compile
+
+    root = tmp_path / "cache"
+    first = run_compile(env_with(JAXCACHE_DIR=str(root)))  # jaxcache.configure(), then three compiles
+    folder = version_folder(root)
+    written = uses.load_uses(folder)
+    assert set(written) == {p.name[:-6] for p in folder.glob("*-cache")} and first["misses"]
+    before = time.time()
+    second = run_compile(env_with(JAXCACHE_DIR=str(root)))
+    assert second["hits"] and not second["misses"]
+    used = uses.load_uses(folder)
+    assert all(used[key] >= before - 1 for key in written), (used, before)
+
+
+def test_the_bootstrap_copy_of_the_meta_folder_name_is_the_index_one() -> None:
+    from jaxcache.index import META_DIR_NAME
+
+    source = Path(uses.__file__).read_text()
+    assert f'META_DIR_NAME = "{META_DIR_NAME}"' in source

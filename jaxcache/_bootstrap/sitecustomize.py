@@ -34,7 +34,7 @@ def _chain_sitecustomize() -> None:
 
 
 # Loaded by path in this order: each may use those before it (see their module headers).
-_MODULES = ("atomic", "jaxformat", "importhook", "jaxinternals", "compilelog", "provenance")
+_MODULES = ("atomic", "jaxformat", "uses", "importhook", "jaxinternals", "compilelog", "provenance")
 
 
 def _load(name: str):
