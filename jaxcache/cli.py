@@ -726,9 +726,79 @@ def run_command(ctx: click.Context, command: tuple[str, ...], push_to: str | Non
         if rows and len(rows) <= 30:
             click.echo(display.table(("MODULE", "REQUESTS", "HITS", "MISSES", "COMPILE S", "SAVED S"), rows,
                                      right=(1, 2, 3, 4, 5)), err=True)
+        _print_why(report.why, err=True, more=f"jaxcache explain --run {report.run_id}")
     if push_to:
         return _push_after_run(ctx, push_to, report.exit_code)
     return report.exit_code
+
+
+def _print_why(explanations, *, err: bool = False, more: str = "jaxcache explain") -> None:
+    """One line per function and reason: new, or what changed."""
+    from jaxcache.explain import short_lines
+
+    if not explanations:
+        return
+    click.echo(f"Why it compiled (all: `{more}`):", err=err)
+    for line in short_lines(explanations):
+        click.echo(f"  {line}", err=err)
+
+
+@main.command("explain")
+@click.option("--run", "run", default="last", show_default=True, metavar="last|N|RUN",
+              help="Which run: the last, N runs back (1: the last), or a run id from --list.")
+@click.option("--name", "pattern", metavar="GLOB", help="Instead: what sets apart the entries of these functions.")
+@click.option("--list", "list_runs", is_flag=True, help="List the recorded runs.")
+@json_option
+@click.pass_context
+def explain_command(ctx: click.Context, run: str, pattern: str | None, list_runs: bool, as_json: bool) -> None:
+    """Why did a run compile? Each persistent-cache miss: new, or what changed.
+
+    Runs are recorded by jaxcache.configure(), `jaxcache run` and `pytest --jaxcache`.
+
+    Example: jaxcache explain --run last
+    """
+    from jaxcache import keyparts
+    from jaxcache.explain import explain_entries, explain_run
+    from jaxcache.prune import validate_glob
+
+    root = _settings(ctx).root
+    if not root.is_dir():
+        raise CacheDirError(f"no cache folder at {root}")
+    if list_runs:
+        rows = []
+        for path in reversed(keyparts.list_runs(root)):
+            headers, misses = keyparts.load_run(path)
+            argv = " ".join(headers[0].get("argv") or []) if headers else ""
+            rows.append({"run": path.stem, "misses": len({m.get("key") for m in misses}), "argv": argv})
+        if as_json:
+            _emit_json(rows)
+        else:
+            click.echo(display.table(("RUN", "MISSES", "COMMAND"), [(r["run"], r["misses"], r["argv"][:80])
+                                                                   for r in rows], right=(1,)))
+        return
+    if pattern is not None:
+        explained = explain_entries(root, validate_glob(pattern))
+        if as_json:
+            _emit_json([e.as_dict() for e in explained])
+            return
+        for e in explained:
+            what = e.note if e.verdict != "changed" else "; ".join(d.what for d in e.differences)
+            click.echo(f"{e.module} {e.key[-64:][:12]}: {what}")
+        return
+    result = explain_run(root, run)
+    if as_json:
+        _emit_json(result.as_dict())
+        return
+    if not result.explanations:
+        click.echo(f"Run {result.run} missed nothing jaxcache recorded.")
+        return
+    click.echo(f"Run {result.run} ({' '.join(result.argv)[:80]}): "
+               f"{display.count(len(result.explanations), 'miss', 'misses')}")
+    for e in result.explanations:
+        click.echo(f"{e.module}: {e.summary}")
+        for d in e.differences:
+            if d.hint:
+                click.echo(f"    {d.hint}")
 
 
 @main.command("stats")

@@ -85,9 +85,13 @@ def jax_cache_folder() -> str | None:
 _STATE_ATTR = "_jaxcache_tap"
 
 
+RecordListener = Callable[[logging.LogRecord], None]
+
+
 class _TapState:
     def __init__(self) -> None:
         self.listeners: list[Listener] = []
+        self.record_listeners: dict[str, list[RecordListener]] = {}  # by logger name: every record, raw
         self.records: Counter[str] = Counter()  # JAX's records seen, by kind
         self.events: Counter[str] = Counter()  # JAX's monitoring events seen, by kind
         self.watching = False
@@ -96,6 +100,14 @@ class _TapState:
 
 
 def _observe(state: Any, record: logging.LogRecord) -> None:
+    for listener in list(getattr(state, "record_listeners", {}).get(record.name, ())):
+        try:
+            listener(record)
+        except Exception as err:  # noqa: BLE001 (a listener must never break a compile; said once)
+            if id(listener) not in state.broken:
+                state.broken.add(id(listener))
+                warnings.warn(f"jaxcache: a compile-log listener failed ({type(err).__name__}: {err}); "
+                              "what it records is incomplete", RuntimeWarning, stacklevel=2)
     event = classify(record)
     if event is None:
         return
@@ -161,6 +173,22 @@ def _check(state: Any, event: str) -> None:
 _COUNTING = {HIT: "counting persistent-cache hits per module", MISS: "counting persistent-cache misses per module",
              WRITE: "counting and recording the entries JAX writes"}
 _EVENT_SAYS = {HIT: "reported a hit", MISS: "wrote an entry (after a miss)", WRITE: "wrote an entry"}
+
+
+def listen_records(logger_name: str, listener: RecordListener) -> Callable[[], None]:
+    """Calls ``listener(record)`` for every record of that logger, DEBUG included, without
+    changing what the logger shows anyone else; returns an undo."""
+    state = _state()
+    if not hasattr(state, "record_listeners"):  # a tap made by an older copy of this module
+        state.record_listeners = {}
+    _tap(logging.getLogger(logger_name), state)
+    state.record_listeners.setdefault(logger_name, []).append(listener)
+
+    def remove() -> None:
+        if listener in state.record_listeners.get(logger_name, []):
+            state.record_listeners[logger_name].remove(listener)
+
+    return remove
 
 
 def listen(listener: Listener) -> Callable[[], None]:

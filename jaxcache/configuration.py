@@ -233,12 +233,15 @@ _recorder: provenance.WriteRecorder | None = None
 
 
 def _install_provenance_recorder() -> None:
-    from jaxcache import compilelog
+    """Records, from JAX's log records, each entry written, each use, and what each key is made of."""
+    from jaxcache import compilelog, keyparts
 
     global _recorder
     if _recorder is None:
         _recorder = provenance.WriteRecorder()
         compilelog.listen(_recorder)
+        if keyparts.recording_enabled():
+            keyparts.KeyPartsRecorder().install()
 
 
 __all__ = ["Configured", "configure", "JaxCacheError"]

@@ -116,6 +116,66 @@ def on_jax_event(callback: Callable[[str], None]) -> None:
     jax.monitoring.register_event_listener(lambda event, **_: callback(event))
 
 
+# --- The parts of a key (jax/_src/cache_key.py) and the traced arguments (pxla.py) -------
+# At DEBUG, cache_key.get logs each part's own hash and the key so far, in this order, and
+# each XLA flag it includes; pxla logs the arguments' avals when it lowers a computation:
+#   jax._src.cache_key          "get_cache_key hash of serialized %s: %s"       (part, hex of that part alone)
+#   jax._src.cache_key          "get_cache_key hash after serializing %s: %s"   (part, hex of the key so far)
+#   jax._src.cache_key          "Including XLA flag in cache key: %s"            (flag)
+#   jax._src.interpreters.pxla  "Compiling %s with global shapes and types %s. Argument mapping: %s."
+#                                                                               (module, avals, shardings)
+# The key's hex is the running hash after the last part. Logging the parts makes JAX hash
+# each part twice, so these loggers are tapped only where key parts are recorded.
+CACHE_KEY_LOGGER = "jax._src.cache_key"
+LOWERING_LOGGER = "jax._src.interpreters.pxla"
+KEY_PARTS = ("computation", "jax_lib version", "backend version", "XLA flags", "compile_options",
+             "accelerator_config", "compression", "custom_hook")
+_PART_MESSAGE = "get_cache_key hash of serialized %s: %s"
+_TOTAL_MESSAGE = "get_cache_key hash after serializing %s: %s"
+_FLAG_MESSAGE = "Including XLA flag in cache key: %s"
+_LOWERING_PREFIX = "Compiling %s with global shapes and types %s."
+
+
+def classify_key_record(record: logging.LogRecord) -> tuple[str, str, str] | None:
+    """``("part", name, hex)``, ``("total", name, hex)``, ``("flag", flag, "")`` or
+    ``("lowering", module, avals)`` for the records above, else None."""
+    msg, args = record.msg, record.args
+    if not isinstance(msg, str) or not isinstance(args, tuple) or not args:
+        return None
+    if msg == _PART_MESSAGE and len(args) == 2:
+        return "part", str(args[0]), str(args[1])
+    if msg == _TOTAL_MESSAGE and len(args) == 2:
+        return "total", str(args[0]), str(args[1])
+    if msg == _FLAG_MESSAGE and len(args) == 1:
+        return "flag", str(args[0]), ""
+    if msg.startswith(_LOWERING_PREFIX) and len(args) >= 2:
+        avals = args[1]
+        shown = [getattr(a, "str_short", lambda a=a: str(a))() for a in avals] if isinstance(avals, (list, tuple)) \
+            else [str(avals)]
+        return "lowering", str(args[0]), "(" + ", ".join(shown) + ")"
+    return None
+
+
+COMPILE_FUNCTION = "compile_or_get_cached"  # compiler.py; its ``backend`` argument, at a miss
+
+
+def compiling_backend() -> Any | None:
+    """The backend JAX is compiling for (or writing an entry of), from the compiler's frame.
+
+    Call it from inside JAX's miss or write log call. None when the frame is not there.
+    """
+    frame = sys._getframe(1)
+    for _ in range(40):
+        if frame is None:
+            break
+        if frame.f_code.co_name in (COMPILE_FUNCTION, WRITER_FUNCTION):
+            backend = frame.f_locals.get("backend")
+            if isinstance(getattr(backend, "platform", None), str):
+                return backend
+        frame = frame.f_back
+    return None
+
+
 # --- The platform of the executable being written -------------------------------------
 WRITER_FUNCTION = "put_executable_and_time"  # compilation_cache.py; its ``backend`` argument
 

@@ -19,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from jaxcache import exeformat, jaxformat, provenance, uses
+from jaxcache import exeformat, jaxformat, keyparts, provenance, uses
 from jaxcache.errors import UsageError
 from jaxcache.exeformat import StoredExecutable
 from jaxcache.locking import BATCH_SIZE, folder_lock
@@ -327,7 +327,9 @@ def execute(plan: PrunePlan, *, progress: Callable[[int], None] | None = None) -
                 progress(done)
         with folder_lock(folder):
             provenance.compact_writes(folder)  # else the log keeps a line per entry ever written
-            uses.forget_uses(folder, (e.key for e in deleted if e.folder == folder))
+            gone = [e.key for e in deleted if e.folder == folder]
+            uses.forget_uses(folder, gone)
+            keyparts.forget_keys(folder, gone)
     gone, not_gone = [], []
     for item in plan.executables:
         reason = exeformat.delete(item)

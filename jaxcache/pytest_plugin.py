@@ -108,10 +108,17 @@ def pytest_configure(config: pytest.Config) -> None:
     from jaxcache.errors import JaxCacheError
     from jaxcache.settings import resolve
 
+    from jaxcache import keyparts
+
     try:
         settings = resolve(cache_dir=config.getoption("jaxcache") or None, argument_source="--jaxcache")
         jax_dir, _ = prepare_folder(settings)
         os.environ.update(cache_env(settings, jax_dir))  # xdist workers and subprocesses
+        # The session and its xdist workers are one run for `jaxcache explain` (set before configure()).
+        if keyparts.RUN_ID_ENV not in os.environ:
+            os.environ[keyparts.RUN_ID_ENV] = keyparts.new_run_id()
+            keyparts.start_run(settings.root, os.environ[keyparts.RUN_ID_ENV], ["pytest", *config.invocation_params.args])
+        config.stash[_root_key] = settings.root
         configure(settings.root)  # atomic writes included
     except JaxCacheError as e:
         raise pytest.UsageError(f"--jaxcache: {e}") from None
@@ -120,6 +127,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 _log_key = pytest.StashKey[Any]()
+_root_key = pytest.StashKey[Any]()
 _totals_key = pytest.StashKey[dict[str, int]]()
 
 
@@ -160,3 +168,23 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         f"{requests} compile requests, {totals.get('hits', 0)} hits, {totals.get('misses', 0)} misses{rate}, "
         f"{totals.get('writes', 0)} entries written"
     )
+    if totals.get("misses", 0):
+        for line in _why_lines(config):
+            terminalreporter.write_line(line)
+
+
+def _why_lines(config: pytest.Config, limit: int = 10) -> list[str]:
+    """"Why it compiled": this session's misses, explained (`jaxcache explain --run RUN` for all)."""
+    from jaxcache import keyparts
+    from jaxcache.errors import JaxCacheError
+    from jaxcache.explain import explain_run, short_lines
+
+    run = os.environ.get(keyparts.RUN_ID_ENV)
+    try:
+        explained = explain_run(config.stash[_root_key], run).explanations if run else ()
+    except (JaxCacheError, OSError, KeyError):
+        return []
+    if not explained:
+        return []
+    return (["why it compiled:"] + [f"  {line}" for line in short_lines(explained, limit=limit)]
+            + [f"  (all of them: `jaxcache explain --run {run}`)"])

@@ -56,6 +56,8 @@ class RunReport:
     totals: Totals
     modules: dict[str, Totals] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # about the folder (others can write to it)
+    run_id: str | None = None  # its misses' record (`jaxcache explain --run RUN_ID`)
+    why: list[Any] = field(default_factory=list)  # each miss explained (jaxcache.explain.Explanation)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +68,8 @@ class RunReport:
             **_rounded(asdict(self.totals)),
             "modules": {m: _rounded(asdict(t)) for m, t in sorted(self.modules.items())},
             "warnings": self.warnings,
+            "run": self.run_id,
+            "why": [e.as_dict() for e in self.why],
         }
 
 
@@ -136,6 +140,13 @@ def run(command: Sequence[str], settings: Settings, *, env: Mapping[str, str] | 
     child_env = dict(os.environ if env is None else env)
     child_env.update(cache_env(settings, jax_dir))
     child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BOOTSTRAP_DIR), child_env.get("PYTHONPATH")]))
+    from jaxcache import keyparts
+
+    run_id = child_env[keyparts.RUN_ID_ENV] = keyparts.new_run_id()  # every process of the command: one run
+    try:
+        keyparts.start_run(settings.root, run_id, list(command))
+    except OSError:
+        pass  # a record is metadata: the command runs anyway
     with tempfile.TemporaryDirectory(prefix="jaxcache-run-") as tmp:
         stats_file = Path(tmp) / "stats.jsonl"
         child_env["JAXCACHE_RUN_STATS"] = str(stats_file)
@@ -173,9 +184,21 @@ def run(command: Sequence[str], settings: Settings, *, env: Mapping[str, str] | 
     for t in modules.values():
         totals.add(t)
     report = RunReport(command=list(command), exit_code=code, seconds=seconds, processes=len(logs),
-                       totals=totals, modules=modules, warnings=problems)
+                       totals=totals, modules=modules, warnings=problems, run_id=run_id,
+                       why=_why(settings.root, run_id) if totals.misses else [])
     record_run(settings.root, report)
     return report
+
+
+def _why(root: Path, run_id: str) -> list[Any]:
+    """This run's misses, explained (nothing if none were recorded, e.g. JAX changed its records)."""
+    from jaxcache.errors import UsageError
+    from jaxcache.explain import explain_run
+
+    try:
+        return list(explain_run(root, run_id).explanations)
+    except (UsageError, OSError):
+        return []
 
 
 def _replay(lines: list[str]) -> dict[int, CompileLog]:

@@ -341,3 +341,49 @@ print(json.dumps({"envs": envs, "warnings": [str(w.message) for w in caught
     assert out["warnings"][0].startswith("jaxcache: the executable store is off with jax ")
     assert "trace_context" in out["warnings"][0]
     assert out["warnings"][1].startswith("jaxcache: something is off")
+
+
+KEY_PARTS_PROGRAM = r"""
+import json, logging, sys
+""" + PLAIN_CACHE + r"""
+import threading
+import jax.numpy as jnp
+from jaxcache import compilelog, jaxinternals
+
+records, backends = [], []
+compilelog.listen_records(jaxinternals.CACHE_KEY_LOGGER, lambda r: records.append(
+    [r.thread == threading.get_ident()] + list(jaxinternals.classify_key_record(r) or [None])))
+compilelog.listen_records(jaxinternals.LOWERING_LOGGER, lambda r: records.append(
+    [True] + list(jaxinternals.classify_key_record(r) or [None])))
+
+def at_event(kind, module, value):
+    if kind in ("miss", "write"):
+        backend = jaxinternals.compiling_backend()
+        backends.append([kind, value, getattr(backend, "platform", None), len(backend.devices()) if backend else None])
+compilelog.listen(at_event)
+jax.jit(lambda x: jnp.cos(x) @ x)(jnp.ones((3, 3))).block_until_ready()
+print(json.dumps({"records": records, "backends": backends}))
+"""
+
+
+def test_key_parts_are_logged_in_order_and_add_up_to_the_key(tmp_path: Path) -> None:
+    """What `jaxcache explain` records: each of JAX's eight key parts, hashed alone and then
+    cumulatively, whose last running hash is the key; the XLA flags; the lowered arguments;
+    the compiling backend at a miss and a write."""
+    out = _run(KEY_PARTS_PROGRAM, str(tmp_path), "--xla_cpu_enable_fast_math=false")
+    records = out["records"]
+    assert all(same_thread for same_thread, *_ in records), records
+    lowered = [r for r in records if r[1] == "lowering"]
+    # jit(<lambda>) from jax 0.7, <lambda> before: the same letters as the key's jit__lambda, but "jit".
+    assert [(name, sig) for _, _, name, sig in lowered if sig == "(float32[3,3])"] in (
+        [("jit(<lambda>)", "(float32[3,3])")], [("<lambda>", "(float32[3,3])")]), lowered
+    parts = [r[2] for r in records if r[1] == "part"]
+    totals = [(r[2], r[3]) for r in records if r[1] == "total"]
+    assert tuple(parts[: len(jaxinternals.KEY_PARTS)]) == jaxinternals.KEY_PARTS, parts
+    assert tuple(name for name, _ in totals[: len(jaxinternals.KEY_PARTS)]) == jaxinternals.KEY_PARTS
+    misses = [b for b in out["backends"] if b[0] == "miss"]
+    keys = {b[1][-64:] for b in misses}
+    final = {hex_ for name, hex_ in totals if name == jaxinternals.KEY_PARTS[-1]}
+    assert keys <= final, (keys, final)  # the running hash after the last part is the key
+    assert "--xla_cpu_enable_fast_math=false" in [r[2] for r in records if r[1] == "flag"]
+    assert {(b[0], b[2], b[3]) for b in out["backends"]} >= {("miss", "cpu", 1), ("write", "cpu", 1)}

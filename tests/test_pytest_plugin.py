@@ -47,12 +47,15 @@ def test_xdist_workers_share_one_cache(tmp_path: Path) -> None:
     first, (requests, hits, misses, writes) = _pytest(suite, "-n", "2", f"--jaxcache={cache}")
     assert first.returncode == 0, first.stdout + first.stderr
     assert requests > 0 and misses > 0 and writes > 0
+    # Why it compiled, for the session and its workers as one run: every function new here.
+    assert "why it compiled:" in first.stdout and re.search(r"jit_\w+ \(\d+\): new: ", first.stdout), first.stdout
     entries = len(scan(cache).entries)
     assert entries > 0
 
     second, (requests2, hits2, misses2, _) = _pytest(suite, "-n", "2", f"--jaxcache={cache}")
     assert second.returncode == 0, second.stdout + second.stderr
     assert requests2 == requests and misses2 == 0 and hits2 == requests2
+    assert "why it compiled:" not in second.stdout
     assert len(scan(cache).entries) == entries
     assert not list(cache.rglob(".jaxcache-tmp-*"))  # atomic writes leave no temporary file
 

@@ -34,7 +34,7 @@ def _chain_sitecustomize() -> None:
 
 
 # Loaded by path in this order: each may use those before it (see their module headers).
-_MODULES = ("atomic", "jaxformat", "uses", "importhook", "jaxinternals", "compilelog", "provenance")
+_MODULES = ("atomic", "jaxformat", "uses", "importhook", "jaxinternals", "compilelog", "provenance", "keyparts")
 
 
 def _load(name: str):
@@ -96,6 +96,9 @@ def _record_stats() -> None:
     compilelog.listen(append)
     if os.environ.get("JAXCACHE_DIR"):
         compilelog.listen(_load("provenance").WriteRecorder())
+        keyparts = _load("keyparts")
+        if keyparts.recording_enabled():
+            keyparts.KeyPartsRecorder().install()  # the run's id comes from JAXCACHE_RUN_ID
 
 
 def _plug_solver(store_module) -> None:
