@@ -122,6 +122,9 @@ class KeyPartsRecorder:
             if signature is None and name.startswith("jit"):  # jax < 0.7 logs the bare function name
                 signature = self._lowered.get((thread, name[3:]))
         if parts is None:
+            if kind == compilelog.MISS:
+                jaxinternals.feature_off("explaining misses (jaxcache explain)",
+                                         "JAX logged a miss without the key-part records jaxcache reads")
             return
         folder = compilelog.jax_cache_folder()
         if not folder:
