@@ -333,7 +333,9 @@ def ls_command(ctx: click.Context, sort_by: str, pattern: str | None, as_json: b
     def compile_time(d: Any) -> str:
         if d.measured_compile_seconds is not None:
             return f"{d.measured_compile_seconds:.2f}s"
-        return "-" if d.compile_seconds is None else f"{d.compile_seconds}s"
+        if d.compile_seconds is None:
+            return "-"
+        return "<1s" if d.compile_seconds == 0 else f"{d.compile_seconds}s"  # JAX stores whole seconds
 
     def last_used(d: Any) -> str:
         # Without a recorded use only the file system's access time speaks, and it may lag (relatime).
@@ -695,9 +697,10 @@ def verify_command(ctx: click.Context, as_json: bool, **params: Any) -> None:
 def _print_traffic(title: str, totals: dict[str, Any]) -> None:
     requests = int(totals["requests"])
     rate = f" ({100 * totals['hits'] / requests:.0f}% hit)" if requests else ""
-    click.echo(f"{title}: {requests} compile requests, {totals['hits']} hits, {totals['misses']} misses{rate}; "
-               f"{totals['writes']} entries written; {totals['compile_seconds']:.1f} s compiling, "
-               f"{totals['saved_seconds']:.1f} s saved", err=True)
+    counted = ", ".join(display.count(int(totals[k]), noun, plural) for k, noun, plural in (
+        ("requests", "compile request", None), ("hits", "hit", None), ("misses", "miss", "misses")))
+    click.echo(f"{title}: {counted}{rate}; {display.count(int(totals['writes']), 'entry', 'entries')} written; "
+               f"{totals['compile_seconds']:.1f} s compiling, {totals['saved_seconds']:.1f} s saved", err=True)
 
 
 @main.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -764,6 +767,9 @@ def explain_command(ctx: click.Context, run: str, pattern: str | None, list_runs
     root = _settings(ctx).root
     if not root.is_dir():
         raise CacheDirError(f"no cache folder at {root}")
+    run_given = ctx.get_parameter_source("run") == click.core.ParameterSource.COMMANDLINE
+    if sum([list_runs, pattern is not None, run_given]) > 1:
+        raise click.UsageError("give one of --run, --name and --list")
     if list_runs:
         rows = []
         for path in reversed(keyparts.list_runs(root)):
@@ -778,6 +784,8 @@ def explain_command(ctx: click.Context, run: str, pattern: str | None, list_runs
         return
     if pattern is not None:
         explained = explain_entries(root, validate_glob(pattern))
+        if not explained:
+            raise JaxCacheError(f"no entries of functions matching {pattern!r} in {root}")
         if as_json:
             _emit_json([e.as_dict() for e in explained])
             return
@@ -1084,17 +1092,24 @@ def pull_command(ctx: click.Context, remote: str, strict: bool, jobs: int, key_f
 @click.option("--name", "pattern", metavar="GLOB", help="Only objects whose module name matches, e.g. 'jit_lsq_*'.")
 @click.option("--key-file", type=click.Path(dir_okay=False), metavar="FILE",
               help="Sign with this fleet key (else JAXCACHE_FLEET_KEY or JAXCACHE_FLEET_KEY_FILE).")
+@click.option("--yes", "-y", is_flag=True, help="Replace FILE if it exists, without asking.")
 @json_option
 @click.pass_context
 def export_command(ctx: click.Context, output: Path, version: str | None, pattern: str | None, key_file: str | None,
-                   as_json: bool) -> None:
+                   yes: bool, as_json: bool) -> None:
     """Write one version folder's entries and stored executables, with their manifest, into one file.
+
+    An existing FILE is replaced only after a yes on a terminal, or with --yes.
 
     Example: jaxcache export -o jax-cache.tar --name 'jit_lsq_*'
     """
     from jaxcache.fleet.bundle import export
     from jaxcache.fleet.trust import load_key
 
+    if not output.absolute().parent.is_dir():
+        raise CacheDirError(f"cannot write {output}: no folder {output.absolute().parent}")
+    if output.exists() or output.is_symlink():
+        _confirm(f"Replace {output}?", yes=yes, as_json=as_json, verb=f"replace {output}")
     result = export(_settings(ctx), output, version=version, name=pattern, key=load_key(key_file))
     for name, why in result.refused:
         click.echo(f"jaxcache: warning: not exported {name}: {why}", err=True)

@@ -30,6 +30,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -65,12 +66,21 @@ def classify(record: logging.LogRecord) -> tuple[str, str, str | float] | None:
     return jaxinternals.classify(record)
 
 
-def _nonempty(path: str) -> bool:
-    # A full disk leaves JAX's plain write_bytes an empty file (jaxcache's atomic writes, none).
+# A file's mtime may trail the clock that stamped the write's record by this much (coarse timestamps).
+_CLOCK_SLACK_SECS = 1.0
+
+
+def _written_since(path: str, since: float) -> bool:
+    """Whether ``path`` is a non-empty file written at ``since`` or later.
+
+    A full disk leaves JAX's plain write_bytes an empty file (jaxcache's atomic writes, none);
+    and JAX logs a write even when the key is there already, broken (it never replaces an entry).
+    """
     try:
-        return os.stat(path).st_size > 0
+        st = os.stat(path)
     except OSError:
         return False
+    return st.st_size > 0 and st.st_mtime >= since - _CLOCK_SLACK_SECS
 
 
 def jax_cache_folder() -> str | None:
@@ -219,18 +229,24 @@ class CompileLog:
     """Counts per module name; start with :meth:`start`, stop with :meth:`stop`.
 
     JAX logs a write before it makes it, and a write that then fails (a full
-    disk, a read-only folder) is only a warning; so a write is counted once its
-    ``-cache`` file is seen, not empty, in the cache folder (``folder``, else the
-    one JAX is configured with), when the counts are read.
+    disk, a read-only folder) is only a warning, while one whose key is there
+    already (broken: JAX could not read it) writes nothing; so a write is
+    counted once its ``-cache`` file is seen, not empty and written since the
+    record, in the cache folder (``folder``, else the one JAX is configured
+    with), when the counts are read.
     """
 
     modules: dict[str, ModuleCounts] = field(default_factory=dict)
     hit_keys: list[str] = field(default_factory=list)
     folder: str | None = None
-    _pending_writes: list[tuple[str, str]] = field(default_factory=list)
+    _pending_writes: list[tuple[str, str, float]] = field(default_factory=list)
     _remove: Callable[[], None] | None = None
 
     def __call__(self, kind: str, module: str, value: str | float) -> None:
+        self.observe(kind, module, value)
+
+    def observe(self, kind: str, module: str, value: str | float, at: float | None = None) -> None:
+        """Counts one event; ``at`` is when it happened (now, unless replayed from a record)."""
         counts = self.modules.setdefault(module, ModuleCounts())
         if kind == HIT:
             counts.requests += 1
@@ -240,7 +256,7 @@ class CompileLog:
             counts.requests += 1
             counts.misses += 1
         elif kind == WRITE:
-            self._pending_writes.append((module, str(value)))
+            self._pending_writes.append((module, str(value), time.time() if at is None else at))
         elif kind == COMPILE_TIME:
             counts.compile_seconds += float(value)
 
@@ -257,11 +273,11 @@ class CompileLog:
     def _confirm_writes(self) -> None:
         folder = self.folder or jax_cache_folder()
         still_pending = []
-        for module, key in self._pending_writes:
-            if folder is None or _nonempty(os.path.join(folder, key + "-cache")):
+        for module, key, at in self._pending_writes:
+            if folder is None or _written_since(os.path.join(folder, key + "-cache"), at):
                 self.modules[module].writes += 1
             else:
-                still_pending.append((module, key))  # failed, or still being written
+                still_pending.append((module, key, at))  # failed, not needed, or still being written
         self._pending_writes = still_pending
 
     def snapshot(self) -> dict[str, dict[str, float]]:

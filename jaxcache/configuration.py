@@ -97,9 +97,13 @@ def prepare_folder(settings: Settings) -> tuple[Path, provenance.VersionInfo | N
 
     Raises:
         CacheDirError: the folder cannot be created or written.
+        NotACacheError: the folder holds other files and is not a cache (`jaxcache init` makes it one).
     """
     root = settings.root
     versions = provenance.installed_versions()
+    from jaxcache.scanning import require_cache_or_new
+
+    require_cache_or_new(root)  # never a home folder given by mistake; `jaxcache init` marks one on purpose
     try:
         root.mkdir(parents=True, exist_ok=True)
         if not root.is_dir():

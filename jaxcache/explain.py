@@ -107,7 +107,7 @@ class Explanation:
 
     module: str
     key: str
-    verdict: Literal["new", "changed", "unknown"]
+    verdict: Literal["new", "changed", "unreadable", "unknown"]
     closest: str | None = None
     differences: tuple[Difference, ...] = ()
     note: str | None = None
@@ -121,13 +121,24 @@ class Explanation:
         """One line: ``new``, or what changed."""
         if self.verdict == "new":
             return "new: no entry of this function in the cache"
+        if self.verdict == "unreadable":
+            return f"unreadable: {self.note}"
         if self.verdict == "unknown":
             return f"changed: {self.note}"
         return "changed: " + "; ".join(d.what for d in self.differences)
 
 
-def explain(miss: KeyRecord, entries: Iterable[Entry]) -> Explanation:
-    """Explains one miss against the cache's entries of the same function (any version folder)."""
+def explain(miss: KeyRecord, entries: Iterable[Entry], *, subject: str = "this run") -> Explanation:
+    """Explains one miss against the cache's entries of the same function (any version folder).
+
+    ``subject`` names what missed in the words (``"this entry"`` when comparing entries).
+    """
+    entries = list(entries)
+    if any(e.key == miss.key for e in entries):
+        # The very key is there: JAX found the entry and could not read it (cut short, damaged).
+        return Explanation(miss.module, miss.key, "unreadable", closest=miss.key,
+                           note="an entry with this very key is in the cache but JAX could not read it "
+                                "(damaged or cut short): `jaxcache check --repair` removes it")
     same_name = [e for e in entries if e.key[:-65] == miss.module and e.key != miss.key]
     if not same_name:
         return Explanation(miss.module, miss.key, "new")
@@ -148,8 +159,8 @@ def explain(miss: KeyRecord, entries: Iterable[Entry]) -> Explanation:
                                            e.record.time))  # type: ignore[union-attr]
     assert closest.record is not None
     differing = [part for part in PARTS if _differs(part, miss, closest.record)]
-    differences = tuple(_describe(part, miss.facts, closest.record.facts, follows=_follows(part, differing))
-                        for part in differing)
+    differences = tuple(_describe(part, miss.facts, closest.record.facts, follows=_follows(part, differing),
+                                  subject=subject) for part in differing)
     if not differences:
         return Explanation(miss.module, miss.key, "unknown", closest=closest.key,
                            note="every recorded part matches the closest entry (a part JAX did not log differs)")
@@ -174,7 +185,8 @@ def _follows(part: str, differing: list[str]) -> str | None:
     return None
 
 
-def _describe(part: str, now: Facts, then: Facts, *, follows: str | None = None) -> Difference:
+def _describe(part: str, now: Facts, then: Facts, *, follows: str | None = None,
+              subject: str = "this run") -> Difference:
     if part == "jax_lib version":
         return _jaxlib_difference(then.jaxlib, now.jaxlib)
     if part == "XLA flags":
@@ -184,8 +196,8 @@ def _describe(part: str, now: Facts, then: Facts, *, follows: str | None = None)
                 else f"the {now.platform} backend's version: {then.platform_version} -> {now.platform_version}")
         return Difference(part, what, "a different backend or driver: warm on the machine that runs")
     if part == "accelerator_config":
-        return Difference(part, _devices(then, now), "warm with the device count and kind of the run "
-                                                     "(`jaxcache warm --devices N`)")
+        return Difference(part, _devices(then, now, subject), "warm with the device count and kind of the run "
+                                                              "(`jaxcache warm --devices N`)")
     if part == "compile_options":
         if follows is not None:
             return Difference(part, f"the compile options with them (the {'XLA flags' if follows == 'XLA flags' else 'devices'} "
@@ -195,7 +207,10 @@ def _describe(part: str, now: Facts, then: Facts, *, follows: str | None = None)
             what += f"; the run has {now.device_count} devices, the entry was made with {then.device_count}"
         return Difference(part, what)
     if part == "computation":
-        return Difference(part, _program(then, now))
+        hint = None
+        if then.x64 is not None and now.x64 is not None and then.x64 != now.x64:
+            hint = "warm with x64 as the run has it (`jaxcache warm --x64`, or JAX_ENABLE_X64)"
+        return Difference(part, _program(then, now), hint)
     if part == "compression":
         return Difference(part, f"the compression: {then.compression or '?'} -> {now.compression or '?'} "
                                 "(zstandard installed or removed changes every key)",
@@ -219,18 +234,20 @@ def _flags_difference(then: Sequence[str] | None, now: Sequence[str] | None) -> 
                       "warm with the same XLA_FLAGS as the run")
 
 
-def _devices(then: Facts, now: Facts) -> str:
+def _devices(then: Facts, now: Facts, subject: str = "this run") -> str:
     def one(f: Facts) -> str:
         count = "?" if f.device_count is None else str(f.device_count)
         noun = "device" if f.device_count == 1 else "devices"
         return f"{count} {f.device_kind or f.platform or ''} {noun}".replace("  ", " ")
 
-    return f"the devices: the entry was made with {one(then)}, this run had {one(now)}"
+    return f"the devices: the entry was made with {one(then)}, {subject} had {one(now)}"
 
 
 def _program(then: Facts, now: Facts) -> str:
     if then.x64 is not None and now.x64 is not None and then.x64 != now.x64:
-        return f"the program: x64 {'on' if now.x64 else 'off'} (the entry was made with x64 {'on' if then.x64 else 'off'})"
+        return (f"the program: x64 {'on' if now.x64 else 'off'}, so its dtypes "
+                f"{'widen to 64 bits' if now.x64 else 'narrow to 32 bits'} (the entry was made with x64 "
+                f"{'on' if then.x64 else 'off'})")
     if then.signature and now.signature and then.signature != now.signature:
         return f"the program's arguments: {then.signature} -> {now.signature}"
     if then.signature and now.signature:
@@ -293,6 +310,7 @@ def explain_run(root: Path, run: str | int = "last") -> RunExplanation:
     """
     from jaxcache.errors import UsageError
 
+    root = keyparts.cache_root(root)  # given a version folder, its runs are its root's
     runs = keyparts.list_runs(root)
     if not runs:
         raise UsageError(f"no runs recorded in {root}: runs are recorded by jaxcache.configure(), `jaxcache run` "
@@ -302,7 +320,8 @@ def explain_run(root: Path, run: str | int = "last") -> RunExplanation:
     elif isinstance(run, int) or str(run).isdigit():
         n = int(run)
         if not 1 <= n <= len(runs):
-            raise UsageError(f"--run {n}: {len(runs)} runs are recorded here (1 is the last)")
+            raise UsageError(f"--run {n}: {len(runs)} run{'s are' if len(runs) != 1 else ' is'} recorded here "
+                             "(1 is the last)")
         path = runs[-n]
     else:
         matches = [p for p in runs if p.stem == str(run)]
@@ -332,7 +351,7 @@ def _first_per_key(misses: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def explain_entries(root: Path, pattern: str) -> list[Explanation]:
     """For the entries of each function matching ``pattern``: what sets each apart from the newest."""
-    entries = [e for e in cache_entries(root) if fnmatch.fnmatchcase(e.key[:-65], pattern)]
+    entries = [e for e in cache_entries(keyparts.cache_root(root)) if fnmatch.fnmatchcase(e.key[:-65], pattern)]
     out = []
     by_module: dict[str, list[Entry]] = {}
     for e in entries:
@@ -348,5 +367,5 @@ def explain_entries(root: Path, pattern: str) -> list[Explanation]:
             if not others:
                 out.append(Explanation(module, e.key, "new", note="the only recorded entry of this function"))
                 continue
-            out.append(explain(e.record, [others[-1]]))
+            out.append(explain(e.record, [others[-1]], subject="this entry"))
     return out

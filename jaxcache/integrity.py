@@ -29,6 +29,7 @@ Kind = Literal[
     "stale-temp",  # a temporary file of an atomic write whose writer died
     "damaged-executable",  # a stored executable whose payload does not match its header: never loaded
     "unshared",  # a version folder of a team cache its group cannot write to: members' writes fail
+    "unsettled",  # a broken entry written seconds ago: maybe still being written; not repaired yet
 ]
 Severity = Literal["error", "warning", "info"]
 _SEVERITY: dict[str, Severity] = {
@@ -42,6 +43,7 @@ _SEVERITY: dict[str, Severity] = {
     "stale-temp": "warning",
     "damaged-executable": "warning",
     "unshared": "error",
+    "unsettled": "warning",
 }
 # foreign-path is never repaired: a process pointed at the folder the entry names
 # (through a symlink, a relative path, another mount) still hits it, so nothing
@@ -217,10 +219,10 @@ def check(
     for done, entry in enumerate(info.entries, start=1):
         if progress is not None and done % 256 == 0:
             progress(done)
-        if now - entry.written < IN_PROGRESS_SECS:
-            continue
-        findings.extend(_check_entry(entry, needs_atime=entry.folder in needs_atime,
-                                     path_in_key=jaxformat.path_in_key(entry.version or installed_version)))
+        young = now - entry.written < IN_PROGRESS_SECS
+        findings.extend(_check_entry(entry, needs_atime=entry.folder in needs_atime and not young,
+                                     path_in_key=jaxformat.path_in_key(entry.version or installed_version),
+                                     young=young))
     if progress is not None:
         progress(len(info.entries))
     for path in info.orphan_atimes:
@@ -245,7 +247,7 @@ def check(
     return CheckReport(root=info.root, entries_checked=len(info.entries), findings=tuple(findings))
 
 
-def _check_entry(entry: CacheEntry, *, needs_atime: bool, path_in_key: bool) -> Iterable[Finding]:
+def _check_entry(entry: CacheEntry, *, needs_atime: bool, path_in_key: bool, young: bool) -> Iterable[Finding]:
     try:
         with jaxformat.open_entry(entry.path) as f:
             data = f.read()
@@ -257,8 +259,13 @@ def _check_entry(entry: CacheEntry, *, needs_atime: bool, path_in_key: bool) -> 
     try:
         executable = jaxformat.decompress_entry(data)
     except jaxformat.EntryFormatError as e:
-        kind: Kind = "unverifiable" if "zstandard" in str(e) else "corrupt"
-        yield Finding(kind, entry.path, str(e), key=entry.key)
+        kind: Kind = "unverifiable" if "zstandard" in str(e) else ("unsettled" if young else "corrupt")
+        message = str(e)
+        if kind == "unsettled":
+            # Plain JAX writes in place: a broken file this young may still be being written.
+            message += (f" (written {IN_PROGRESS_SECS:.0f} s ago or less: a write in progress, or one cut "
+                        "short; check again in a few seconds before repairing it)")
+        yield Finding(kind, entry.path, message, key=entry.key)
         return
     if needs_atime and not entry.has_atime:
         yield Finding(

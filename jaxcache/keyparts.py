@@ -79,7 +79,7 @@ class KeyPartsRecorder:
         self._keys: dict[str, dict[str, Any]] = {}  # key hex -> its parts and flags, until its event
         self._lowered: dict[tuple[int, str], str] = {}  # (thread, module) -> last arguments lowered
         self._lock = threading.Lock()
-        self._headed: set[Path] = set()
+        self._headed: set[Path] = set()  # roots whose run file has this process's header
         self._facts_cache: dict[str, Any] = {}
 
     def install(self) -> None:
@@ -111,7 +111,14 @@ class KeyPartsRecorder:
                     self._keys.pop(next(iter(self._keys)))
 
     def on_event(self, kind: str, module: str, value: Any) -> None:
-        if kind not in (compilelog.MISS, compilelog.WRITE):
+        if kind not in (compilelog.HIT, compilelog.MISS, compilelog.WRITE):
+            return
+        folder = compilelog.jax_cache_folder()
+        if not folder:
+            return
+        root = cache_root(Path(folder))
+        self._start(root)  # a run that only hits is a run too: `explain --run last` is this one
+        if kind == compilelog.HIT:
             return
         key = str(value)
         with self._lock:
@@ -126,25 +133,25 @@ class KeyPartsRecorder:
                 jaxinternals.feature_off("explaining misses (jaxcache explain)",
                                          "JAX logged a miss without the key-part records jaxcache reads")
             return
-        folder = compilelog.jax_cache_folder()
-        if not folder:
-            return
         record = {"key": key, "event": kind, "time": time.time(), "parts": parts["parts"],
                   "facts": self._facts(parts["flags"], signature)}
         try:
             if kind == compilelog.WRITE:
                 _append(keys_path(Path(folder)), record)
             else:
-                self._append_miss(cache_root(Path(folder)), record)
+                _append(runs_dir(root) / f"{self.run_id}.jsonl", record)
         except OSError:
             pass  # a record is metadata: never worth failing a compile for
 
-    def _append_miss(self, root: Path, record: dict[str, Any]) -> None:
-        path = runs_dir(root) / f"{self.run_id}.jsonl"
-        if path not in self._headed:
-            self._headed.add(path)
+    def _start(self, root: Path) -> None:
+        """This process's header in its run's file, once."""
+        if root in self._headed:
+            return
+        self._headed.add(root)
+        try:
             start_run(root, self.run_id, sys.argv)
-        _append(path, record)
+        except OSError:
+            pass
 
     def _facts(self, flags: list[str], signature: str | None) -> dict[str, Any]:
         facts: dict[str, Any] = {"xla_flags": flags, "signature": signature}

@@ -13,9 +13,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,10 +130,7 @@ def run(command: Sequence[str], settings: Settings, *, env: Mapping[str, str] | 
     """
     if not command:
         raise UsageError("no command to run: jaxcache run -- CMD [ARGS...]")
-    from jaxcache.scanning import require_cache_or_new
-
-    require_cache_or_new(settings.root)
-    jax_dir, _ = prepare_folder(settings)
+    jax_dir, _ = prepare_folder(settings)  # refuses a folder that is not a cache
     from jaxcache.security import cache_problems
 
     problems = cache_problems(settings.root, jax_dir)
@@ -157,12 +156,13 @@ def run(command: Sequence[str], settings: Settings, *, env: Mapping[str, str] | 
             raise CommandError(f"command not found: {command[0]}", exit_code=127) from None
         except PermissionError:
             raise CommandError(f"permission denied: cannot run {command[0]}", exit_code=126) from None
-        while True:
-            try:
-                code = proc.wait()
-                break
-            except KeyboardInterrupt:
-                continue  # the child got the same SIGINT; wait for it to finish
+        with _forwarding_signals(proc):
+            while True:
+                try:
+                    code = proc.wait()
+                    break
+                except KeyboardInterrupt:
+                    continue  # the child got the same SIGINT (see _forwarding_signals); wait for it
         seconds = time.perf_counter() - start
         lines = stats_file.read_text().splitlines() if stats_file.exists() else []
     if code < 0:
@@ -190,6 +190,54 @@ def run(command: Sequence[str], settings: Settings, *, env: Mapping[str, str] | 
     return report
 
 
+# Signals a job's supervisor sends to `jaxcache run` alone (docker stop, kill PID, a batch
+# system's time limit) that must reach the command, which decides how to end.
+_FORWARDED = ("SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+
+
+@contextmanager
+def _forwarding_signals(proc: subprocess.Popen[Any]) -> Iterator[None]:
+    """Passes signals sent to this process on to the command while it runs.
+
+    SIGINT too, except when this process is in its terminal's foreground
+    process group: Ctrl-C there already reached the command (which shares the
+    group), and a second one would interrupt its clean-up.
+    """
+    import signal
+
+    def forward(signum: int, frame: Any) -> None:
+        try:
+            proc.send_signal(signum)
+        except OSError:
+            pass  # it ended meanwhile
+
+    names = list(_FORWARDED) + ([] if _terminal_sends_sigint() else ["SIGINT"])
+    previous = {}
+    for name in names:
+        number = getattr(signal, name, None)
+        if number is not None:
+            try:
+                previous[number] = signal.signal(number, forward)
+            except (ValueError, OSError):  # not the main thread, or not catchable here
+                pass
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _terminal_sends_sigint() -> bool:
+    """Whether a Ctrl-C reaches the command by itself: we run in the foreground of a terminal."""
+    for stream in (sys.stdin, sys.stderr):
+        try:
+            if stream is not None and stream.isatty() and os.tcgetpgrp(stream.fileno()) == os.getpgrp():
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
 def _why(root: Path, run_id: str) -> list[Any]:
     """This run's misses, explained (nothing if none were recorded, e.g. JAX changed its records)."""
     from jaxcache.errors import UsageError
@@ -213,7 +261,7 @@ def _replay(lines: list[str]) -> dict[int, CompileLog]:
         log = logs.setdefault(pid, CompileLog())
         if record.get("folder"):
             log.folder = record["folder"]
-        log(kind, module, value)
+        log.observe(kind, module, value, at=record.get("time"))
     return logs
 
 

@@ -85,7 +85,7 @@ class Settings:
     xla_caches: Setting
     strict: Setting
     remote: Setting
-    # Config files that could not be read and were skipped (one line each, for a warning).
+    # What could not be used from config files, and was left out (one line each, for a warning).
     skipped: tuple[str, ...] = ()
 
     @property
@@ -143,21 +143,26 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise UnreadableConfig(f"{path}: cannot read ({e.strerror})") from None
 
 
-def load_table(path: Path, *, pyproject: bool) -> dict[str, Any]:
-    """The jaxcache settings table of a config file, validated.
+def load_table(path: Path, *, pyproject: bool, notes: list[str]) -> dict[str, Any]:
+    """The jaxcache settings table of a config file; what cannot be used is noted and left out.
+
+    A file's mistakes (an unknown key, a table that is not one) must not stop
+    commands that do not need them, nor crash a program calling ``configure()``:
+    each becomes one line in ``notes`` (shown as a warning).
 
     Raises:
-        UsageError: invalid TOML, an unknown key, or a non-table ``[tool.jaxcache]``.
+        UnreadableConfig: the file is not TOML at all.
     """
     data = read_toml(path)
     where = f"[tool.jaxcache] of {path}" if pyproject else str(path)
     table = data.get("tool", {}).get("jaxcache", {}) if pyproject else data
     if not isinstance(table, dict):
-        raise UsageError(f"{where}: expected a table")
+        notes.append(f"{where}: expected a table; ignored")
+        return {}
     for key in table:
         if key not in CONFIG_KEYS and key not in _OTHER_TABLES:
             known = ", ".join(sorted(CONFIG_KEYS))
-            raise UsageError(f"{where}: unknown key {key!r} (known keys: {known})")
+            notes.append(f"{where}: unknown key {key!r} ignored (known keys: {known})")
     return {k: v for k, v in table.items() if k in CONFIG_KEYS}
 
 
@@ -270,26 +275,28 @@ def resolve(
     }
     layers: list[tuple[str, Path, dict[str, Any]]] = []
     skipped: list[str] = []
-    # A file that is not valid TOML (any project's pyproject.toml, mid-edit) is skipped with
-    # a warning: it must not stop every command. A valid file with a bad value is an error.
+    # A file that is not valid TOML (any project's pyproject.toml, mid-edit), an unknown key
+    # or a bad value in it is skipped with a warning: it must not stop every command. A bad
+    # value given explicitly or in the environment is an error.
     try:
         pyproject = find_pyproject(cwd)
     except UnreadableConfig as e:
         skipped.append(f"{e}; its settings are ignored")
         pyproject = None
     if pyproject is not None:
-        layers.append((f"pyproject {pyproject}", pyproject.parent, load_table(pyproject, pyproject=True)))
+        layers.append((f"pyproject {pyproject}", pyproject.parent, load_table(pyproject, pyproject=True,
+                                                                               notes=skipped)))
     user_config = user_config_path()
     if user_config.is_file():
         try:
             layers.append((f"user config {user_config}", user_config.parent,
-                           load_table(user_config, pyproject=False)))
+                           load_table(user_config, pyproject=False, notes=skipped)))
         except UnreadableConfig as e:
             skipped.append(f"{e}; its settings are ignored")
 
     resolved: dict[str, Setting] = {}
     for name in explicit:
-        resolved[name] = _resolve_one(name, explicit[name], argument_source, env, cwd, layers)
+        resolved[name] = _resolve_one(name, explicit[name], argument_source, env, cwd, layers, skipped)
     return Settings(**resolved, skipped=tuple(skipped))
 
 
@@ -300,6 +307,7 @@ def _resolve_one(
     env: Mapping[str, str],
     cwd: Path,
     layers: list[tuple[str, Path, dict[str, Any]]],
+    notes: list[str],
 ) -> Setting:
     if explicit is not None:
         return Setting(_coerce(name, explicit, argument_source, cwd), argument_source)
@@ -309,7 +317,10 @@ def _resolve_one(
     config_key = next(k for k, v in CONFIG_KEYS.items() if v == name)
     for source, base, table in layers:
         if config_key in table:
-            return Setting(_coerce(name, table[config_key], source, base), source)
+            try:
+                return Setting(_coerce(name, table[config_key], source, base), source)
+            except UsageError as e:
+                notes.append(f"{e}; ignored")  # the next source decides
     if name == "cache_dir":
         return Setting(default_cache_dir().resolve(), "default (platformdirs user cache)")
     return Setting(_DEFAULTS[name], "default")

@@ -347,3 +347,18 @@ def test_a_suite_checking_jaxs_global_config_stays_green_under_the_plugin(tmp_pa
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, str(suite)],
                               capture_output=True, text=True, cwd=suite, env=env_with(), timeout=600)
         assert proc.returncode == 0, (args, proc.stdout[-3000:])
+
+
+def test_configure_refuses_a_folder_that_is_not_a_cache(tmp_path: Path) -> None:
+    """A home folder given by mistake gets no jaxlib-*/ and .jaxcache/ (as run and hook refuse it)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "thesis.tex").write_text("...")
+    proc = run_python(
+        "import jaxcache\n"
+        "try:\n"
+        f"    jaxcache.configure({str(home)!r})\n"
+        "except jaxcache.NotACacheError as e:\n"
+        "    print('REFUSED', e)\n", check=True)
+    assert "REFUSED" in proc.stdout and "jaxcache init" in proc.stdout
+    assert sorted(p.name for p in home.iterdir()) == ["thesis.tex"]

@@ -168,3 +168,17 @@ def test_a_repair_skips_an_entry_made_whole_since_the_check(cache: Path) -> None
     victim.write_bytes(whole)  # JAX (or a pull) put a whole entry back meanwhile
     (outcome,) = execute_repair(plan).outcomes
     assert outcome.status == "skipped" and victim.read_bytes() == whole
+
+
+def test_export_replaces_an_existing_file_only_when_asked(cache: Path, tmp_path: Path) -> None:
+    precious = tmp_path / "precious.txt"
+    precious.write_text("precious")
+    refused = jaxcache(cache, "export", "-o", str(precious))
+    assert refused.returncode == 2 and "--yes" in refused.stderr and precious.read_text() == "precious"
+    declined = jaxcache(cache, "export", "-o", str(precious), answer="n")
+    assert declined.returncode == 1 and precious.read_text() == "precious"
+    replaced = jaxcache(cache, "export", "-o", str(precious), "--yes")
+    assert replaced.returncode == 0, replaced.stderr
+    assert precious.read_bytes()[:512] != b"precious"
+    missing = jaxcache(cache, "export", "-o", str(tmp_path / "no" / "such" / "x.tar"))
+    assert missing.returncode == 1 and "no folder" in missing.stderr and ".jaxcache-tmp" not in missing.stderr

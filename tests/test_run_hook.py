@@ -253,3 +253,54 @@ def test_other_hook_calls_go_to_the_cli(tmp_path: Path, args: list[str]) -> None
         assert result.returncode == 0 and "Usage:" in result.stdout
     else:
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+SIGNALLED_CHILD = """
+import signal, sys, time
+from pathlib import Path
+Path(sys.argv[1]).write_text("ready")
+def stop(signum, frame):
+    Path(sys.argv[1]).write_text(f"got {signum}")
+    sys.exit(3)
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, stop)
+time.sleep(120)
+sys.exit(0)
+"""
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_run_passes_a_signal_sent_to_it_on_to_the_command(tmp_path: Path, signame: str) -> None:
+    """docker stop, kill PID, a batch system's time limit: they signal `jaxcache run` alone."""
+    import signal
+    import time
+
+    child = tmp_path / "child.py"
+    child.write_text(textwrap.dedent(SIGNALLED_CHILD))
+    flag = tmp_path / "flag"
+    proc = subprocess.Popen([sys.executable, "-m", "jaxcache", "--cache-dir", str(tmp_path / "c"), "run", "--",
+                             sys.executable, str(child), str(flag)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not flag.exists() and time.monotonic() < deadline:  # the command has its handlers in place
+        time.sleep(0.05)
+    assert flag.exists(), proc.communicate(timeout=60)
+    proc.send_signal(getattr(signal, signame))
+    out, err = proc.communicate(timeout=60)
+    assert flag.read_text() == f"got {getattr(signal, signame).value}", err
+    assert proc.returncode == 3, err  # the command's own exit code, passed through
+
+
+def test_a_version_folder_given_as_the_cache_is_never_nested(tmp_path: Path) -> None:
+    """`jaxcache dir --jax` (and JAX_COMPILATION_CACHE_DIR) name the version folder: using it as the
+    root writes there, not into a jaxlib-*/ inside it."""
+    root = tmp_path / "cache"
+    run_compile(env_with(JAXCACHE_DIR=str(root)))
+    folder = version_folder(root)
+    child = tmp_path / "child.py"
+    child.write_text(textwrap.dedent(CHILD))
+    result = jaxcache("--cache-dir", str(folder), "run", "--json", "--", sys.executable, str(child), "0")
+    assert result.returncode == 0, result.stderr
+    assert not [p for p in folder.iterdir() if p.name.startswith("jaxlib-")]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["writes"] > 0
+    assert list(folder.glob("jit__lambda*-cache"))

@@ -75,11 +75,21 @@ def test_paths_are_absolute_and_symlinks_resolved(tmp_path: Path) -> None:
         ("dir = 3\n", "non-empty path"),
     ],
 )
-def test_bad_pyproject_values_are_usage_errors(tmp_path: Path, body: str, message: str) -> None:
+def test_bad_pyproject_values_are_left_out_with_a_warning(tmp_path: Path, body: str, message: str) -> None:
+    """A typo in a pyproject.toml up the tree (perhaps another project's) must not stop every
+    command or crash a program that calls configure(): the value is left out, and said so."""
     path = _pyproject(tmp_path, body)
-    with pytest.raises(UsageError, match=message) as info:
-        settings.resolve(env={}, cwd=tmp_path)
-    assert str(path) in str(info.value)
+    resolved = settings.resolve(env={}, cwd=tmp_path)
+    (note,) = resolved.skipped
+    assert message in note and str(path) in note and "ignored" in note
+    assert resolved.max_size.value == -1 and resolved.cache_dir.source.startswith("default")
+
+
+def test_a_bad_value_in_the_environment_or_an_argument_is_still_an_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="invalid size"):
+        settings.resolve(env={}, cwd=tmp_path, max_size="5XB")
+    with pytest.raises(UsageError, match="env JAXCACHE_LAYOUT"):
+        settings.resolve(env={"JAXCACHE_LAYOUT": "sideways"}, cwd=tmp_path)
 
 
 def test_a_pyproject_that_is_not_toml_is_skipped_with_a_warning(tmp_path: Path) -> None:

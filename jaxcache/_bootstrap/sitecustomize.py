@@ -62,6 +62,8 @@ def _point_at_own_version() -> None:
         return
     from pathlib import Path
 
+    if provenance.read_marker(Path(root)) is not None:
+        return  # the root is itself a version folder (`jaxcache dir --jax`): never nest another
     folder = provenance.version_dir(Path(root), versions.jaxlib)
     if os.environ.get("JAX_COMPILATION_CACHE_DIR") != str(folder) or provenance.read_marker(folder) != versions:
         try:
@@ -77,11 +79,12 @@ def _record_stats() -> None:
         return
     compilelog = _load("compilelog")
     import json
+    import time
 
     def append(kind: str, module: str, value) -> None:
         # One line per event, appended at once: a process killed by a signal (a job at
         # its time limit) has already told what it hit, which an exit handler would not.
-        record = {"pid": os.getpid(), "event": kind, "module": module, "value": value}
+        record = {"pid": os.getpid(), "event": kind, "module": module, "value": value, "time": time.time()}
         if kind == compilelog.WRITE:
             record["folder"] = compilelog.jax_cache_folder()  # where to look for the entry
         try:
