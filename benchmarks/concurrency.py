@@ -16,10 +16,13 @@ Part 2, eviction: a folder of E entries plus their -atime files (2E files), prun
 to half its size by JAX's `LRUCache._evict_if_needed` with the max_size that
 forces it (in-process, as JAX runs it on a write to a capped cache) and by
 `jaxcache prune --max-size` (a fresh process, end to end: start-up, scan, plan,
-delete), once on a folder jaxcache never saw and once on one an earlier
-`jaxcache inspect` indexed. Each repeat runs the three side by side on identical
-folders flushed to disk, in a rotated order, and checks they keep the same
-entries; the ratio is the median of each repeat's time over JAX's.
+delete) on a folder jaxcache never saw, on one an earlier `jaxcache inspect`
+indexed (a first scan: it stats, so prune reads each file it deletes), and on
+one jaxcache indexed as it grew (each entry proven when first seen, so prune
+stats it and reads nothing). Each repeat runs the four side by side on
+identical folders flushed to disk, in a rotated order, each starting on a quiet
+disk (see `wait_for_quiet_disk`), and checks they keep the same entries; the
+ratio is the median of each repeat's time over JAX's.
 
 Usage:
     python benchmarks/concurrency.py [--writers 4] [--programs 12] [--repeat 3]
@@ -120,6 +123,55 @@ def writers_part(args: argparse.Namespace, tmp: Path) -> list[dict]:
 JAX_EVICTION = "JAX LRUCache._evict_if_needed (in-process)"
 PRUNE_FIRST = "jaxcache prune --max-size (fresh process, folder never scanned)"
 PRUNE_INDEXED = "jaxcache prune --max-size (fresh process, folder indexed by an earlier inspect)"
+PRUNE_FOLLOWED = "jaxcache prune --max-size (fresh process, folder indexed as it grew)"
+
+
+def _inspect(folder: Path) -> None:
+    subprocess.run([PYTHON, "-m", "jaxcache", "--cache-dir", str(folder), "inspect", "--json"],
+                   check=True, stdout=subprocess.DEVNULL, env=clean_env())
+
+
+def _disk_counters(folder: Path) -> tuple[int, ...] | None:
+    """Writes, discards and I/Os in flight of the block device holding ``folder``
+    (``/proc/diskstats``; None where there is none, e.g. tmpfs)."""
+    dev = os.stat(folder).st_dev
+    try:
+        lines = Path("/proc/diskstats").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if (int(fields[0]), int(fields[1])) == (os.major(dev), os.minor(dev)):
+            values = [int(v) for v in fields[3:]]
+            return (values[4], values[8], *(values[11:12] or [0]))  # writes, in flight, discards
+    return None
+
+
+def wait_for_quiet_disk(folder: Path, *, most: float = 300.0) -> float:
+    """Waits until the disk has no I/O in flight and its write and discard counts stay put
+    for a second (at most ``most`` seconds); returns how long it waited.
+
+    Deleting 100k files leaves the disk busy long after (on a mount with online
+    ``discard``, minutes of TRIMs): whichever operation ran next would pay for
+    the one before, so each timed operation starts on a quiet disk.
+    """
+    start = time.monotonic()
+    before = _disk_counters(folder)
+    while before is not None and time.monotonic() - start < most:
+        time.sleep(1.0)
+        now = _disk_counters(folder)
+        if now == before and now[1] == 0:
+            break
+        before = now
+    return time.monotonic() - start
+
+
+def _proven(folder: Path) -> int:
+    """How many entries the folder's index has proven (jaxcache/index.py)."""
+    from jaxcache import index
+
+    listing = index.load(folder)
+    return 0 if listing is None else sum(row.proven for row in listing.caches.values())
 
 
 def _cache_names(folder: Path) -> set[str]:
@@ -133,23 +185,31 @@ def eviction_part(args: argparse.Namespace, tmp: Path) -> list[dict]:
 
     base = args.eviction_dir or tmp
     base.mkdir(parents=True, exist_ok=True)
-    names = (JAX_EVICTION, PRUNE_FIRST, PRUNE_INDEXED)
+    names = (JAX_EVICTION, PRUNE_FIRST, PRUNE_INDEXED, PRUNE_FOLLOWED)
     runs: list[dict[str, float]] = []
     left: dict[str, int] = {}
+    waited: dict[str, list[float]] = {name: [] for name in names}
     for r in range(args.eviction_repeat):
         folders = {name: Path(tempfile.mkdtemp(prefix=f"evict-{r}-", dir=base)) for name in names}
+        # Followed: jaxcache saw the folder when it held one entry, the rest came later
+        # (a folder's first scan only stats; files that appear later are proven when first seen).
+        build_synthetic_cache(folders[PRUNE_FOLLOWED], 1)
+        _inspect(folders[PRUNE_FOLLOWED])
         total = 0
         for folder in folders.values():
             total = build_synthetic_cache(folder, args.entries)
         target = total // 2
-        # An index proves only files older than its trust window (jaxcache/index.py).
-        time.sleep(2.5)
-        subprocess.run([PYTHON, "-m", "jaxcache", "--cache-dir", str(folders[PRUNE_INDEXED]), "inspect", "--json"],
-                       check=True, stdout=subprocess.DEVNULL, env=clean_env())
+        time.sleep(2.5)  # an index proves only files older than its trust window (jaxcache/index.py)
+        _inspect(folders[PRUNE_INDEXED])
+        _inspect(folders[PRUNE_FOLLOWED])
+        proven = {name: _proven(folders[name]) for name in (PRUNE_INDEXED, PRUNE_FOLLOWED)}
+        if proven != {PRUNE_INDEXED: 0, PRUNE_FOLLOWED: args.entries}:
+            raise RuntimeError(f"the folders are not in the states their rows name: {proven} entries proven")
         os.sync()  # every operation deletes files that are on disk, not dirty in memory
         times: dict[str, float] = {}
-        for name in names[r % 3:] + names[: r % 3]:
+        for name in names[r % len(names):] + names[: r % len(names)]:
             folder = folders[name]
+            waited[name].append(wait_for_quiet_disk(folder))
             start = time.perf_counter()
             if name == JAX_EVICTION:
                 LRUCache(str(folder), max_size=target)._evict_if_needed(additional_size=0)
@@ -170,6 +230,7 @@ def eviction_part(args: argparse.Namespace, tmp: Path) -> list[dict]:
             shutil.rmtree(folder)
     return [{"operation": name, "seconds": statistics.median(run[name] for run in runs),
              "runs": [run[name] for run in runs], "entries_before": args.entries, "entries_after": left[name],
+             "waited_for_quiet_disk_seconds": waited[name],
              # paired: each run's ratio to JAX's eviction in the same repeat, then the median
              "ratio_to_jax": statistics.median(run[name] / run[JAX_EVICTION] for run in runs)}
             for name in names]

@@ -16,10 +16,12 @@ Files younger than a few seconds (possibly mid-write) are never stored, and a
 snapshot that had to leave one out is not used to skip a listing.
 
 Each row also says whether the file's leading bytes were read and found to be
-what JAX writes (:func:`probe`). Together with the inode, size, mtime and ctime
-of that moment it is a proof that lasts: a file whose stat still matches is the
-file that was read (no tool can set a ctime back), so ``prune`` deletes it
-after one ``stat`` and re-reads only what changed.
+what JAX writes (:func:`probe`: done when a scan first stats a file that
+appeared in a folder it already follows). Together with the inode, size, mtime
+and ctime of that moment it is a proof that lasts: a file whose stat still
+matches is the file that was read (no tool can set a ctime back), so ``prune``
+deletes it after one ``stat`` and reads only files without a proof or changed
+since.
 
 The snapshot lives in ``<folder>/.jaxcache/index``: inside a subfolder, so
 that writing it changes the subfolder's mtime and not the folder's. Format

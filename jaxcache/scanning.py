@@ -262,10 +262,11 @@ def _list_folder(folder: Path, *, look_for_subfolders: bool, quick: bool) -> tup
     fs_atimes: dict[str, float] = {}
     known = stored.caches if (quick and stored is not None) else {}
     previous = stored.caches if stored is not None else {}
-    # A file stat-ed for the first time also has its leading bytes read (once in
-    # its life), so that the index holds a proof prune can rely on instead of a
-    # read under JAX's lock. Pointless where no index can be kept.
-    read_heads = writable
+    # A file that appears in a folder the index follows has its leading bytes read
+    # when a scan first stats it (once in its life), so that prune can trust its
+    # stat instead of reading it under JAX's lock. Not on a folder's first scan:
+    # of a large folder, prune reads only the few it deletes, cheaper than all.
+    read_heads = writable and stored is not None
     # Files too young to prove last time (copied, or just written) are read now.
     retry_after = stored.listed_at_ns - index.TRUST_AFTER_NS if stored is not None else 0
 

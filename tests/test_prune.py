@@ -1,15 +1,18 @@
 """What prune proves before it deletes: the scan's proof, kept in the index, and what breaks it.
 
-A scan reads each file's leading bytes the first time it stats it and keeps
-the verdict beside the file's inode, size, mtime and ctime. ``execute`` deletes
-a file whose stat still matches after one ``stat``; any other file is read
-again. These tests change files between the scan and the deletion in every way
-that keeps the name and show that nothing but a proven JAX entry is deleted.
+A scan reads the leading bytes of each file that appears in a folder it
+already follows, the first time it stats it, and keeps the verdict beside the
+file's inode, size, mtime and ctime. ``execute`` deletes a file whose stat
+still matches after one ``stat``; any other file (changed since, or first seen
+by a folder's first scan, which only stats) is read. These tests change files
+between the scan and the deletion in every way that keeps the name and show
+that nothing but a proven JAX entry is deleted.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -24,12 +27,20 @@ GARBAGE = b"not a JAX entry, a user's own file that happens to have the name"
 
 
 def settle(folder: Path) -> list[Path]:
-    """Backdates the entries past the index's settle window, then waits out the trust
-    window, so that a scan proves them and the index keeps them (jaxcache/index.py)."""
+    """As if the index had followed the folder while JAX wrote its entries: the folder is
+    indexed without them, then they appear (renamed back: the same files), are backdated
+    past the index's settle window and left alone for its trust window (jaxcache/index.py)."""
+    aside = folder.parent / "aside"
+    aside.mkdir()
     entries = sorted(folder.glob("*-cache"))
+    for p in entries:
+        p.rename(aside / p.name)
+    scan(folder.parent)
     past = time.time() - 3600
     for p in entries:
+        (aside / p.name).rename(p)
         os.utime(p, (past, past))
+    aside.rmdir()
     time.sleep(index.TRUST_AFTER_NS / 1e9 + 0.3)
     return entries
 
@@ -142,8 +153,22 @@ def test_a_foreign_file_seen_by_the_scan_is_never_deleted(cache: Path) -> None:
     assert foreign.read_bytes() == GARBAGE
 
 
+def test_a_folders_first_scan_reads_nothing_and_prune_reads_what_it_deletes(
+        cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = version_folder(cache)
+    shutil.rmtree(folder / index.META_DIR_NAME, ignore_errors=True)  # never scanned before
+    reads = spy_on_reads(monkeypatch)
+    info = scan(cache)
+    assert reads == [] and all(e.stat.head == index.HEAD_UNREAD for e in info.entries)
+    plan = plan_prune(info, everything=True)
+    result = execute(plan)
+    assert sorted(reads) == sorted(d.entry.path.name for d in plan.deletions)
+    assert not result.skipped and len(result.deleted) == len(plan.deletions) >= 3
+
+
 def test_an_entry_too_young_to_prove_is_read_when_deleted(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = version_folder(cache)
+    settle(folder)
     fresh = folder / jaxformat.cache_file_name("jit_fresh-" + "cd" * 32)
     fresh.write_bytes(next(folder.glob("*-cache")).read_bytes())  # written just now: its ctime is too recent
     info = scan(cache)
