@@ -202,6 +202,9 @@ def entry_kernels(entry: str) -> list[KernelSpec]:
         if not isinstance(item, (tuple, list)) or not 2 <= len(item) <= 4:
             raise EntryError(f"item {i} is {type(item).__name__}, not (name, function, args[, kwargs])")
         if isinstance(item[0], str):
+            if len(item) < 3:
+                raise EntryError(f"item {i} ({item[0]!r}) has {len(item) - 1} value(s) after its name; "
+                                 "give (name, function, args[, kwargs])")
             name, fn, args, *rest = item
         else:
             fn, args, *rest = item
