@@ -54,13 +54,23 @@ def write_json(path: Path | None, data: object) -> None:
 
 
 def build_synthetic_cache(folder: Path, entries: int) -> int:
-    """``entries`` real-format zlib entries, each with its ``-atime`` record (distinct
-    last uses); returns the total bytes of the ``-cache`` files."""
+    """``entries`` real-format zlib entries, each with its ``-atime`` record; returns
+    the total bytes of the ``-cache`` files.
+
+    As JAX leaves them: each ``-atime`` file holds its last use and was written
+    then (so its mtime, which jaxcache reads, and its contents, which JAX reads,
+    give the same LRU order), each ``-cache`` was written an hour before, and
+    entry 0 is the least recently used.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     payload = zlib.compress((1).to_bytes(4, "big") + os.urandom(1500))
-    now = time.time_ns()
+    first_use = time.time_ns() - entries * 1_000_000 - 60 * 10**9
     for i in range(entries):
         key = f"jit_fn{i % 97}-{i:064x}"
-        (folder / f"{key}-cache").write_bytes(payload)
-        (folder / f"{key}-atime").write_bytes((now - i * 1_000_000).to_bytes(8, "little"))
+        used = first_use + i * 1_000_000
+        cache, atime = folder / f"{key}-cache", folder / f"{key}-atime"
+        cache.write_bytes(payload)
+        atime.write_bytes(used.to_bytes(8, "little"))
+        os.utime(cache, ns=(used - 3600 * 10**9, used - 3600 * 10**9))
+        os.utime(atime, ns=(used, used))
     return entries * len(payload)

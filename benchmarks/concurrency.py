@@ -13,13 +13,21 @@ and reports, median over --repeat runs, the wall time until every writer is done
 the median writer's own compile-loop seconds (from its first jit to its last).
 
 Part 2, eviction: a folder of E entries plus their -atime files (2E files), pruned
-to half its size by `jaxcache prune --max-size` (a fresh process, end to end) and
-by JAX's `LRUCache._evict_if_needed` with the max_size that forces the same
-eviction (in-process, as JAX runs it on a write to a capped cache).
+to half its size by JAX's `LRUCache._evict_if_needed` with the max_size that
+forces it (in-process, as JAX runs it on a write to a capped cache) and by
+`jaxcache prune --max-size` (a fresh process, end to end: start-up, scan, plan,
+delete) on a folder jaxcache never saw, on one an earlier `jaxcache inspect`
+indexed (a first scan: it stats, so prune reads each file it deletes), and on
+one jaxcache indexed as it grew (each entry proven when first seen, so prune
+stats it and reads nothing). Each repeat runs the four side by side on
+identical folders flushed to disk, in a rotated order, each starting on a quiet
+disk (see `wait_for_quiet_disk`), and checks they keep the same entries; the
+ratio is the median of each repeat's time over JAX's.
 
 Usage:
     python benchmarks/concurrency.py [--writers 4] [--programs 12] [--repeat 3]
-        [--entries 50000] [--json benchmarks/results/concurrency.json]
+        [--entries 50000] [--eviction-repeat 5] [--eviction-dir DIR] [--skip-writers]
+        [--json benchmarks/results/concurrency.json]
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -111,33 +120,120 @@ def writers_part(args: argparse.Namespace, tmp: Path) -> list[dict]:
     return rows
 
 
+JAX_EVICTION = "JAX LRUCache._evict_if_needed (in-process)"
+PRUNE_FIRST = "jaxcache prune --max-size (fresh process, folder never scanned)"
+PRUNE_INDEXED = "jaxcache prune --max-size (fresh process, folder indexed by an earlier inspect)"
+PRUNE_FOLLOWED = "jaxcache prune --max-size (fresh process, folder indexed as it grew)"
+
+
+def _inspect(folder: Path) -> None:
+    subprocess.run([PYTHON, "-m", "jaxcache", "--cache-dir", str(folder), "inspect", "--json"],
+                   check=True, stdout=subprocess.DEVNULL, env=clean_env())
+
+
+def _disk_counters(folder: Path) -> tuple[int, ...] | None:
+    """Writes, discards and I/Os in flight of the block device holding ``folder``
+    (``/proc/diskstats``; None where there is none, e.g. tmpfs)."""
+    dev = os.stat(folder).st_dev
+    try:
+        lines = Path("/proc/diskstats").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if (int(fields[0]), int(fields[1])) == (os.major(dev), os.minor(dev)):
+            values = [int(v) for v in fields[3:]]
+            return (values[4], values[8], *(values[11:12] or [0]))  # writes, in flight, discards
+    return None
+
+
+def wait_for_quiet_disk(folder: Path, *, most: float = 300.0) -> float:
+    """Waits until the disk has no I/O in flight and its write and discard counts stay put
+    for a second (at most ``most`` seconds); returns how long it waited.
+
+    Deleting 100k files leaves the disk busy long after (on a mount with online
+    ``discard``, minutes of TRIMs): whichever operation ran next would pay for
+    the one before, so each timed operation starts on a quiet disk.
+    """
+    start = time.monotonic()
+    before = _disk_counters(folder)
+    while before is not None and time.monotonic() - start < most:
+        time.sleep(1.0)
+        now = _disk_counters(folder)
+        if now == before and now[1] == 0:
+            break
+        before = now
+    return time.monotonic() - start
+
+
+def _proven(folder: Path) -> int:
+    """How many entries the folder's index has proven (jaxcache/index.py)."""
+    from jaxcache import index
+
+    listing = index.load(folder)
+    return 0 if listing is None else sum(row.proven for row in listing.caches.values())
+
+
+def _cache_names(folder: Path) -> set[str]:
+    return {n for n in os.listdir(folder) if n.endswith("-cache")}
+
+
 def eviction_part(args: argparse.Namespace, tmp: Path) -> list[dict]:
+    """Each repeat builds one identical folder per operation, flushes them to disk, then
+    times the operations back to back in a rotated order; each must leave the same entries."""
     from jax._src.lru_cache import LRUCache
 
-    results: dict[str, list[float]] = {"jaxcache prune --max-size (fresh process, plan + delete)": [],
-                                       "JAX LRUCache._evict_if_needed (in-process)": []}
+    base = args.eviction_dir or tmp
+    base.mkdir(parents=True, exist_ok=True)
+    names = (JAX_EVICTION, PRUNE_FIRST, PRUNE_INDEXED, PRUNE_FOLLOWED)
+    runs: list[dict[str, float]] = []
     left: dict[str, int] = {}
+    waited: dict[str, list[float]] = {name: [] for name in names}
     for r in range(args.eviction_repeat):
-        for name in results:
-            folder = tmp / f"evict-{r}-{len(left)}"
+        folders = {name: Path(tempfile.mkdtemp(prefix=f"evict-{r}-", dir=base)) for name in names}
+        # Followed: jaxcache saw the folder when it held one entry, the rest came later
+        # (a folder's first scan only stats; files that appear later are proven when first seen).
+        build_synthetic_cache(folders[PRUNE_FOLLOWED], 1)
+        _inspect(folders[PRUNE_FOLLOWED])
+        total = 0
+        for folder in folders.values():
             total = build_synthetic_cache(folder, args.entries)
-            target = total // 2
+        target = total // 2
+        time.sleep(2.5)  # an index proves only files older than its trust window (jaxcache/index.py)
+        _inspect(folders[PRUNE_INDEXED])
+        _inspect(folders[PRUNE_FOLLOWED])
+        proven = {name: _proven(folders[name]) for name in (PRUNE_INDEXED, PRUNE_FOLLOWED)}
+        if proven != {PRUNE_INDEXED: 0, PRUNE_FOLLOWED: args.entries}:
+            raise RuntimeError(f"the folders are not in the states their rows name: {proven} entries proven")
+        os.sync()  # every operation deletes files that are on disk, not dirty in memory
+        times: dict[str, float] = {}
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            folder = folders[name]
+            waited[name].append(wait_for_quiet_disk(folder))
             start = time.perf_counter()
-            if name.startswith("jaxcache"):
+            if name == JAX_EVICTION:
+                LRUCache(str(folder), max_size=target)._evict_if_needed(additional_size=0)
+            else:
                 proc = subprocess.run([PYTHON, "-m", "jaxcache", "--cache-dir", str(folder), "prune", "--max-size",
                                        str(target), "--yes", "--json"], capture_output=True, text=True,
                                       env=clean_env())
                 if proc.returncode != 0:
                     raise RuntimeError(proc.stderr)
-            else:
-                LRUCache(str(folder), max_size=target)._evict_if_needed(additional_size=0)
-            results[name].append(time.perf_counter() - start)
-            left[name] = sum(1 for _ in folder.glob("*-cache"))
-            subprocess.run(["rm", "-rf", str(folder)], check=True)
-    jax_time = statistics.median(results["JAX LRUCache._evict_if_needed (in-process)"])
-    return [{"operation": name, "seconds": statistics.median(times), "runs": times,
-             "entries_before": args.entries, "entries_after": left[name],
-             "vs_jax": jax_time / statistics.median(times)} for name, times in results.items()]
+            times[name] = time.perf_counter() - start
+        kept = {name: _cache_names(folder) for name, folder in folders.items()}
+        if any(k != kept[JAX_EVICTION] for k in kept.values()):
+            raise RuntimeError(f"the operations kept different entries: {({n: len(k) for n, k in kept.items()})}")
+        left = {name: len(k) for name, k in kept.items()}
+        runs.append(times)
+        print(f"  run {r + 1}: " + ", ".join(f"{times[name]:.2f}s" for name in names), file=sys.stderr)
+        for folder in folders.values():
+            shutil.rmtree(folder)
+    return [{"operation": name, "seconds": statistics.median(run[name] for run in runs),
+             "runs": [run[name] for run in runs], "entries_before": args.entries, "entries_after": left[name],
+             "waited_for_quiet_disk_seconds": waited[name],
+             # paired: each run's ratio to JAX's eviction in the same repeat, then the median
+             "ratio_to_jax": statistics.median(run[name] / run[JAX_EVICTION] for run in runs)}
+            for name in names]
 
 
 def main() -> int:
@@ -146,7 +242,8 @@ def main() -> int:
     parser.add_argument("--programs", type=int, default=12, help="distinct programs per writer")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--entries", type=int, default=50_000)
-    parser.add_argument("--eviction-repeat", type=int, default=3)
+    parser.add_argument("--eviction-repeat", type=int, default=5)
+    parser.add_argument("--eviction-dir", type=Path, help="build the evicted folders here (default: the temp dir)")
     parser.add_argument("--skip-writers", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -164,9 +261,12 @@ def main() -> int:
                       r["jax_evictions"], r["prunes"], r["pruned_entries"], r["jax_cache_warnings"])
                      for r in writer_rows])
         print()
-    print(f"Evicting half of {args.entries} entries ({2 * args.entries} files), median of {args.eviction_repeat}:")
-    print_table(("operation", "seconds", "entries left", "vs JAX"),
-                [(r["operation"], r["seconds"], r["entries_after"], f"{r['vs_jax']:.1f}x") for r in eviction_rows])
+    where = args.eviction_dir or Path(tempfile.gettempdir())
+    print(f"Evicting half of {args.entries} entries ({2 * args.entries} files) in {where}, median of "
+          f"{args.eviction_repeat} (ratio: median over runs of each run's time / JAX's in the same run):")
+    print_table(("operation", "seconds", "entries left", "time / JAX's"),
+                [(r["operation"], r["seconds"], r["entries_after"], f"{r['ratio_to_jax']:.2f}")
+                 for r in eviction_rows])
     write_json(args.json, {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                            "writers": writer_rows, "eviction": eviction_rows,
                            "config": {k: str(v) for k, v in vars(args).items()}})

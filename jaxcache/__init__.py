@@ -25,7 +25,8 @@ _EXPORTS = {
     "CacheEntry": "scanning", "CacheInfo": "scanning", "scan": "scanning",
     "Settings": "settings", "resolve": "settings",
     "Summary": "summary", "inspect_cache": "summary", "summarize": "summary",
-    "WarmPlan": "warming", "WarmReport": "warming", "build_plan": "warming", "verify": "warming", "warm": "warming",
+    "WarmPlan": "warming", "WarmReport": "warming", "build_plan": "warming", "choose_plan": "warming",
+    "verify": "warming", "warm": "warming",
     "RunReport": "runstats", "run": "runstats",
     "HookResult": "prerun", "hook": "prerun",
 }
@@ -50,6 +51,7 @@ __all__ = [
     "WarmReport",
     "build_plan",
     "check",
+    "choose_plan",
     "configure",
     "execute",
     "hook",
@@ -83,4 +85,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from jaxcache.scanning import CacheEntry, CacheInfo, scan
     from jaxcache.settings import Settings, resolve
     from jaxcache.summary import Summary, inspect_cache, summarize
-    from jaxcache.warming import WarmPlan, WarmReport, build_plan, verify, warm
+    from jaxcache.warming import WarmPlan, WarmReport, build_plan, choose_plan, verify, warm

@@ -546,9 +546,6 @@ def _plan_options(fn: Callable) -> Callable:
     return fn
 
 
-_FLAG_ONLY = ("jac_chunk_size", "deriv_mode", "x64", "platform", "devices")
-
-
 def _resolve_plan(ctx: click.Context, params: dict[str, Any]):
     """The plan to warm or verify, refused up front if this install lacks its backend."""
     from jaxcache.warming.plan import require_backends
@@ -559,38 +556,47 @@ def _resolve_plan(ctx: click.Context, params: dict[str, Any]):
 
 
 def _plan_from_sources(ctx: click.Context, params: dict[str, Any]):
-    """Flags, else --plan FILE, else [tool.jaxcache.warm], else the bundled default."""
-    from jaxcache.settings import find_pyproject
-    from jaxcache.warming import build_plan, plan_from_file, plan_from_pyproject
+    """The library's precedence (flags > --plan > [tool.jaxcache.warm] > default) over this command's options."""
+    from jaxcache.warming.plan import PROCESS_OPTIONS, choose_plan
 
-    explicit = [n for n in _FLAG_ONLY if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
-    flags = dict(jac_chunk_size=params["jac_chunk_size"], deriv_mode=params["deriv_mode"], x64=params["x64"],
-                 platform=params["platform"], devices=params["devices"])
-    if params["problems"] or params["sizes"] or params["entries"]:
-        if params["plan_file"]:
-            raise click.UsageError("give a --plan file or --problem/--size/--entry flags, not both")
-        return build_plan(problems=params["problems"], sizes=params["sizes"], entries=params["entries"], **flags)
-    if params["plan_file"]:
-        plan = plan_from_file(params["plan_file"])
-    else:
-        pyproject = find_pyproject(Path.cwd())
-        plan = plan_from_pyproject(pyproject) if pyproject else None
-    if plan is None:
-        return build_plan(**flags, source="default (bundled problems)")
-    if explicit:
-        raise click.UsageError(f"--{explicit[0].replace('_', '-')} does not apply to a plan from {plan.source}; set it there")
-    return plan
+    given = [n for n in PROCESS_OPTIONS if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+    return choose_plan(problems=params["problems"], sizes=params["sizes"], entries=params["entries"],
+                       plan_file=params["plan_file"], project_dir=Path.cwd(),
+                       options={n: params[n] for n in PROCESS_OPTIONS}, given=given)
 
 
 def _warm_progress(as_json: bool):
-    if as_json or not sys.stderr.isatty():
-        return None
+    """A live line on a terminal; elsewhere (or with --json) one line per finished kernel on stderr."""
+    live = not as_json and sys.stderr.isatty()
 
     def show(result, done: int, total: int) -> None:
-        what = f"{result.status:<8} {result.target}: {result.kernel}" if result else "preparing"
-        click.echo(f"\r\033[K[{done}/{total}] {what}", err=True, nl=False)
+        if live:
+            what = f"{result.status:<8} {result.target}: {result.kernel}" if result else "preparing"
+            click.echo(f"\r\033[K[{done}/{total}] {what}", err=True, nl=False)
+        elif result is not None:
+            took = f" ({result.compile_seconds:.2f} s)" if result.compile_seconds is not None else ""
+            click.echo(f"jaxcache: warm [{done}/{total}] {result.status} {result.target}: {result.kernel or '-'}{took}",
+                       err=True)
 
     return show
+
+
+def _print_warm(report, jax_dir: Path) -> None:
+    ordered = sorted(report.results, key=lambda r: r.target)  # stable: kernels keep their order
+    rows = [(r.target, r.kernel or "-", r.status, "-" if r.compile_seconds is None else f"{r.compile_seconds:.2f}s",
+             r.reason or "") for r in ordered]
+    click.echo(display.table(("TARGET", "KERNEL", "STATUS", "COMPILE", "NOTE"), rows, right=(3,)))
+    compiled, cached, failed = report.count("compiled"), report.count("cached"), report.count("failed")
+    if report.interrupted:
+        click.echo(f"Interrupted after {len(report.results)} of {display.count(report.planned or 0, 'kernel')} "
+                   f"({compiled} compiled, {cached} already cached, {failed} failed) into {jax_dir} "
+                   f"({report.seconds:.1f} s).")
+    elif compiled == 0 and failed == 0:
+        click.echo(f"Nothing to compile: all {display.count(cached, 'kernel')} were already in {jax_dir} "
+                   f"({report.seconds:.1f} s).")
+    else:
+        click.echo(f"Warmed {display.count(len(report.results), 'kernel')} into {jax_dir}: {compiled} compiled, "
+                   f"{cached} already cached, {failed} failed ({report.seconds:.1f} s).")
 
 
 @main.command("warm")
@@ -607,33 +613,30 @@ def warm_command(ctx: click.Context, jobs: int | None, then_verify: bool, as_jso
     Example: jaxcache warm --problem bratu --size 32 --x64 --verify
     """
     from jaxcache.configuration import prepare_folder
-    from jaxcache.warming import warm
+    from jaxcache.warming import WarmInterrupted, preflight, warm
 
     settings = _settings(ctx)
     plan = _resolve_plan(ctx, params)
+    checked = preflight(plan)  # entry mistakes end here: no worker started, no folder made
     jax_dir, _ = prepare_folder(settings)
-    report = warm(plan, settings.root, jobs=jobs, progress=_warm_progress(as_json))
+    try:
+        report = warm(plan, settings.root, jobs=jobs, progress=_warm_progress(as_json), checked=checked)
+    except WarmInterrupted as stop:
+        report = stop.report
     if not as_json and sys.stderr.isatty():
         click.echo("\r\033[K", err=True, nl=False)
     for warning in report.warnings:
         click.echo(f"jaxcache: warning: {warning}", err=True)
-    verified = _verify(ctx, plan, settings, as_json) if then_verify else None
+    verified = _verify(ctx, plan, settings, as_json) if then_verify and not report.interrupted else None
     if as_json:
         _emit_json({"cache_dir": str(settings.root), "jax_dir": str(jax_dir), "plan": plan.source, **report.as_dict(),
                     **({"verify": [v.as_dict() for v in verified]} if verified is not None else {})})
     else:
-        ordered = sorted(report.results, key=lambda r: r.target)  # stable: kernels keep their order
-        rows = [(r.target, r.kernel or "-", r.status, f"{r.seconds:.2f}", r.reason or "") for r in ordered]
-        click.echo(display.table(("TARGET", "KERNEL", "STATUS", "SECONDS", "REASON"), rows, right=(3,)))
-        compiled, cached, failed = report.count("compiled"), report.count("cached"), report.count("failed")
-        if compiled == 0 and failed == 0:
-            click.echo(f"Nothing to compile: all {display.count(cached, 'kernel')} were already in {jax_dir} "
-                       f"({report.seconds:.1f} s).")
-        else:
-            click.echo(f"Warmed {display.count(len(report.results), 'kernel')} into {jax_dir}: {compiled} compiled, "
-                       f"{cached} already cached, {failed} failed ({report.seconds:.1f} s).")
+        _print_warm(report, jax_dir)
         if verified is not None:
             _print_verify(verified)
+    if report.interrupted:
+        raise click.Abort()
     if not report.ok:
         failed = [r for r in report.results if r.status == "failed"]
         first = failed[0]

@@ -3,7 +3,7 @@
 :func:`plan_prune` is pure: it looks only at a :class:`CacheInfo`, so
 ``--dry-run`` is "print the plan". :func:`execute` deletes the planned entries
 under JAX's ``.lockfile``, each ``-cache`` with its ``-atime``, after proving
-again that each file is still a cache entry.
+that each file is still the cache entry the scan saw.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import os
 import stat as statmod
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from jaxcache import exeformat, jaxformat, keyparts, provenance, uses
+from jaxcache import exeformat, index, jaxformat, keyparts, provenance, uses
 from jaxcache.errors import UsageError
 from jaxcache.exeformat import StoredExecutable
 from jaxcache.locking import BATCH_SIZE, folder_lock
@@ -28,10 +28,18 @@ from jaxcache.scanning import CacheEntry, CacheInfo
 
 @dataclass(frozen=True)
 class Deletion:
-    """One entry to delete and the reason for it."""
+    """One entry to delete and why.
+
+    The reason is worded only when asked for: a plan may hold 50k deletions
+    of which a person reads twenty.
+    """
 
     entry: CacheEntry
-    reason: str
+    explain: Callable[[CacheEntry], str] = field(repr=False, compare=False)
+
+    @property
+    def reason(self) -> str:
+        return self.explain(self.entry)
 
 
 @dataclass(frozen=True)
@@ -171,11 +179,17 @@ def plan_prune(
     def selected(item: Item) -> bool:
         return bool(selectors) and all(select(item) for select, _ in selectors)
 
+    def explain_selected(item: CacheEntry) -> str:
+        return "; ".join(why(item) for _, why in selectors)
+
+    def explain_over_size(item: CacheEntry) -> str:
+        return f"over --max-size (last used {_days(now - item.recency)} ago)"
+
     deletions: list[Deletion] = []
     kept: list[CacheEntry] = []
     for entry in info.entries:
         if selected(entry):
-            deletions.append(Deletion(entry, "; ".join(why(entry) for _, why in selectors)))
+            deletions.append(Deletion(entry, explain_selected))
         else:
             kept.append(entry)
     gone_executables = [e for e in info.executables if selected(e)]
@@ -192,7 +206,7 @@ def plan_prune(
         for entry in lru_order(kept):
             if kept_bytes <= max_size:
                 break
-            deletions.append(Deletion(entry, f"over --max-size (last used {_days(now - entry.recency)} ago)"))
+            deletions.append(Deletion(entry, explain_over_size))
             kept_bytes -= entry.bytes
         evicted = {d.entry.key for d in deletions}
         kept = [e for e in kept if e.key not in evicted]
@@ -295,8 +309,10 @@ def execute(plan: PrunePlan, *, progress: Callable[[int], None] | None = None) -
 
     Each file is checked again right before it goes: a regular file (not a
     symlink) with an entry's name, in the folder that was scanned, whose
-    leading bytes are zlib or zstd as JAX writes them. Anything else is skipped
-    and reported, never deleted.
+    leading bytes are zlib or zstd as JAX writes them. Those bytes are read
+    again only for a file that changed since the scan proved it (see
+    :class:`jaxcache.index.Stat`): an unchanged one costs one ``stat``.
+    Anything else is skipped and reported, never deleted.
 
     Args:
         plan: the plan from :func:`plan_prune`.
@@ -342,25 +358,34 @@ def execute(plan: PrunePlan, *, progress: Callable[[int], None] | None = None) -
 
 
 def _delete_entry(dir_fd: int, entry: CacheEntry) -> str | None:
-    """Deletes one entry relative to its folder's descriptor; returns why not, if not."""
+    """Deletes one entry relative to its folder's descriptor; returns why not, if not.
+
+    The proof that the file is a JAX entry: the scan read its leading bytes and
+    the file is still the one it read (same inode, size, mtime and ctime). Any
+    file without that proof has its leading bytes read now.
+    """
     cache_name = jaxformat.cache_file_name(entry.key)
     parsed = jaxformat.parse_entry_name(cache_name)
     if parsed is None or parsed.key != entry.key:
         return "not an entry name"
+    seen = entry.stat
     try:
-        st = os.stat(cache_name, dir_fd=dir_fd, follow_symlinks=False)
+        head = index.HEAD_UNREAD
+        if seen is not None and seen.proven:
+            st = os.stat(cache_name, dir_fd=dir_fd, follow_symlinks=False)
+            head = seen.head if seen.same_file(st) else index.HEAD_UNREAD
+        if head == index.HEAD_UNREAD:
+            st, head = index.probe(cache_name, dir_fd, read_head=True, noatime_only=False)
     except FileNotFoundError:
         return "already gone"
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
     if not statmod.S_ISREG(st.st_mode):
         return "not a regular file"
-    if st.st_size:
-        try:
-            with jaxformat.open_entry(cache_name, dir_fd=dir_fd) as f:
-                head = f.read(4)
-        except OSError as e:
-            return f"unreadable ({e.strerror})"
-        if jaxformat.detect_compression(head) is None:
-            return "contents are not a JAX cache entry"
+    if head == index.HEAD_FOREIGN:
+        return "contents are not a JAX cache entry"
+    if head != index.HEAD_ENTRY:
+        return "unreadable (its leading bytes could not be read)"
     try:
         # -cache first, then -atime, as JAX's own eviction does.
         os.unlink(cache_name, dir_fd=dir_fd)

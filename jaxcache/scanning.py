@@ -46,6 +46,8 @@ class CacheEntry(NamedTuple):
         fs_atime: the filesystem's access time of the ``-cache`` file; None in a quick scan.
         version: the jaxlib version that wrote it, None when unknown.
         platform: the platform that wrote it, None when unknown.
+        stat: the file as the scan saw it (inode, times, and whether its leading
+            bytes proved it a JAX entry): what prune compares before deleting.
     """
 
     folder: Path
@@ -59,6 +61,7 @@ class CacheEntry(NamedTuple):
     fs_atime: float | None
     version: str | None
     platform: str | None
+    stat: index.Stat | None = None
 
     @property
     def path(self) -> Path:
@@ -252,11 +255,20 @@ def _list_folder(folder: Path, *, look_for_subfolders: bool, quick: bool) -> tup
         dir_mtime_ns = os.stat(folder).st_mtime_ns
     except OSError as e:
         raise CacheDirError(f"cannot read {folder}: {e.strerror}") from None
-    stored = index.load(folder) if quick or os.access(folder, os.W_OK) else None
+    writable = os.access(folder, os.W_OK)
+    stored = index.load(folder) if quick or writable else None
     if quick and stored is not None and stored.still_true(dir_mtime_ns):
         return stored, {}
     fs_atimes: dict[str, float] = {}
     known = stored.caches if (quick and stored is not None) else {}
+    previous = stored.caches if stored is not None else {}
+    # A file that appears in a folder the index follows has its leading bytes read
+    # when a scan first stats it (once in its life), so that prune can trust its
+    # stat instead of reading it under JAX's lock. Not on a folder's first scan:
+    # of a large folder, prune reads only the few it deletes, cheaper than all.
+    read_heads = writable and stored is not None
+    # Files too young to prove last time (copied, or just written) are read now.
+    retry_after = stored.listed_at_ns - index.TRUST_AFTER_NS if stored is not None else 0
 
     listing = index.Listing(dir_mtime_ns=dir_mtime_ns, listed_at_ns=time.time_ns())
     cache_inodes: dict[str, int] = {}
@@ -296,29 +308,39 @@ def _list_folder(folder: Path, *, look_for_subfolders: bool, quick: bool) -> tup
     listing.evidence = listing.evidence or bool(cache_inodes) or bool(atimes)
 
     settled_before = listing.listed_at_ns - _SETTLE_NS
+    trusted_before = listing.listed_at_ns - index.TRUST_AFTER_NS
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for key, inode in cache_inodes.items():
             has_atime = key in atimes
             cached = known.get(key)
-            if cached is not None and cached.inode == inode:
+            if cached is not None and cached.inode == inode and not (
+                    read_heads and cached.head == index.HEAD_UNREAD and cached.ctime_ns >= retry_after):
                 listing.caches[key] = cached if cached.has_atime == has_atime else cached._replace(has_atime=int(has_atime))
                 continue
+            name = key + "-cache"
             try:
-                st = os.stat(key + "-cache", dir_fd=fd, follow_symlinks=False)
+                head = None
+                prior = previous.get(key)
+                if prior is not None and prior.proven:  # a full scan: keep the proof of an unchanged file
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    head = prior.head if prior.same_file(st) else None
+                if head is None:
+                    st, head = index.probe(name, fd, read_head=read_heads, trusted_before_ns=trusted_before)
             except FileNotFoundError:
                 continue  # deleted between listing and stat (JAX eviction, another prune)
             if not statmod.S_ISREG(st.st_mode):
                 listing.other += 1
                 continue
-            listing.caches[key] = index.Stat(st.st_ino, st.st_size, st.st_blocks * 512, st.st_mtime_ns, int(has_atime))
+            listing.caches[key] = index.Stat(st.st_ino, st.st_size, st.st_blocks * 512, st.st_mtime_ns, int(has_atime),
+                                             st.st_ctime_ns, head)
             fs_atimes[key] = st.st_atime
             if st.st_mtime_ns > settled_before:
                 listing.complete = False
     finally:
         os.close(fd)
     listing.orphans = sorted(k for k in atimes if k not in listing.caches)
-    if listing.evidence and os.access(folder, os.W_OK) and (
+    if listing.evidence and writable and (
         stored is None or _changed(stored, listing) or listing.still_true(dir_mtime_ns) > stored.still_true(dir_mtime_ns)
     ):
         index.save(folder, _settled(listing, settled_before))
@@ -364,7 +386,7 @@ def _entries(folder: Path, listing: index.Listing, marker: provenance.VersionInf
                     used = use
             append(CacheEntry(folder, key, key[:-65], stat.size, stat.allocated, stat.mtime_ns / 1e9, used,
                               bool(stat.has_atime), fs_atime, version,
-                              writes[key].platform if key in writes else None))
+                              writes[key].platform if key in writes else None, stat))
     finally:
         if fd >= 0:
             os.close(fd)

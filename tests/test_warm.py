@@ -100,26 +100,119 @@ def kernels():
 
 def not_a_list():
     return 42
+
+def raises():
+    raise RuntimeError("the model needs a data file")
+
+def empty():
+    return []
+
+def plain(x):
+    return x * 2
+
+def not_jitted():
+    return [("plain", plain, (jax.ShapeDtypeStruct((3,), jnp.float32),))]
+
+def kills_its_process():
+    import os
+    os._exit(3)  # as a segfault or an OOM kill would
 """
 
 
-def test_a_broken_entry_kernel_fails_alone(tmp_path: Path) -> None:
+def test_a_kernel_that_fails_to_compile_fails_alone(tmp_path: Path) -> None:
     (tmp_path / "userkernels.py").write_text(textwrap.dedent(ENTRY_MODULE))
     env = env_with(PYTHONPATH=str(tmp_path))
-    code, report = warm_json(tmp_path / "cache", "--entry", "userkernels:kernels", "--entry", "nosuchmodule:fn",
-                             "--entry", "userkernels:not_a_list", "--problem", "rosenbrock", "--size", "4", env=env)
+    code, report = warm_json(tmp_path / "cache", "--entry", "userkernels:kernels",
+                             "--problem", "rosenbrock", "--size", "4", env=env)
     assert code == 1
     by_kernel = {(k["target"].split(" ")[0], k["kernel"]): k for k in report["kernels"]}
     assert by_kernel[("userkernels:kernels", "good")]["status"] == "compiled"
     assert by_kernel[("userkernels:kernels", "bad")]["status"] == "failed"
     assert "TypeError" in by_kernel[("userkernels:kernels", "bad")]["reason"]
-    assert "ModuleNotFoundError" in by_kernel[("nosuchmodule:fn", None)]["reason"]
-    assert "not a list" in by_kernel[("userkernels:not_a_list", None)]["reason"]
     assert all(k["status"] == "compiled" or k["status"] == "cached"
                for k in report["kernels"] if k["target"].startswith("rosenbrock"))
     code, again = warm_json(tmp_path / "cache", "--entry", "userkernels:kernels", env=env)
     good = next(k for k in again["kernels"] if k["kernel"] == "good")
     assert good["status"] == "cached"
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("nosuchmodule:fn", "--entry nosuchmodule:fn: ModuleNotFoundError: No module named 'nosuchmodule'"),
+    ("userkernels:nosuchfunction", "--entry userkernels:nosuchfunction: AttributeError:"),
+    ("userkernels:raises", "--entry userkernels:raises: RuntimeError: the model needs a data file"),
+    ("userkernels:empty", "--entry userkernels:empty: returned no kernels"),
+    ("userkernels:not_a_list", "--entry userkernels:not_a_list: returned int, not a list"),
+    ("userkernels:not_jitted", "--entry userkernels:not_jitted: item 0 ('plain'): plain is not jitted"),
+    ("userkernels:kills_its_process", "--entry userkernels:kills_its_process: the process exited with code 3"),
+])
+def test_entry_mistakes_are_refused_before_any_worker_starts(tmp_path: Path, entry: str, message: str) -> None:
+    (tmp_path / "userkernels.py").write_text(textwrap.dedent(ENTRY_MODULE))
+    cache = tmp_path / "cache"
+    # With a good target beside it: a worker started for that one would make the folder.
+    proc = subprocess.run([sys.executable, "-m", "jaxcache", "--cache-dir", str(cache), "warm", "--json",
+                           "--problem", "rosenbrock", "--size", "4", "--entry", entry],
+                          capture_output=True, text=True, env=env_with(PYTHONPATH=str(tmp_path)), timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith(f"jaxcache: error: {message}"), proc.stderr
+    assert not cache.exists()
+
+
+def test_warm_counts_match_the_entries_it_wrote_and_ls_shows_its_compile_seconds(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    code, report = warm_json(cache, "--problem", "curvefit", "--size", "8", "--jobs", "1")
+    assert code == 0, report
+    entries = sorted(p.name[:-6] for p in version_folder(cache).glob("*-cache"))
+    compiled = [k for k in report["kernels"] if k["status"] == "compiled"]
+    # The "auto" Jacobian is one of its probes: one entry, one compile, and the row says which.
+    assert report["compiled"] == len(compiled) == len(entries)
+    assert sorted(key for k in compiled for key in k["keys"]) == entries
+    jacobian = next(k for k in report["kernels"] if k["kernel"] == "jacobian")
+    assert jacobian["status"] == "cached" and jacobian["same_as"].startswith("probe_jacobian[")
+    # One figure for compile seconds: the one `ls` shows for the same entry, probes included.
+    listed = json.loads(subprocess.run([sys.executable, "-m", "jaxcache", "--cache-dir", str(cache), "ls", "--json"],
+                                       capture_output=True, text=True, check=True).stdout)
+    by_key = {e["key"]: e["measured_compile_seconds"] for e in listed}
+    for kernel in compiled:
+        (key,) = kernel["keys"]
+        assert kernel["compile_seconds"] is not None and kernel["compile_seconds"] == by_key[key], (kernel, by_key)
+    assert all(k["compile_seconds"] > 0 for k in compiled if k["kernel"].startswith("probe_"))
+
+
+def test_progress_without_a_terminal_is_one_line_per_kernel_with_the_total_known_from_the_start(
+        tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "jaxcache", "--cache-dir", str(tmp_path / "cache"), "warm",
+                           "--problem", "curvefit", "--size", "8", "--problem", "rosenbrock", "--jobs", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("jaxcache: warm [")]
+    counts = [line.split("[", 1)[1].split("]", 1)[0].split("/") for line in lines]
+    total = int(counts[0][1])
+    assert [int(done) for done, _ in counts] == list(range(1, total + 1))
+    assert {int(t) for _, t in counts} == {total}  # never grows
+    assert total == len([row for row in proc.stdout.splitlines() if row.startswith(("curvefit", "rosenbrock"))])
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_ctrl_c_reports_the_kernels_already_done(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "jaxcache", "--cache-dir", str(tmp_path / "c"), "warm", "--json",
+                             "--problem", "kinetics", "--size", "48", "--jobs", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    done = []
+    for line in proc.stderr:  # the slow iterate kernel comes last: stop once something is done
+        if line.startswith("jaxcache: warm ["):
+            status, what = line.split("] ", 1)[1].split(" ", 1)  # "compiled kinetics-48: residual (0.31 s)"
+            done.append(what.rsplit(" (", 1)[0].strip())
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    report = json.loads(out)
+    assert report["interrupted"] is True and report["ok"] is False
+    names = [f"{k['target']}: {k['kernel']}" for k in report["kernels"]]
+    assert done and done[0] in names and len(names) < report["planned"]
+    assert "Traceback" not in err
 
 
 def test_plans_from_pyproject_and_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,12 +258,13 @@ def test_verify_reports_convergence(tmp_path: Path) -> None:
 
 
 SHARED_ENTRY_MODULE = """
-import os
+import os, sys
 import jax, jax.numpy as jnp
 
-def _built(name):
+def _built(name):  # who called: the warm's preflight or a worker (python -m puts the module's path in argv)
     with open(os.environ["BUILD_LOG"], "a") as log:
-        log.write(f"{name} {os.getpid()} {os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE')}\\n")
+        log.write(f"{name} {os.getpid()} {os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE')} "
+                  f"{os.path.basename(sys.argv[0])}\\n")
 
 def _kernel(scale):
     def kernel(x):
@@ -194,8 +288,14 @@ def wide():
     return [("w", g, (jax.ShapeDtypeStruct((5,), jnp.float64),))]
 
 def dies():
-    _built("dies")
-    os._exit(3)  # as a segfault or an OOM kill would: no exception, no cleanup
+    # The warm's preflight calls it first and gets its kernel; the worker that builds it next dies
+    # (os._exit, as a segfault or an OOM kill would: no exception, no cleanup).
+    checked = os.environ["BUILD_LOG"] + ".checked"
+    if os.path.exists(checked):
+        _built("dies")
+        os._exit(3)
+    open(checked, "w").close()
+    return _list("dies", 1)
 
 def one_a(): return _list("a", 1)
 def one_b(): return _list("bb", 1)
@@ -211,9 +311,13 @@ def test_workers_build_each_target_once_and_compile_each_kernel_once(tmp_path: P
     entries = [x for e in ("one_a", "one_b", "one_c", "many") for x in ("--entry", f"sharedkernels:{e}")]
     code, report = warm_json(tmp_path / "cache", "--jobs", "2", *entries, env=env)
     assert code == 0, report
-    builds = [line.split()[0] for line in log.read_text().splitlines()]
+    lines = [line.split() for line in log.read_text().splitlines()]
+    # The preflight calls each entry once, in a process of its own, before any worker starts.
+    assert sorted(name for name, _, _, who in lines if who == "preflight.py") == ["a", "bb", "ccc", "dddd"]
+    builds = [name for name, _, _, who in lines if who == "worker.py"]
+    assert len(builds) + 4 == len(lines)
     # Workers that may share a GPU do not each grab most of its memory.
-    assert {line.split()[2] for line in log.read_text().splitlines()} == {"false"}
+    assert {prealloc for _, _, prealloc, _ in lines} == {"false"}
     # A target of one kernel is built by one worker only; a worker with nothing left to
     # build may build a bigger target a second time to help with its kernels.
     assert sorted(b for b in builds if b != "dddd") == ["a", "bb", "ccc"]
@@ -339,3 +443,55 @@ def test_stopping_a_warm_stops_its_workers(tmp_path: Path, signum: int, code: in
         time.sleep(0.1)
     assert all(_gone(w) for w in workers)
     assert "Traceback" not in err
+
+
+def test_the_preflight_counts_bundled_kernels_as_the_solver_lists_them(tmp_path: Path) -> None:
+    """`bundled_kernel_count` mirrors `solver.kernels` without building (which compiles the probes):
+    pinned here for "auto" in both modes, a fixed chunk size, and sizes with one or two probe sizes."""
+    from jaxcache.warming import build_plan, preflight
+
+    plan = build_plan(problems=["curvefit", "bratu"], sizes=[4, 12]).targets + \
+        build_plan(problems=["kinetics"], sizes=[8], deriv_mode="blocked").targets + \
+        build_plan(problems=["spectral"], sizes=[8], jac_chunk_size=3).targets
+    from jaxcache.warming.plan import WarmPlan
+
+    counted = preflight(WarmPlan(targets=plan, source="test")).kernels
+    listed = json.loads(subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import json, solver
+        from jaxcache.warming.plan import Target
+        out = {{}}
+        for raw in json.loads({json.dumps(json.dumps([t.as_dict() for t in plan]))}):
+            t = Target(**raw)
+            objective, x0 = solver.problems.get(t.problem, t.size, deriv_mode=t.deriv_mode,
+                                                jac_chunk_size=t.jac_chunk_size)
+            out[t.label] = len(solver.kernels(objective, x0))
+        print(json.dumps(out))
+        """)], capture_output=True, text=True, check=True, timeout=600).stdout)
+    assert counted == listed
+    assert len(set(listed.values())) > 1  # the cases differ, so the rule is exercised
+
+
+def test_the_plan_precedence_is_a_library_function(tmp_path: Path) -> None:
+    from jaxcache import choose_plan
+    from jaxcache.errors import UsageError
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text("[tool.jaxcache.warm]\nproblems = ['bratu']\nsizes = [8]\n")
+    plan_file = tmp_path / "plan.toml"
+    plan_file.write_text("problems = ['spectral']\n")
+    # Flags first, then a plan file, then pyproject, then the bundled default.
+    assert [t.label for t in choose_plan(problems=["curvefit"], project_dir=project).targets] == ["curvefit-16"]
+    assert [t.label for t in choose_plan(plan_file=plan_file, project_dir=project).targets] == ["spectral-16"]
+    assert [t.label for t in choose_plan(project_dir=project).targets] == ["bratu-8"]
+    default = choose_plan(project_dir=tmp_path, options={"x64": True})
+    assert default.source == "default (bundled problems)" and all(t.x64 for t in default.targets)
+    # An option set on purpose does not silently lose to a plan that sets its own.
+    with pytest.raises(UsageError, match="--x64 does not apply to a plan from"):
+        choose_plan(project_dir=project, options={"x64": True}, given=["x64"])
+    with pytest.raises(UsageError, match="not both"):
+        choose_plan(problems=["bratu"], plan_file=plan_file)
+    assert choose_plan(project_dir=project).as_dict() == {
+        "source": f"[tool.jaxcache.warm] of {project / 'pyproject.toml'}",
+        "targets": [{"problem": "bratu", "entry": None, "size": 8, "jac_chunk_size": "auto", "deriv_mode": "batched",
+                     "x64": False, "platform": None, "devices": 1}]}

@@ -75,6 +75,9 @@ class WarmPlan:
     targets: tuple[Target, ...]
     source: str
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "targets": [t.as_dict() for t in self.targets]}
+
 
 def _chunk(value: Any, where: str) -> ChunkSize:
     if value == "auto":
@@ -223,6 +226,64 @@ def plan_from_pyproject(pyproject: Path) -> WarmPlan | None:
     if table is None:
         return None
     return plan_from_table(table, f"[tool.jaxcache.warm] of {pyproject}")
+
+
+# The options that shape every target of flags or the default, but not a plan read from a file.
+PROCESS_OPTIONS = ("jac_chunk_size", "deriv_mode", "x64", "platform", "devices")
+
+
+def choose_plan(
+    *,
+    problems: Sequence[str] = (),
+    sizes: Sequence[int] = (),
+    entries: Sequence[str] = (),
+    plan_file: Path | None = None,
+    project_dir: Path | None = None,
+    options: Mapping[str, Any] | None = None,
+    given: Iterable[str] = (),
+) -> WarmPlan:
+    """The plan a warm or verify uses, by precedence: targets named outright
+    (``problems``, ``sizes``, ``entries``), else ``plan_file``, else the
+    ``[tool.jaxcache.warm]`` table of the project's pyproject.toml, else the
+    bundled problems. Files are read only where the precedence reaches them.
+
+    Args:
+        problems, sizes, entries: targets named outright (``--problem``, ``--size``, ``--entry``).
+        plan_file: a TOML plan (``--plan``).
+        project_dir: where to look for a pyproject.toml with ``[tool.jaxcache]``
+            (this folder, then its parents; the CLI gives the current folder);
+            None: nowhere.
+        options: values of `PROCESS_OPTIONS` for named targets and the default
+            (unset ones take `build_plan`'s defaults).
+        given: which of ``options`` the caller set on purpose: a plan from a
+            file or pyproject sets them itself, so giving one there is an error
+            rather than silently ignored.
+
+    Raises:
+        UsageError: both targets and a plan file; an option given for a plan
+            that sets its own; or any bad value.
+    """
+    options = dict(options or {})
+    unknown = set(options) - set(PROCESS_OPTIONS)
+    if unknown:
+        raise UsageError(f"unknown warm option {sorted(unknown)[0]!r} (known: {', '.join(PROCESS_OPTIONS)})")
+    if problems or sizes or entries:
+        if plan_file is not None:
+            raise UsageError("give a --plan file or --problem/--size/--entry flags, not both")
+        return build_plan(problems=problems, sizes=sizes, entries=entries, **options)
+    if plan_file is not None:
+        plan = plan_from_file(plan_file)
+    else:
+        from jaxcache.settings import find_pyproject
+
+        pyproject = find_pyproject(project_dir) if project_dir is not None else None
+        plan = plan_from_pyproject(pyproject) if pyproject is not None else None
+    if plan is None:
+        return build_plan(**options, source="default (bundled problems)")
+    explicit = [name for name in PROCESS_OPTIONS if name in set(given)]
+    if explicit:
+        raise UsageError(f"--{explicit[0].replace('_', '-')} does not apply to a plan from {plan.source}; set it there")
+    return plan
 
 
 def require_backends(plan: WarmPlan) -> None:

@@ -12,11 +12,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from jaxcache.warming.plan import Target, WarmPlan
+from jaxcache.warming.preflight import Preflight, preflight
 
 # Workers import the installed jaxcache and solver, never a folder of the same name in
 # the current directory (python -m puts it first on sys.path); an --entry module
@@ -24,42 +25,64 @@ from jaxcache.warming.plan import Target, WarmPlan
 SAFE_PATH = ("-P",)
 _DEVICE_FLAG = "--xla_force_host_platform_device_count"
 _DEVICE_FLAG_RE = re.compile(re.escape(_DEVICE_FLAG) + r"=(\d+)")
-KERNELS_PER_PROBLEM = 3  # residual, jacobian, iterate (plus "auto" probes): a first estimate
 
 
 @dataclass(frozen=True)
 class KernelResult:
-    """One kernel's outcome: ``compiled``, ``cached`` (already in the cache) or ``failed``."""
+    """One kernel's outcome.
+
+    Attributes:
+        target: the target's label.
+        kernel: the kernel's name (None when the target could not be built).
+        module: JAX's module name(s) of what it compiled.
+        status: ``compiled`` (this warm compiled it), ``cached`` (it was in the
+            cache already, or another kernel of this warm is the same program:
+            see ``same_as``) or ``failed``.
+        wall_seconds: this warm's time on it: tracing, lowering, compiling, storing.
+        compile_seconds: what JAX measured compiling it, the figure jaxcache's
+            write log keeps and ``jaxcache ls`` shows; None unless compiled here
+            with JAX's cache on.
+        keys: the JAX cache keys of its entries, where known.
+        same_as: the kernel of this warm that compiled the same entry.
+        reason: why it failed, or a note.
+    """
 
     target: str
     kernel: str | None
     module: str | None
     status: str
-    seconds: float
+    wall_seconds: float = 0.0
+    compile_seconds: float | None = None
+    keys: tuple[str, ...] = ()
+    same_as: str | None = None
     reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "keys": list(self.keys)}
 
 
 @dataclass(frozen=True)
 class WarmReport:
-    """Everything a warm did."""
+    """Everything a warm did (up to a Ctrl-C, if ``interrupted``)."""
 
     results: tuple[KernelResult, ...]
     seconds: float
     warnings: tuple[str, ...] = ()
+    interrupted: bool = False
+    planned: int | None = None  # kernels the plan has (None: unknown)
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.results if r.status == status)
 
     @property
     def ok(self) -> bool:
-        return self.count("failed") == 0
+        return self.count("failed") == 0 and not self.interrupted
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
+            "interrupted": self.interrupted,
+            "planned": self.planned,
             "compiled": self.count("compiled"),
             "cached": self.count("cached"),
             "failed": self.count("failed"),
@@ -67,6 +90,14 @@ class WarmReport:
             "warnings": list(self.warnings),
             "kernels": [r.as_dict() for r in self.results],
         }
+
+
+class WarmInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a warm: its workers are stopped; ``report`` holds the kernels done by then."""
+
+    def __init__(self, report: WarmReport) -> None:
+        super().__init__()
+        self.report = report
 
 
 def host_device_count(env: Mapping[str, str]) -> int:
@@ -173,7 +204,7 @@ def run_workers(
         if code not in (0, 1):  # 1: some kernel failed and was reported; anything else: the worker died
             lines = [l for l in stderr.get(i, []) if l.strip()]
             event = {"target": ", ".join(t.label for t in targets), "kernel": None, "module": None, "status": "failed",
-                     "seconds": 0.0, "reason": f"worker exited with code {code}: {lines[-1] if lines else 'no output'}"}
+                     "reason": f"worker exited with code {code}: {lines[-1] if lines else 'no output'}"}
             events.append(event)
             on_event(event)
     return events
@@ -199,6 +230,7 @@ def warm(
     jobs: int | None = None,
     env: Mapping[str, str] | None = None,
     progress: Callable[[KernelResult | None, int, int], None] | None = None,
+    checked: Preflight | None = None,
 ) -> WarmReport:
     """Compiles every kernel of a plan into the cache.
 
@@ -207,9 +239,16 @@ def warm(
         cache_dir: the cache root (each worker calls ``jaxcache.configure`` on it).
         jobs: worker processes per configuration (default: the number of cores).
         env: the environment the runs will have (default ``os.environ``).
-        progress: called as ``progress(result_or_None, done, total)`` as kernels finish.
+        progress: called as ``progress(result_or_None, done, total)``: once with
+            None before the first worker starts, then as each kernel finishes.
+        checked: the plan's `preflight`, if the caller ran it (else it runs here).
+
+    Raises:
+        UsageError: an ``entry`` the preflight refuses (before any worker starts).
+        WarmInterrupted: Ctrl-C; its ``report`` has the kernels done so far.
     """
     env = dict(os.environ if env is None else env)
+    checked = checked if checked is not None else preflight(plan, env=env)
     jobs = max(1, jobs or os.cpu_count() or 1)
     start = time.perf_counter()
     groups: dict[tuple[Any, ...], list[Target]] = {}
@@ -218,30 +257,51 @@ def warm(
     results: list[KernelResult] = []
     warnings: list[str] = []
     reported: set[tuple[str, str | None]] = set()
-    # Kernels per target: estimated up front, then as each target's builder reports them.
-    counts = {t.label: KERNELS_PER_PROBLEM if t.problem else 1 for t in plan.targets}
+    compiled_by: dict[str, tuple[str, str | None]] = {}  # key -> (target, kernel) whose compile wrote it
+    counts = dict(checked.kernels)
+
+    def total() -> int:
+        return max(sum(counts.values()), len(results))
 
     def on_event(event: dict[str, Any]) -> None:
         if "warning" in event:
             warnings.append(str(event["warning"]))
             return
         if "kernels" in event:
-            counts[event["target"]] = int(event["kernels"])
-            if progress:
-                progress(None, len(results), max(sum(counts.values()), len(results)))
+            if counts.get(event["target"]) != int(event["kernels"]):  # the preflight counted otherwise
+                counts[event["target"]] = int(event["kernels"])
+                if progress:
+                    progress(None, len(results), total())
             return
-        result = KernelResult(**{k: event.get(k) for k in KernelResult.__dataclass_fields__})
+        result = KernelResult(**{k: event[k] for k in KernelResult.__dataclass_fields__ if k in event})
+        result = replace(result, keys=tuple(result.keys))
         if result.kernel is not None and (result.target, result.kernel) in reported:
             return  # a second worker compiled it too (its claims folder failed): one row per kernel
         reported.add((result.target, result.kernel))
+        if result.status == "compiled" and result.keys:
+            first = next((compiled_by[k] for k in result.keys if k in compiled_by), None)
+            if first is not None:  # e.g. the "auto" Jacobian is one of its probes: one entry, compiled once
+                name = first[1] if first[0] == result.target else f"{first[0]}: {first[1]}"
+                result = replace(result, status="cached", compile_seconds=None, same_as=name,
+                                 reason=f"the same program as {name}")
+            else:
+                compiled_by.update(dict.fromkeys(result.keys, (result.target, result.kernel)))
         results.append(result)
         if progress:
-            progress(result, len(results), max(sum(counts.values()), len(results)))
+            progress(result, len(results), total())
 
-    for targets in groups.values():
-        # No more workers than kernels; an entry's kernels are unknown until it is built,
-        # so a plan with one brings them all (one entry may list dozens).
-        most = jobs if any(t.entry for t in targets) else sum(counts[t.label] for t in targets)
-        run_workers(cache_dir, targets, jobs=min(jobs, most), env=env, on_event=on_event)
-    return WarmReport(results=tuple(results), seconds=time.perf_counter() - start,
-                      warnings=tuple(key_warnings(plan, env) + warnings))
+    def report(*, interrupted: bool = False) -> WarmReport:
+        return WarmReport(results=tuple(results), seconds=time.perf_counter() - start,
+                          warnings=tuple(key_warnings(plan, env) + warnings), interrupted=interrupted,
+                          planned=total())
+
+    if progress:
+        progress(None, 0, total())
+    try:
+        for targets in groups.values():
+            # No more workers than kernels.
+            most = sum(counts.get(t.label, 1) for t in targets)
+            run_workers(cache_dir, targets, jobs=min(jobs, most), env=env, on_event=on_event)
+    except KeyboardInterrupt:
+        raise WarmInterrupted(report(interrupted=True)) from None
+    return report()

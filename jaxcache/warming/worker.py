@@ -11,8 +11,12 @@ claim files in the ``claims`` folder (see `jaxcache.warming.claims`); without
 one, worker ``j`` compiles the kernels whose number is ``j`` modulo ``J``.
 One JSON line per event goes to stdout: ``{"target", "kernels": n}`` once a
 target is built, and one ``{"target", "kernel", "module", "status",
-"seconds", "reason"}`` per kernel, ``status`` being ``compiled``, ``cached``
-or ``failed`` (``kernel`` is null when the target could not be built).
+"wall_seconds", "compile_seconds", "keys", "reason"}`` per kernel, ``status``
+being ``compiled`` (this warm compiled it: in its own turn, or while its
+target was built, as the "auto" probes are), ``cached`` or ``failed``
+(``kernel`` is null when the target could not be built). ``keys`` are the JAX
+cache keys of its entries and ``compile_seconds`` what JAX measured compiling
+them: the record jaxcache's write log keeps, so the figure ``jaxcache ls`` shows.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from jaxcache.warming.claims import ClaimBoard
@@ -36,7 +41,13 @@ def _emit(**fields: Any) -> None:
     sys.stdout.flush()
 
 
-def _one_line(error: BaseException) -> str:
+class EntryError(ValueError):
+    """An entry point that does not return what the protocol asks for (the message says what)."""
+
+
+def one_line(error: BaseException) -> str:
+    if isinstance(error, EntryError):
+        return str(error)
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
@@ -46,13 +57,59 @@ class KernelSpec:
 
     ``compile`` returns ``"cached"`` or ``"compiled"`` when it knows (the
     executable store), else anything, and JAX's log of the compile decides.
+    ``lookup`` compiles it the plain way, through JAX's persistent cache: for a
+    kernel the store served, a hit that names its JAX key.
     """
 
-    def __init__(self, name: str, compile: Callable[[], Any], module: str | None = None, args: Any = None):
+    def __init__(self, name: str, compile: Callable[[], Any], module: str | None = None, args: Any = None,
+                 lookup: Callable[[], Any] | None = None):
         self.name = name
         self.compile = compile
         self.module = module
         self.args = args  # an entry's abstract arguments, checked against the process's x64 setting
+        self.lookup = lookup
+
+
+class Heard:
+    """What JAX logged while a step ran: keys hit and missed, and each key written with
+    the compile time JAX measured for it (logged just before the write, per module)."""
+
+    def __init__(self) -> None:
+        self.hits: list[str] = []
+        self.misses: list[str] = []
+        self.writes: dict[str, float | None] = {}
+        self.modules: set[str] = set()
+        self._seconds: dict[str, float] = {}
+
+    def __call__(self, kind: str, module: str, value: str | float) -> None:
+        from jaxcache import compilelog
+
+        self.modules.add(module)
+        if kind == compilelog.HIT:
+            self.hits.append(str(value))
+        elif kind == compilelog.MISS:
+            self.misses.append(str(value))
+        elif kind == compilelog.COMPILE_TIME:
+            self._seconds[module] = float(value)
+        elif kind == compilelog.WRITE:
+            self.writes[str(value)] = self._seconds.pop(module, None)
+
+    @property
+    def keys(self) -> list[str]:
+        """Every key written or hit, in order, once."""
+        return list(dict.fromkeys([*self.writes, *self.hits]))
+
+
+@contextmanager
+def listening() -> Iterator[Heard]:
+    from jaxcache.compilelog import listen
+
+    heard = Heard()
+    remove = listen(heard)
+    try:
+        yield heard
+    finally:
+        remove()
 
 
 _WIDE_DTYPES = frozenset({"float64", "int64", "uint64", "complex128"})
@@ -92,45 +149,77 @@ def bundled_kernels(target: Target) -> list[KernelSpec]:
     # "auto" probes were compiled while the objective was built: list them first, so the
     # builder claims them at once and a helping worker never rebuilds a target just for them.
     ordered = sorted(kernels, key=lambda k: not k.name.startswith("probe_"))
-    return [KernelSpec(k.name, k.warm, f"jit_{k.fn.__name__}") for k in ordered]
+    return [KernelSpec(k.name, k.warm, f"jit_{k.fn.__name__}", lookup=functools.partial(_aot, k.fn, k.args, None))
+            for k in ordered]
+
+
+def bundled_kernel_count(target: Target) -> int:
+    """How many kernels `bundled_kernels` lists for a target, without building it
+    (building compiles the "auto" probes): residual, jacobian and iterate, plus
+    the probes of each block whose chunk size is "auto" (``solver.kernels``).
+    ``tests/test_warm.py`` pins it against the solver."""
+    import solver
+    from solver import memory
+
+    objective, x0 = solver.problems.get(
+        target.problem, target.size, deriv_mode=target.deriv_mode, jac_chunk_size=target.jac_chunk_size
+    )
+    if objective.deriv_mode == "batched":
+        automatic = [objective.requested_jac_chunk_size == "auto"]
+    else:  # blocked: each block's own size; None means "auto" there
+        automatic = [o.jac_chunk_size in (None, "auto") for o in objective.objectives]
+    return 3 + sum(automatic) * len(set(memory.probe_chunk_sizes(len(x0))))
 
 
 def entry_kernels(entry: str) -> list[KernelSpec]:
     """Kernels from a user's ``pkg.module:function`` (see the README for the protocol).
 
     Raises:
-        ValueError: the function returned something that is not a list of kernels.
+        EntryError: the function returned no kernels, or something else than kernels.
+        Exception: whatever importing the module or calling the function raised.
     """
     module_name, _, attr = entry.partition(":")
     obj: Any = importlib.import_module(module_name)
     for part in attr.split("."):
         obj = getattr(obj, part)
     if not callable(obj):
-        raise ValueError(f"{entry} is not callable")
+        raise EntryError(f"{attr} is {type(obj).__name__}, not a function")
     items = obj()
     if isinstance(items, dict):
         items = [(name, *value) for name, value in items.items()]
     try:
         items = list(items)
     except TypeError:
-        raise ValueError(f"{entry} returned {type(items).__name__}, not a list of (name, function, args)") from None
+        raise EntryError(f"returned {type(items).__name__}, not a list of (name, function, args)") from None
+    if not items:
+        raise EntryError("returned no kernels (an empty list)")
     out = []
     for i, item in enumerate(items):
-        if all(hasattr(item, a) for a in ("name", "fn", "args")):
-            out.append(KernelSpec(str(item.name), functools.partial(_aot, item.fn, tuple(item.args), None),
-                                  args=tuple(item.args)))
+        if all(hasattr(item, a) for a in ("name", "fn", "args")):  # solver.Kernel: fn is jitted here, as documented
+            compile = functools.partial(_aot, item.fn, tuple(item.args), None)
+            out.append(KernelSpec(str(item.name), compile, args=tuple(item.args), lookup=compile))
             continue
         if not isinstance(item, (tuple, list)) or not 2 <= len(item) <= 4:
-            raise ValueError(f"{entry} item {i} is {type(item).__name__}, not (name, function, args[, kwargs])")
+            raise EntryError(f"item {i} is {type(item).__name__}, not (name, function, args[, kwargs])")
         if isinstance(item[0], str):
+            if len(item) < 3:
+                raise EntryError(f"item {i} ({item[0]!r}) has {len(item) - 1} value(s) after its name; "
+                                 "give (name, function, args[, kwargs])")
             name, fn, args, *rest = item
         else:
             fn, args, *rest = item
             name = getattr(fn, "__name__", f"kernel{i}")
         if not callable(fn) or not isinstance(args, (tuple, list)):
-            raise ValueError(f"{entry} item {i}: expected a function and a tuple of abstract arguments")
+            raise EntryError(f"item {i}: expected a function and a tuple of abstract arguments")
+        if not hasattr(fn, "lower"):
+            # A run never looks up a plain function by itself: it jits it with its own
+            # options (static arguments, donation) or calls it inside another jit, so
+            # a jit of it made here would be a guess.
+            raise EntryError(f"item {i} ({name!r}): {getattr(fn, '__name__', type(fn).__name__)} is not jitted; "
+                             "list the jax.jit function your code calls")
         kwargs = rest[0] if rest else None
-        out.append(KernelSpec(name, functools.partial(_aot, fn, tuple(args), kwargs), args=(tuple(args), kwargs)))
+        compile = functools.partial(_aot, fn, tuple(args), kwargs)
+        out.append(KernelSpec(name, compile, args=(tuple(args), kwargs), lookup=compile))
     return _unique_names(out)
 
 
@@ -154,30 +243,49 @@ def _kernels_of(target: Target) -> list[KernelSpec]:
     return entry_kernels(target.entry) if target.entry else bundled_kernels(target)
 
 
+# Keys this process wrote while building targets ("auto" probes), with JAX's compile time of each.
+_BUILT: dict[str, float | None] = {}
+
+
 def _build(target: Target) -> tuple[list[KernelSpec] | None, str | None]:
     try:
-        return _kernels_of(target), None
+        with listening() as heard:
+            kernels = _kernels_of(target)
+        _BUILT.update(heard.writes)
+        return kernels, None
     except Exception as error:  # a broken target must not stop the others
-        return None, _one_line(error)
+        return None, one_line(error)
 
 
 def _compile(target: Target, kernel: KernelSpec) -> bool:
     """Compiles one kernel and reports it; returns whether it failed."""
-    from jaxcache.compilelog import CompileLog
-
-    log = CompileLog().start()
     start = time.perf_counter()
-    try:
-        # A kernel the executable store serves says itself whether it was there.
-        status = kernel.compile() or ("cached" if log.hits and not log.misses else "compiled")
-        reason = None
-    except Exception as e:  # report and go on with the others
-        status, reason = "failed", _one_line(e)
-    finally:
-        log.stop()
-    modules = sorted(log.modules) or [kernel.module]
+    with listening() as heard:
+        try:
+            # A kernel the executable store serves says itself whether it was there.
+            status = kernel.compile() or ("cached" if heard.hits and not heard.misses else "compiled")
+            reason = None
+        except Exception as e:  # report and go on with the others
+            status, reason = "failed", one_line(e)
+        if status == "compiled" and not heard.keys and kernel.lookup is not None:
+            # Stored whole while its target was built: JAX's cache, asked the plain
+            # way, names its entry (a hit: nothing is compiled again).
+            try:
+                kernel.lookup()
+            except Exception:  # noqa: BLE001 (the key stays unknown; the kernel is warmed)
+                pass
+    keys = heard.keys
+    built = [k for k in keys if k in _BUILT]
+    if status == "cached" and built:
+        status = "compiled"  # compiled by this warm, while its target was built
+    seconds = [s for s in [*heard.writes.values(), *(_BUILT[k] for k in built if k not in heard.writes)]
+               if s is not None]
+    modules = sorted(heard.modules) or [kernel.module]
     _emit(target=target.label, kernel=kernel.name, module=modules[0] if len(modules) == 1 else ",".join(modules),
-          status=status, seconds=round(time.perf_counter() - start, 4), reason=reason)
+          status=status, wall_seconds=round(time.perf_counter() - start, 4),
+          # as the write log rounds it, so that warm and `ls` print the same figure
+          compile_seconds=round(sum(seconds), 3) if status == "compiled" and seconds else None,
+          keys=keys if status != "failed" else [], reason=reason)
     warning = _x64_warning(kernel) if status != "failed" else None
     if warning:
         _emit(target=target.label, warning=f"{target.label}: {warning}")
@@ -188,7 +296,7 @@ def _report_built(target: Target, kernels: list[KernelSpec] | None, error: str |
     """Tells the parent how many kernels ``target`` has (a failed build counts as one, failed)."""
     _emit(target=target.label, kernels=len(kernels) if kernels is not None else 1)
     if kernels is None:
-        _emit(target=target.label, kernel=None, module=None, status="failed", seconds=0.0, reason=error)
+        _emit(target=target.label, kernel=None, module=None, status="failed", wall_seconds=0.0, reason=error)
     return kernels is None
 
 
@@ -267,7 +375,7 @@ def run(job: dict[str, Any]) -> int:
     return 1 if failed else 0
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: end when the warm that started us ends, however it ends (SIGTERM, SIGKILL);
     elsewhere a worker notices only when writing its next line to the closed pipe."""
     try:
@@ -281,7 +389,7 @@ def _die_with_parent() -> None:
 
 
 def main() -> int:
-    _die_with_parent()
+    die_with_parent()
     # Started with -P, so the installed packages are found, not folders of the same name
     # here. Imported before the user's folder joins the path (last, for --entry modules):
     # a namespace folder there would otherwise still win over an editable install's finder.
