@@ -533,7 +533,7 @@ def _plan_options(fn: Callable) -> Callable:
         click.option("--size", "sizes", multiple=True, type=int, metavar="N", help="Problem size (repeatable)."),
         click.option("--jac-chunk-size", default="auto", show_default=True, metavar="N|auto"),
         click.option("--deriv-mode", type=click.Choice(["batched", "blocked"]), default="batched", show_default=True),
-        click.option("--x64/--no-x64", default=False, help="Warm for runs with jax_enable_x64."),
+        click.option("--x64/--no-x64", default=False, help="The runs use jax_enable_x64 (64-bit dtypes)."),
         click.option("--platform", type=click.Choice(["cpu", "gpu", "tpu"]), help="Target backend (default: JAX's)."),
         click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True,
                      help="Devices of the run's process (CPU: host devices)."),
@@ -592,8 +592,8 @@ def _print_warm(report, jax_dir: Path) -> None:
                    f"({compiled} compiled, {cached} already cached, {failed} failed) into {jax_dir} "
                    f"({report.seconds:.1f} s).")
     elif compiled == 0 and failed == 0:
-        click.echo(f"Nothing to compile: all {display.count(cached, 'kernel')} were already in {jax_dir} "
-                   f"({report.seconds:.1f} s).")
+        every = "the one kernel was" if cached == 1 else f"all {cached} kernels were"
+        click.echo(f"Nothing to compile: {every} already in {jax_dir} ({report.seconds:.1f} s).")
     else:
         click.echo(f"Warmed {display.count(len(report.results), 'kernel')} into {jax_dir}: {compiled} compiled, "
                    f"{cached} already cached, {failed} failed ({report.seconds:.1f} s).")
@@ -605,7 +605,7 @@ def _print_warm(report, jax_dir: Path) -> None:
 @click.option("--verify", "then_verify", is_flag=True, help="Then run each solve fresh and require every kernel to hit.")
 @json_option
 @click.pass_context
-def warm_command(ctx: click.Context, jobs: int | None, then_verify: bool, as_json: bool, **params: Any) -> None:
+def warm_command(ctx: click.Context, jobs: int | None, then_verify: bool, as_json: bool, **params: Any) -> int:
     """Compile kernels ahead of time into the cache, so the first real run compiles nothing.
 
     Exits 1 if any kernel failed to compile (the others are still warmed).
@@ -643,8 +643,7 @@ def warm_command(ctx: click.Context, jobs: int | None, then_verify: bool, as_jso
         rest = "; the others were warmed" if len(failed) < len(report.results) else ""
         click.echo(f"jaxcache: error: {len(failed)} of {display.count(len(report.results), 'kernel')} failed{rest}; "
                    f"first: {first.target}{': ' + first.kernel if first.kernel else ''}: {first.reason}", err=True)
-    if not report.ok or (verified is not None and not all(v.ok for v in verified)):
-        sys.exit(1)
+    return 1 if not report.ok or (verified is not None and not all(v.ok for v in verified)) else 0
 
 
 def _verify(ctx: click.Context, plan, settings: Settings, as_json: bool):
@@ -678,7 +677,7 @@ def _print_verify(results) -> None:
 @_plan_options
 @json_option
 @click.pass_context
-def verify_command(ctx: click.Context, as_json: bool, **params: Any) -> None:
+def verify_command(ctx: click.Context, as_json: bool, **params: Any) -> int:
     """Run each warmed configuration fresh and require every solver kernel to hit the cache.
 
     Exits 1 on any miss, naming the kernel.
@@ -693,8 +692,7 @@ def verify_command(ctx: click.Context, as_json: bool, **params: Any) -> None:
                     "runs": [v.as_dict() for v in results]})
     else:
         _print_verify(results)
-    if not all(v.ok for v in results):
-        sys.exit(1)
+    return 0 if all(v.ok for v in results) else 1
 
 
 def _print_traffic(title: str, totals: dict[str, Any]) -> None:
@@ -967,14 +965,15 @@ def _transfer_progress(verb: str, *, quiet: bool, every: int = 100):
     return show
 
 
-def _fleet_failures(failed: Any, total: int, verb: str) -> None:
-    """One line for objects that did not make it, and exit 1."""
-    if failed:
-        name, reason = failed[0]
-        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-        click.echo(f"jaxcache: error: {len(failed)} of {total} objects not {verb}; first: {name}: {reason}{more}",
-                   err=True)
-        sys.exit(1)
+def _fleet_failures(failed: Any, total: int, verb: str) -> int:
+    """One line for objects that did not make it; the exit code (1 if any did not)."""
+    if not failed:
+        return 0
+    name, reason = failed[0]
+    more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+    click.echo(f"jaxcache: error: {len(failed)} of {total} objects not {verb}; first: {name}: {reason}{more}",
+               err=True)
+    return 1
 
 
 def _fleet_rows(records: Any) -> list[tuple[Any, ...]]:
@@ -1004,7 +1003,7 @@ def _reasons(skipped: Any) -> str:
 @_fleet_options
 @click.pass_context
 def push_command(ctx: click.Context, remote: str, version: str | None, pattern: str | None, jobs: int,
-                 key_file: str | None, quiet: bool, dry_run: bool, as_json: bool) -> None:
+                 key_file: str | None, quiet: bool, dry_run: bool, as_json: bool) -> int:
     """Send what this cache has and REMOTE lacks: a path on a shared filesystem, s3://bucket/prefix or gs://...
 
     Objects go first, then one manifest naming them (signed with the fleet key
@@ -1039,7 +1038,7 @@ def push_command(ctx: click.Context, remote: str, version: str | None, pattern: 
         click.echo(f"Pushed {display.count(len(result.transferred.done), 'object')} "
                    f"({display.size(result.transferred.bytes)} uploaded) to {plan.remote} in "
                    f"{result.transferred.seconds:.1f} s; manifest {result.manifest or '-'}{signed}.")
-    _fleet_failures(result.transferred.failed, len(plan.uploads), "pushed")
+    return _fleet_failures(result.transferred.failed, len(plan.uploads), "pushed")
 
 
 @main.command("pull")
@@ -1049,7 +1048,7 @@ def push_command(ctx: click.Context, remote: str, version: str | None, pattern: 
 @_fleet_options
 @click.pass_context
 def pull_command(ctx: click.Context, remote: str, strict: bool, jobs: int, key_file: str | None, quiet: bool,
-                 dry_run: bool, as_json: bool) -> None:
+                 dry_run: bool, as_json: bool) -> int:
     """Bring in what REMOTE has, this node can hit, and this cache lacks.
 
     Only this jaxlib's folder; only entries this platform, compression, CPU and
@@ -1085,7 +1084,7 @@ def pull_command(ctx: click.Context, remote: str, strict: bool, jobs: int, key_f
         click.echo(f"Pulled {display.count(len(result.transferred.done), 'object')} "
                    f"({display.size(result.transferred.bytes)}) into {plan.folder} in "
                    f"{result.transferred.seconds:.1f} s{skipped}.")
-    _fleet_failures(result.transferred.failed, len(plan.fetch), "pulled")
+    return _fleet_failures(result.transferred.failed, len(plan.fetch), "pulled")
 
 
 @main.command("export")
