@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jaxcache import jaxformat, jaxinternals, provenance
+from jaxcache import jaxformat, provenance
 from jaxcache.errors import CacheDirError, JaxCacheError
 from jaxcache.settings import Layout, Settings, resolve
 
@@ -71,10 +71,13 @@ def jax_options(settings: Settings, jax_dir: Path) -> dict[str, Any]:
     threshold globally when it opens its cache, and a test suite that checks
     JAX's global config after each test (JAX's own) would see -1 turn into 0.
     """
+    from jaxcache import jaxinternals  # here, not at import: `jaxcache hook` must start fast
+
     min_entry = settings.min_entry_size_bytes.value
     return {
         "jax_compilation_cache_dir": str(jax_dir),
-        "jax_persistent_cache_min_entry_size_bytes": jaxinternals.MIN_ENTRY_SIZE_KEEPS_ALL if min_entry == -1 else min_entry,
+        "jax_persistent_cache_min_entry_size_bytes": jaxinternals.MIN_ENTRY_SIZE_KEEPS_ALL if min_entry == -1
+        else min_entry,
         "jax_persistent_cache_min_compile_time_secs": settings.min_compile_time_secs.value,
         "jax_compilation_cache_max_size": settings.max_size.value,
         "jax_persistent_cache_enable_xla_caches": resolve_xla_caches(settings.xla_caches.value,
@@ -176,6 +179,8 @@ def configure(
         >>> import jaxcache
         >>> jaxcache.configure()  # doctest: +SKIP
     """
+    from jaxcache import jaxinternals  # here, not at import: `jaxcache hook` must start fast
+
     settings = resolve(
         cache_dir=cache_dir,
         max_size=max_size,
@@ -214,6 +219,8 @@ def configure(
 
 def _warn_if_already_used(target: Path) -> None:
     """JAX fixes the folder at its first cached compile: say so, and let it re-open."""
+    from jaxcache import jaxinternals  # here, not at import: `jaxcache hook` must start fast
+
     state = jaxinternals.cache_state()
     if state is None:
         return

@@ -23,14 +23,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 if __name__.startswith("_jaxcache_bootstrap_"):  # loaded by path, with its siblings, by `jaxcache run`'s bootstrap
     atomic = sys.modules["_jaxcache_bootstrap_atomic"]
     jaxformat = sys.modules["_jaxcache_bootstrap_jaxformat"]
     jaxinternals = sys.modules["_jaxcache_bootstrap_jaxinternals"]
     uses = sys.modules["_jaxcache_bootstrap_uses"]
-else:
-    from jaxcache import atomic, jaxformat, jaxinternals, uses
+else:  # jaxinternals and uses are imported where used: `jaxcache hook` reads version folders and must start fast
+    from jaxcache import atomic, jaxformat
 
 VERSION_DIR_PREFIX = "jaxlib-"
 MARKER_NAME = ".jaxcache-version.json"
@@ -209,6 +210,14 @@ def compact_writes(folder: Path) -> int:
     return len(lines) - len(kept)
 
 
+def _recorder_modules() -> tuple[Any, Any]:
+    if __name__.startswith("_jaxcache_bootstrap_"):
+        return sys.modules["_jaxcache_bootstrap_jaxinternals"], sys.modules["_jaxcache_bootstrap_uses"]
+    from jaxcache import jaxinternals, uses
+
+    return jaxinternals, uses
+
+
 class WriteRecorder:
     """A :mod:`jaxcache.compilelog` listener recording each entry JAX writes, and each use.
 
@@ -231,6 +240,7 @@ class WriteRecorder:
             folder = Path(jax.config.jax_compilation_cache_dir or "")
             if not folder.name or not folder.is_dir():
                 return
+            jaxinternals, uses = _recorder_modules()
             if kind == "write" and read_marker(folder) is not None:
                 record_write(folder, str(value), jaxinternals.writing_platform(),
                              self.last_compile_seconds.pop(module, None))
