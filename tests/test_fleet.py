@@ -173,9 +173,12 @@ def test_an_entry_keyed_to_its_folder_is_known_as_such(tmp_path: Path) -> None:
     folder = root / f"jaxlib-{JAXLIB}"
     described = local.describe(folder)
     assert described.objects
+    if not jaxformat.path_in_key(JAXLIB):  # from jax 0.11 the folder left the key: nothing to know
+        assert all(r.keyed_path is None for r in described.objects)
+        elsewhere = this_node(tmp_path / "other" / folder.name, xla_caches="xla_gpu_per_fusion_autotune_cache_dir")
+        assert verdict(described.objects[0], elsewhere, path_in_key=False) is None
+        return
     assert all(r.keyed_path == str(folder) for r in described.objects)
-    path_keyed = jaxformat.path_in_key(JAXLIB)
-    assert path_keyed  # jax 0.10
     same_place = this_node(folder, xla_caches="xla_gpu_per_fusion_autotune_cache_dir")
     elsewhere = this_node(tmp_path / "other" / folder.name, xla_caches="xla_gpu_per_fusion_autotune_cache_dir")
     default = this_node(tmp_path / "other" / folder.name)

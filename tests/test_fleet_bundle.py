@@ -11,10 +11,12 @@ import io
 import json
 import shutil
 import tarfile
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
+from jaxcache import jaxformat
 from jaxcache.configuration import gpu_plugin_installed, resolve_xla_caches
 from test_fleet import (
     JAXLIB,
@@ -71,11 +73,18 @@ def test_entries_keyed_to_their_folder_are_not_imported_elsewhere(tmp_path: Path
     cli_json("--cache-dir", str(tmp_path / "a"), "export", "-o", str(bundle), env=env)
     keyed_env = node_env(tmp_path / "home", JAXCACHE_XLA_CACHES=on)
     plan = cli_json("--cache-dir", str(tmp_path / "b"), "import", str(bundle), "--dry-run", env=keyed_env)
-    assert plan["fetch"] == [] and plan["skipped"]
-    assert all("its key holds" in s["reason"] for s in plan["skipped"])
+    keyed = jaxformat.path_in_key(metadata.version("jaxlib"))  # from jax 0.11 the folder left the key
+    if keyed:
+        assert plan["fetch"] == [] and plan["skipped"]
+        assert all("its key holds" in s["reason"] for s in plan["skipped"])
+    else:
+        assert plan["fetch"] and not any("its key holds" in s["reason"] for s in plan["skipped"])
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     copied = run_compile(env, configure=f"import jaxcache; jaxcache.configure({str(tmp_path / 'b')!r}, xla_caches={on!r})")
-    assert copied["hits"] == [] and sorted(copied["misses"]) == sorted(first["misses"])
+    if keyed:
+        assert copied["hits"] == [] and sorted(copied["misses"]) == sorted(first["misses"])
+    else:
+        assert copied["misses"] == [] and sorted(copied["hits"]) == sorted(first["misses"])
 
 
 def _members(bundle: Path) -> dict[str, bytes]:
