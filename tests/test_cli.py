@@ -328,17 +328,22 @@ def test_missing_atime_is_no_problem_where_jax_evicts_such_entries_first(tmp_pat
         assert kinds == ({"missing-atime"} if needed else set()), (version, kinds)
 
 
+def fill_by_plain_jax(folder: Path) -> None:
+    """Entries written by JAX set up by hand (XLA's sub-caches on: the folder's path baked into each)."""
+    run_compile(env_with(), configure=(
+        "import jax\n"
+        f"jax.config.update('jax_compilation_cache_dir', {str(folder)!r})\n"
+        "jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)\n"
+        "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"))
+
+
 def test_orphans_foreign_paths_and_permissions(cache: Path, tmp_path: Path) -> None:
     age(list(cache.rglob("*-cache")), 60)
     folder = version_folder(cache)
     orphan = folder / ("jit_gone-" + "c" * 64 + "-atime")
     orphan.write_bytes(jaxformat.encode_atime(time.time_ns()))
     other = tmp_path / "elsewhere"
-    run_compile(env_with(), configure=(
-        "import jax\n"
-        f"jax.config.update('jax_compilation_cache_dir', {str(other)!r})\n"
-        "jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)\n"
-        "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"))
+    fill_by_plain_jax(other)
     foreign = next(other.glob("jit_step-*-cache"))
     copied = folder / ("jit_foreign-" + "d" * 64 + "-cache")
     shutil.copy2(foreign, copied)
@@ -362,11 +367,7 @@ def test_orphans_foreign_paths_and_permissions(cache: Path, tmp_path: Path) -> N
 def test_foreign_path_only_where_that_jaxlib_keys_the_path(cache: Path, tmp_path: Path) -> None:
     """From jaxlib 0.11 the folder's path leaves the key (jax#35699): a copied entry hits, so it is not foreign."""
     other = tmp_path / "elsewhere"
-    run_compile(env_with(), configure=(
-        "import jax\n"
-        f"jax.config.update('jax_compilation_cache_dir', {str(other)!r})\n"
-        "jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)\n"
-        "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"))
+    fill_by_plain_jax(other)
     for version, foreign in (("0.10.2", True), ("0.11.0", False), ("0.12.0.1", False)):
         folder = cache / f"jaxlib-{version}"
         folder.mkdir(exist_ok=True)
