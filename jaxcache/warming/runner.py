@@ -248,6 +248,9 @@ def warm(
         WarmInterrupted: Ctrl-C; its ``report`` has the kernels done so far.
     """
     env = dict(os.environ if env is None else env)
+    from jaxcache.keyparts import RUN_ID_ENV, new_run_id
+
+    env.setdefault(RUN_ID_ENV, "warm-" + new_run_id())  # all its workers: one run for `jaxcache explain`
     checked = checked if checked is not None else preflight(plan, env=env)
     jobs = max(1, jobs or os.cpu_count() or 1)
     start = time.perf_counter()

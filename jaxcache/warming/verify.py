@@ -71,6 +71,9 @@ def verify(
 ) -> list[VerifyResult]:
     """Runs each target fresh and collects hits and misses."""
     env = dict(os.environ if env is None else env)
+    from jaxcache.keyparts import RUN_ID_ENV, new_run_id
+
+    env.setdefault(RUN_ID_ENV, "verify-" + new_run_id())  # its fresh processes: one run for `jaxcache explain`
     results = []
     for target in plan.targets:
         result = _verify_entry(target, cache_dir, env) if target.entry else _verify_problem(target, cache_dir, env)
