@@ -129,6 +129,13 @@ def _scan(settings: Settings, *, quick: bool = True):
     return scan(settings.root, quick=quick)
 
 
+def _bucket(settings: Settings):
+    """The cache in an object store that ``--cache-dir s3://...`` names."""
+    from jaxcache.bucket import BucketCache
+
+    return BucketCache(settings.url)
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 
 # Work on more items than this shows progress on stderr: a bar on a terminal, else a line now and then.
@@ -198,6 +205,10 @@ def dir_command(ctx: click.Context, jax_folder: bool) -> None:
     Example: ls "$(jaxcache dir)"
     """
     settings = _settings(ctx)
+    if settings.url:
+        click.echo(f"{settings.url}/{provenance.VERSION_DIR_PREFIX}{_installed_jaxlib()}"
+                   if jax_folder and settings.layout.value == "versioned" and _installed_jaxlib() else settings.url)
+        return
     if settings.root.exists() and not settings.root.is_dir():
         raise CacheDirError(f"{settings.root} is a file, not a folder")
     if jax_folder:
@@ -218,8 +229,14 @@ def config_command(ctx: click.Context, as_json: bool) -> None:
 
     settings = _settings(ctx)
     versions = provenance.installed_versions()
-    jax_dir = provenance.jax_dir(settings.root, settings.layout.value, versions)
-    options = jax_options(settings, jax_dir)
+    if settings.url:  # what configure() hands JAX for a bucket (jaxcache.configuration._configure_bucket)
+        versioned = settings.layout.value == "versioned" and versions is not None
+        jax_dir: Any = f"{settings.url}/{provenance.VERSION_DIR_PREFIX}{versions.jaxlib}" if versioned else settings.url
+        options = {**jax_options(settings, Path("/")), "jax_compilation_cache_dir": jax_dir,
+                   "jax_persistent_cache_enable_xla_caches": "none"}
+    else:
+        jax_dir = provenance.jax_dir(settings.root, settings.layout.value, versions)
+        options = jax_options(settings, jax_dir)
     if as_json:
         _emit_json(
             {
@@ -252,7 +269,12 @@ def inspect_command(ctx: click.Context, top: int, as_json: bool) -> None:
     from jaxcache.summary import inspect_cache
 
     settings = _settings(ctx)
-    summary = inspect_cache(settings.root, installed_version=_installed_jaxlib())
+    if settings.url:
+        from jaxcache.summary import summarize
+
+        summary = summarize(_bucket(settings).scan(), installed_version=_installed_jaxlib())
+    else:
+        summary = inspect_cache(settings.root, installed_version=_installed_jaxlib())
     if as_json:
         _emit_json(summary.as_dict())
         return
@@ -325,7 +347,13 @@ def ls_command(ctx: click.Context, sort_by: str, pattern: str | None, as_json: b
     from jaxcache.summary import describe_entries
 
     key, reverse = _SORTS[sort_by]
-    details = sorted(describe_entries(_scan(_settings(ctx)), name=pattern), key=key, reverse=reverse)
+    settings = _settings(ctx)
+    if settings.url:
+        bucket = _bucket(settings)
+        details = bucket.describe(bucket.scan(), name=pattern)
+    else:
+        details = describe_entries(_scan(settings), name=pattern)
+    details.sort(key=key, reverse=reverse)
     if as_json:
         _emit_json([d.as_dict() for d in details])
         return
@@ -347,7 +375,8 @@ def ls_command(ctx: click.Context, sort_by: str, pattern: str | None, as_json: b
                              right=(2, 5)))
     click.echo(f"{_entries(len(rows))}, {display.size(sum(d.entry.bytes for d in details))}", err=True)
     if any(d.entry.last_used is None for d in details):
-        click.echo("* no recorded use: the file system's access time, which may lag (at most daily under "
+        click.echo("* no recorded use: the write time (an object store records no reads)" if settings.url else
+                   "* no recorded use: the file system's access time, which may lag (at most daily under "
                    "relatime)", err=True)
 
 
@@ -377,8 +406,11 @@ def _print_plan(plan, *, dry_run: bool, limit: int = 20, out_err: bool = False) 
                f"keeping {_entries(plan.kept_entries)} ({display.size(plan.kept_bytes)}).", err=out_err)
 
 
-def _run_plan(plan, *, dry_run: bool, yes: bool, as_json: bool) -> None:
+def _run_plan(plan, *, dry_run: bool, yes: bool, as_json: bool, bucket=None) -> None:
     from jaxcache.prune import execute
+
+    if bucket is not None:
+        execute = bucket.execute_prune
 
     if not as_json:
         _print_plan(plan, dry_run=dry_run)
@@ -428,15 +460,17 @@ def prune_command(ctx: click.Context, stale: bool, keep_versions: tuple[str, ...
     if keep_versions and not stale:
         raise click.UsageError("--keep-version only applies with --stale")
     settings = _settings(ctx)
-    info = _scan(settings)
+    bucket = _bucket(settings) if settings.url else None
+    info = bucket.scan() if bucket else _scan(settings)
     here = sorted({f.version for f in info.folders if f.version}, key=_version_order)
     for version in keep_versions:
         if version not in here:  # a typo keeps nothing, silently: say so
             click.echo(f"jaxcache: warning: --keep-version {version}: no entries of that jaxlib version here "
                        f"(versions here: {', '.join(here) or 'none'})", err=True)
     plan = plan_prune(info, stale=stale, keep_versions=keep_versions,
-                      installed_version=_installed_jaxlib(), older_than=duration, max_size=cap, name=pattern)
-    _run_plan(plan, dry_run=dry_run, yes=yes, as_json=as_json)
+                      installed_version=_installed_jaxlib(), older_than=duration, max_size=cap, name=pattern,
+                      atime_resolution=bucket.atime_resolution if bucket else None)
+    _run_plan(plan, dry_run=dry_run, yes=yes, as_json=as_json, bucket=bucket)
 
 
 @main.command("clear")
@@ -451,8 +485,10 @@ def clear_command(ctx: click.Context, dry_run: bool, yes: bool, as_json: bool) -
     """
     from jaxcache.prune import plan_prune
 
-    plan = plan_prune(_scan(_settings(ctx)), everything=True)
-    _run_plan(plan, dry_run=dry_run, yes=yes, as_json=as_json)
+    settings = _settings(ctx)
+    bucket = _bucket(settings) if settings.url else None
+    plan = plan_prune(bucket.scan() if bucket else _scan(settings), everything=True)
+    _run_plan(plan, dry_run=dry_run, yes=yes, as_json=as_json, bucket=bucket)
 
 
 _REPAIR_WORDS = {"delete": "delete", "quarantine": "move aside", "create-atime": "create its -atime",
@@ -478,7 +514,10 @@ def check_command(ctx: click.Context, repair: bool, dry_run: bool, yes: bool, as
     if (dry_run or yes) and not repair:
         raise click.UsageError("--dry-run and --yes apply only with --repair")
     settings = _settings(ctx)
-    info = _scan(settings, quick=False)
+    bucket = _bucket(settings) if settings.url else None
+    if bucket is not None:
+        check, plan_repair, execute_repair = bucket.check, bucket.plan_repair, bucket.execute_repair
+    info = bucket.scan() if bucket else _scan(settings, quick=False)
     capped = settings.max_size.value != -1
     with _progress("Checking", len(info.entries)) as step:
         report = check(info, capped=capped, installed_version=_installed_jaxlib(), progress=step)

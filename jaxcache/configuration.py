@@ -22,15 +22,15 @@ class Configured:
     """What :func:`configure` set.
 
     Attributes:
-        root: the cache root (absolute, resolved).
-        jax_dir: the folder JAX writes into (a version folder of ``root``, or ``root``).
+        root: the cache root (absolute, resolved), or its URL in an object store.
+        jax_dir: the folder JAX writes into (a version folder of ``root``, or ``root``), or its URL.
         settings: every setting with its source.
         jax_options: the ``jax.config`` options set, by name.
         versions: the jax/jaxlib versions that will write entries.
     """
 
-    root: Path
-    jax_dir: Path
+    root: Path | str
+    jax_dir: Path | str
     settings: Settings
     jax_options: dict[str, Any]
     versions: provenance.VersionInfo | None
@@ -192,6 +192,8 @@ def configure(
     )
     for note in settings.skipped:
         warnings.warn(f"jaxcache: {note}", stacklevel=2)
+    if settings.url:
+        return _configure_bucket(settings)
     target, versions = prepare_folder(settings)
     from jaxcache.security import enforce
 
@@ -217,7 +219,74 @@ def configure(
     return Configured(root=settings.root, jax_dir=target, settings=settings, jax_options=applied, versions=versions)
 
 
-def _warn_if_already_used(target: Path) -> None:
+def _configure_bucket(settings: Settings) -> Configured:
+    """Points JAX straight at an object store (``s3://``, ``gs://``): every hit a GET, every write a PUT.
+
+    The trade-off (docs/fleet.md): no local copy, so each process pays a round
+    trip per kernel, and many nodes at once meet the store's rate limits; a
+    local cache with ``jaxcache pull``/``push`` around it is faster wherever a
+    node has a disk. XLA's sub-caches cannot write to a URL, so they are off;
+    JAX's size cap cannot work there (its lock is a local file), so it is refused.
+
+    Raises:
+        UsageError: a size cap.
+        MissingExtra: s3fs or gcsfs missing.
+        CacheDirError: etils (JAX's way to a URL) missing, or the prefix holds other things.
+        RemoteError: the bucket is missing or unreachable.
+    """
+    from jaxcache import compilelog, jaxinternals
+    from jaxcache.bucket import BucketCache, UseRecorder
+    from jaxcache.errors import UsageError
+
+    url = settings.url
+    assert url is not None
+    if settings.max_size.value != -1:
+        raise UsageError(f"no size cap on {url}: JAX's eviction there locks a local file no other node sees and "
+                         "lists the whole bucket on every write; run `jaxcache --cache-dir URL prune --max-size SIZE` "
+                         "from one place instead")
+    try:
+        from etils import epath  # noqa: F401 (JAX reaches a URL only through it: jax/_src/path.py)
+    except ImportError:
+        raise CacheDirError(f"JAX reaches {url.split('://')[0]}:// only through etils: "
+                            "pip install 'etils[epath]'") from None
+    if settings.xla_caches.value not in ("auto", "none"):
+        warnings.warn(f"jaxcache: xla_caches={settings.xla_caches.value!r} is turned off: XLA's sub-caches cannot "
+                      f"write to {url}", stacklevel=3)
+    bucket = BucketCache(url)
+    bucket.require_cache_or_new()
+    versions = provenance.installed_versions()
+    target = url
+    if settings.layout.value == "versioned" and versions is not None:
+        target = bucket.ensure_version_folder(versions)
+    import jax
+
+    options = {**jax_options(settings, Path("/")), "jax_compilation_cache_dir": target,
+               "jax_persistent_cache_enable_xla_caches": "none"}
+    _warn_if_already_used(target)
+    applied: dict[str, Any] = {}
+    for name, value in options.items():
+        try:
+            jax.config.update(name, value)
+        except AttributeError:
+            jaxinternals.feature_off(f"setting {name}={value!r}", "this JAX has no such option")
+            continue
+        applied[name] = value
+    global _bucket_uses
+    if _bucket_uses is None or _bucket_uses.bucket.url != url:
+        import atexit
+
+        if _bucket_uses is not None:
+            _bucket_uses.flush()
+        _bucket_uses = UseRecorder(bucket)
+        compilelog.listen(_bucket_uses)
+        atexit.register(lambda: _bucket_uses.flush() if _bucket_uses is not None else None)
+    return Configured(root=url, jax_dir=target, settings=settings, jax_options=applied, versions=versions)
+
+
+_bucket_uses = None  # the one UseRecorder of this process, for the bucket last configured
+
+
+def _warn_if_already_used(target: Path | str) -> None:
     """JAX fixes the folder at its first cached compile: say so, and let it re-open."""
     from jaxcache import jaxinternals  # here, not at import: `jaxcache hook` must start fast
 
@@ -225,7 +294,8 @@ def _warn_if_already_used(target: Path) -> None:
     if state is None:
         return
     if state.opened is not None:
-        if Path(state.opened) != target:
+        same = str(state.opened).rstrip("/") == target if isinstance(target, str) else Path(state.opened) == target
+        if not same:
             warnings.warn(
                 f"jaxcache.configure() called after JAX opened its cache at {state.opened}; "
                 f"switching to {target} for compilations from now on",

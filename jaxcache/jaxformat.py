@@ -144,24 +144,29 @@ def read_compile_seconds(path: Path) -> int | None:
         OSError: the file cannot be read.
     """
     with open_entry(path) as f:
-        head = f.read(_HEADER_READ_BYTES)
-        compression = detect_compression(head)
-        if compression == ZLIB:
-            try:
-                out = zlib.decompressobj().decompress(head, COMPILE_TIME_BYTES)
-            except zlib.error as e:
-                raise EntryFormatError(f"bad zlib data: {e}") from None
-        elif compression == ZSTD:
-            zstandard = _zstandard()
-            if zstandard is None:
-                return None
-            f.seek(0)
-            try:
-                out = zstandard.ZstdDecompressor().stream_reader(f).read(COMPILE_TIME_BYTES)
-            except zstandard.ZstdError as e:
-                raise EntryFormatError(f"bad zstd data: {e}") from None
-        else:
-            raise EntryFormatError("not zlib or zstd data" if head else "empty file")
+        return read_compile_seconds_from(f)
+
+
+def read_compile_seconds_from(f: BinaryIO) -> int | None:
+    """:func:`read_compile_seconds` from an open, seekable binary file (or the first few KB of one)."""
+    head = f.read(_HEADER_READ_BYTES)
+    compression = detect_compression(head)
+    if compression == ZLIB:
+        try:
+            out = zlib.decompressobj().decompress(head, COMPILE_TIME_BYTES)
+        except zlib.error as e:
+            raise EntryFormatError(f"bad zlib data: {e}") from None
+    elif compression == ZSTD:
+        zstandard = _zstandard()
+        if zstandard is None:
+            return None
+        f.seek(0)
+        try:
+            out = zstandard.ZstdDecompressor().stream_reader(f).read(COMPILE_TIME_BYTES)
+        except zstandard.ZstdError as e:
+            raise EntryFormatError(f"bad zstd data: {e}") from None
+    else:
+        raise EntryFormatError("not zlib or zstd data" if head else "empty file")
     if len(out) < COMPILE_TIME_BYTES:
         raise EntryFormatError("cut short before the compile-time header")
     return int.from_bytes(out[:COMPILE_TIME_BYTES], "big")

@@ -114,8 +114,8 @@ class KeyPartsRecorder:
         if kind not in (compilelog.HIT, compilelog.MISS, compilelog.WRITE):
             return
         folder = compilelog.jax_cache_folder()
-        if not folder:
-            return
+        if not folder or "://" in folder:
+            return  # none, or a bucket (jaxcache.bucket): the key parts are kept in local folders only
         root = cache_root(Path(folder))
         self._start(root)  # a run that only hits is a run too: `explain --run last` is this one
         if kind == compilelog.HIT:

@@ -251,7 +251,7 @@ def _require_known_last_uses(info: CacheInfo, older_than: timedelta, resolution:
                   if e.last_used is None and e.recency < cutoff <= latest_possible_use(e, resolution, now))
     if not unknown:
         return
-    tells = ("never records an access (noatime)" if resolution == math.inf
+    tells = ("never records a read (a noatime mount, an object store)" if resolution == math.inf
              else "moves the access time at most once a day (relatime)")
     enough = "" if resolution == math.inf else f"give --older-than {_flag_duration(resolution)} or more, or "
     raise UsageError(
@@ -292,6 +292,8 @@ def lru_order(entries: Iterable[CacheEntry]) -> list[CacheEntry]:
 
 
 def _compile_seconds_or_zero(entry: CacheEntry) -> int:
+    if not isinstance(entry.path, Path):
+        return 0  # an object in a store (jaxcache.bucket): not fetched for a tie-break
     try:
         return jaxformat.read_compile_seconds(entry.path) or 0
     except (OSError, jaxformat.EntryFormatError):

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import platformdirs
 
-from jaxcache.errors import UsageError
+from jaxcache.errors import CacheDirError, UsageError
 from jaxcache.units import parse_size
 
 Layout = Literal["versioned", "flat"]
@@ -64,7 +64,7 @@ class Settings:
     """Every setting jaxcache hands to JAX, each with its source.
 
     Attributes:
-        cache_dir: the cache root (absolute, symlinks resolved).
+        cache_dir: the cache root (absolute, symlinks resolved), or an object store's URL (``s3://bucket/prefix``).
         max_size: size cap in bytes for JAX's LRU eviction, -1 for none.
         min_entry_size_bytes: JAX's threshold; -1 keeps every entry.
         min_compile_time_secs: JAX's threshold; 0 keeps every entry.
@@ -89,8 +89,25 @@ class Settings:
     skipped: tuple[str, ...] = ()
 
     @property
+    def url(self) -> str | None:
+        """The cache's URL when it is kept in an object store (``s3://bucket/prefix``), else None."""
+        value = self.cache_dir.value
+        return value if isinstance(value, str) else None
+
+    @property
     def root(self) -> Path:
-        return self.cache_dir.value
+        """The local cache root.
+
+        Raises:
+            ObjectStoreCacheError: the cache is in an object store, which this command cannot use.
+        """
+        value = self.cache_dir.value
+        if isinstance(value, str):
+            raise ObjectStoreCacheError(
+                f"{value} is an object store: this command needs a local folder (inspect, ls, prune, clear, check "
+                "and jaxcache.configure() work on a bucket; push and pull layer a local cache over one)"
+            )
+        return value
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
         return {
@@ -99,8 +116,39 @@ class Settings:
         }
 
 
+def object_store_url(raw: str) -> str | None:
+    """``raw`` as a normalized object-store URL (``s3://bucket/prefix``), or None for a local path.
+
+    ``file://`` URLs are local paths. JAX reaches ``s3://`` and ``gs://`` itself
+    (through etils.epath and fsspec); any other scheme is refused rather than
+    taken as a folder named ``s3:`` under the current one.
+
+    Raises:
+        UsageError: an unsupported scheme, or a URL without a bucket.
+    """
+    scheme, sep, rest = raw.strip().partition("://")
+    if not sep or scheme.lower() == "file":
+        return None
+    scheme = {"gcs": "gs"}.get(scheme.lower(), scheme.lower())
+    if scheme not in OBJECT_STORE_SCHEMES:
+        raise UsageError(f"unsupported cache URL {raw!r}: give a folder, s3://bucket/prefix or gs://bucket/prefix")
+    path = "/".join(part for part in rest.split("/") if part)
+    if not path:
+        raise UsageError(f"{raw!r} names no bucket")
+    return f"{scheme}://{path}"
+
+
 def _jsonable(value: Any) -> Any:
     return str(value) if isinstance(value, Path) else value
+
+
+OBJECT_STORE_SCHEMES = ("s3", "gs")
+
+
+class ObjectStoreCacheError(CacheDirError):
+    """A command that needs a local folder was given a cache in an object store."""
+
+    exit_code = 2
 
 
 def default_cache_dir() -> Path:
@@ -173,7 +221,13 @@ def _coerce(name: str, raw: Any, where: str, base: Path) -> Any:
             if not isinstance(raw, (str, os.PathLike)) or not str(raw).strip():
                 # An unset "$VAR" must never mean "the current folder" for a command that deletes.
                 raise UsageError(f"{where}: the cache folder must be a non-empty path, got {raw!r}")
-            path = Path(os.path.expandvars(os.path.expanduser(str(raw))))
+            url = object_store_url(str(raw))
+            if url is not None:
+                return url
+            text = str(raw).strip()
+            if text.lower().startswith("file://"):
+                text = text[len("file://"):]
+            path = Path(os.path.expandvars(os.path.expanduser(text)))
             # Absolute and resolved: a relative path or a symlink would fork every key.
             return (base / path).resolve() if not path.is_absolute() else path.resolve()
         if name == "max_size":

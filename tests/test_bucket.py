@@ -1,0 +1,246 @@
+"""A bucket as the cache itself (``--cache-dir s3://...``), against a real S3 server (moto's, on 127.0.0.1).
+
+JAX writes and reads the bucket through etils.epath and s3fs in fresh processes
+configured by ``jaxcache.configure("s3://...")``; inspect, ls, prune, clear and
+check then work on what JAX wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from jaxcache.jaxformat import encode_atime
+from jaxcache.settings import resolve
+from jaxcache_testing import run_compile
+from test_fleet import JAXLIB, cli, cli_json, node_env
+from test_fleet_s3 import S3_ENV, bucket, s3_endpoint  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.slow
+
+
+def _s3():
+    import boto3
+
+    return boto3.client("s3")
+
+
+def _objects(bucket_name: str, prefix: str = "") -> dict[str, bytes]:
+    s3 = _s3()
+    out = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket_name, Prefix=prefix):
+        for item in page.get("Contents", []):
+            out[item["Key"]] = s3.get_object(Bucket=bucket_name, Key=item["Key"])["Body"].read()
+    return out
+
+
+def _put(bucket_name: str, key: str, data: bytes) -> None:
+    _s3().put_object(Bucket=bucket_name, Key=key, Body=data)
+
+
+@pytest.fixture
+def node(bucket: dict[str, str], tmp_path: Path) -> dict[str, str]:  # noqa: F811
+    """A node's environment, reaching the bucket the standard way (AWS_* variables)."""
+    return node_env(tmp_path, **{k: v for k, v in bucket.items() if k != "BUCKET"})
+
+
+def _configure(url: str) -> str:
+    return f"import jaxcache; jaxcache.configure({url!r})"
+
+
+@pytest.fixture
+def filled(bucket: dict[str, str], node: dict[str, str]) -> str:  # noqa: F811
+    """A bucket JAX filled through configure(): returns its URL."""
+    url = f"s3://{bucket['BUCKET']}/team/jax"
+    first = run_compile(node, configure=_configure(url))
+    assert first["misses"] and not first["hits"]
+    return url
+
+
+def test_jax_writes_into_the_bucket_and_a_fresh_process_hits(filled: str, bucket: dict[str, str],  # noqa: F811
+                                                              node: dict[str, str]) -> None:
+    objects = _objects(bucket["BUCKET"], "team/jax/")
+    entries = [k for k in objects if k.endswith("-cache")]
+    # Into the marked version folder, with no -atime (no cap) and no local lock folder anywhere.
+    assert entries and all(k.startswith(f"team/jax/jaxlib-{JAXLIB}/") for k in entries)
+    assert json.loads(objects[f"team/jax/jaxlib-{JAXLIB}/.jaxcache-version.json"])["jaxlib"] == JAXLIB
+    assert not [k for k in objects if k.endswith("-atime")]
+    second = run_compile(node, configure=_configure(filled))  # a fresh process
+    assert second["hits"] and not second["misses"]
+    assert set(_objects(bucket["BUCKET"], f"team/jax/jaxlib-{JAXLIB}/")) == {k for k in objects if "jaxlib-" in k}
+    # Each process recorded its hits and writes in one object (an object store records no reads).
+    uses = [json.loads(v)["uses"][f"jaxlib-{JAXLIB}"] for v in _objects(bucket["BUCKET"], "team/jax/.jaxcache/uses/").values()]
+    assert len(uses) == 2 and all(set(u) == {k.rsplit("/", 1)[1][:-6] for k in entries} for u in uses)
+
+
+def test_inspect_and_ls_describe_what_jax_wrote(filled: str, bucket: dict[str, str], node: dict[str, str]) -> None:  # noqa: F811
+    objects = _objects(bucket["BUCKET"], f"team/jax/jaxlib-{JAXLIB}/")
+    entries = {k.rsplit("/", 1)[1][:-6]: len(v) for k, v in objects.items() if k.endswith("-cache")}
+    summary = cli_json("--cache-dir", filled, "inspect", env=node)
+    assert summary["cache_dir"] == filled
+    assert summary["entries"] == len(entries) and summary["bytes"] == sum(entries.values())
+    assert summary["by_version"][JAXLIB]["entries"] == len(entries)
+    listed = cli_json("--cache-dir", filled, "ls", env=node)
+    assert {e["key"]: e["bytes"] for e in listed} == entries
+    assert all(e["version"] == JAXLIB and e["compile_seconds"] is not None for e in listed)
+    assert all(e["path"].startswith(f"{filled}/jaxlib-{JAXLIB}/") for e in listed)
+    assert all(e["last_use_recorded"] for e in listed)  # from the use objects
+    text = cli("--cache-dir", filled, "ls", "--sort", "size", env=node)
+    assert text.returncode == 0 and "jit_step" in text.stdout
+
+
+def test_prune_stale_deletes_only_other_versions_and_plans_first(filled: str, bucket: dict[str, str],  # noqa: F811
+                                                                  node: dict[str, str]) -> None:
+    name = bucket["BUCKET"]
+    current = _objects(name, f"team/jax/jaxlib-{JAXLIB}/")
+    # The same entries under an older jaxlib's marked folder (as an upgrade leaves them).
+    for key, data in current.items():
+        old = key.replace(f"jaxlib-{JAXLIB}/", "jaxlib-0.6.1/")
+        _put(name, old, data.replace(JAXLIB.encode(), b"0.6.1") if key.endswith(".json") else data)
+    before = _objects(name)
+    dry = cli_json("--cache-dir", filled, "prune", "--stale", "--dry-run", env=node)
+    stale = {k.rsplit("/", 1)[1][:-6] for k in before if "jaxlib-0.6.1/" in k and k.endswith("-cache")}
+    assert set(dry["deleted"]) == stale and dry["dry_run"]
+    assert _objects(name) == before
+    refused = cli("--cache-dir", filled, "prune", "--stale", env=node)  # no terminal, no --yes
+    assert refused.returncode == 2 and "--yes" in refused.stderr and _objects(name) == before
+    done = cli_json("--cache-dir", filled, "prune", "--stale", "--yes", env=node)
+    assert set(done["deleted"]) == stale and not done["skipped"]
+    after = _objects(name)
+    assert {k for k in after if k.endswith("-cache")} == {k for k in current if k.endswith("-cache")}
+    assert run_compile(node, configure=_configure(filled))["misses"] == []
+
+
+def test_prune_older_than_follows_recorded_uses_on_both_sides_of_the_cutoff(
+        filled: str, bucket: dict[str, str], node: dict[str, str]) -> None:  # noqa: F811
+    name = bucket["BUCKET"]
+    folder = f"team/jax/jaxlib-{JAXLIB}"
+    keys = sorted(k.rsplit("/", 1)[1][:-6] for k in _objects(name, folder + "/") if k.endswith("-cache"))
+    now = time.time()
+    # One use record per entry, spread around the 1 h cutoff (later records win over earlier ones).
+    offsets = [3600 + d for d in (-600, -60, 60, 600, 86400)][: len(keys)] + [10] * max(0, len(keys) - 5)
+    _put(name, "team/jax/.jaxcache/uses/0-old.json", json.dumps({"uses": {f"jaxlib-{JAXLIB}": {
+        k: now - off for k, off in zip(keys, offsets)}}}).encode())
+    # Uses recorded by the processes that filled the bucket are newer: drop them for this test.
+    for key in _objects(name, "team/jax/.jaxcache/uses/"):
+        if not key.endswith("0-old.json"):
+            _s3().delete_object(Bucket=name, Key=key)
+    plan = cli_json("--cache-dir", filled, "prune", "--older-than", "1h", "--dry-run", env=node)
+    expected = {k for k, off in zip(keys, offsets) if off > 3600}  # a minute from the cutoff either way
+    assert set(plan["deleted"]) == expected
+    done = cli_json("--cache-dir", filled, "prune", "--older-than", "1h", "--yes", env=node)
+    assert set(done["deleted"]) == expected
+    # The use objects were folded into one, which no longer names the deleted entries.
+    uses = _objects(name, "team/jax/.jaxcache/uses/")
+    assert len(uses) == 1
+    recorded = json.loads(next(iter(uses.values())))["uses"][f"jaxlib-{JAXLIB}"]
+    assert set(recorded) == set(keys) - expected
+
+
+def test_an_entry_without_recorded_use_is_never_pruned_by_age(filled: str, bucket: dict[str, str],  # noqa: F811
+                                                              node: dict[str, str]) -> None:
+    name = bucket["BUCKET"]
+    for key in _objects(name, "team/jax/.jaxcache/uses/"):
+        _s3().delete_object(Bucket=name, Key=key)
+    before = _objects(name)
+    kept = cli_json("--cache-dir", filled, "prune", "--older-than", "30d", "--yes", env=node)
+    assert kept["deleted"] == [] and _objects(name) == before  # written seconds ago: none can be older
+    time.sleep(2)
+    refused = cli("--cache-dir", filled, "prune", "--older-than", "1s", "--yes", env=node)
+    assert refused.returncode == 2 and "records a read" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
+    assert _objects(name) == before
+
+
+def test_clear_deletes_only_what_it_proves_a_cache_entry(filled: str, bucket: dict[str, str],  # noqa: F811
+                                                          node: dict[str, str]) -> None:
+    name = bucket["BUCKET"]
+    folder = f"team/jax/jaxlib-{JAXLIB}"
+    impostor = f"{folder}/jit_mine-{'ab' * 32}-cache"
+    _put(name, impostor, b"my notes, not a JAX entry")
+    _put(name, f"{folder}/notes.txt", b"keep me")
+    dry = cli_json("--cache-dir", filled, "clear", "--dry-run", env=node)
+    assert dry["dry_run"] and _objects(name, impostor)
+    done = cli_json("--cache-dir", filled, "clear", "--yes", env=node)
+    assert {s["key"] for s in done["skipped"]} == {f"jit_mine-{'ab' * 32}"}
+    left = _objects(name, folder + "/")
+    assert set(left) == {impostor, f"{folder}/notes.txt", f"{folder}/.jaxcache-version.json"}
+    assert cli_json("--cache-dir", filled, "inspect", env=node)["entries"] == 1
+
+
+def test_check_finds_and_repairs_broken_objects(filled: str, bucket: dict[str, str], node: dict[str, str]) -> None:  # noqa: F811
+    name = bucket["BUCKET"]
+    folder = f"team/jax/jaxlib-{JAXLIB}"
+    entries = sorted(k for k in _objects(name, folder + "/") if k.endswith("-cache"))
+    assert cli("--cache-dir", filled, "check", env=node).returncode == 0
+    whole = _objects(name, entries[0])[entries[0]]
+    truncated = f"{folder}/jit_cut-{'cd' * 32}-cache"
+    foreign = f"{folder}/jit_foreign-{'ef' * 32}-cache"
+    orphan = f"{folder}/jit_gone-{'12' * 32}-atime"
+    _put(name, truncated, whole[: len(whole) // 2])
+    _put(name, foreign, b"not compressed at all")
+    _put(name, orphan, encode_atime(time.time_ns()))
+    time.sleep(11)  # older than a write in progress (integrity.IN_PROGRESS_SECS)
+    report = cli_json("--cache-dir", filled, "check", env=node, code=1)
+    kinds = {(f["kind"], f["path"].rsplit("/", 1)[1]) for f in report["findings"]}
+    assert kinds == {("corrupt", truncated.rsplit("/", 1)[1]), ("corrupt", foreign.rsplit("/", 1)[1]),
+                     ("orphan-atime", orphan.rsplit("/", 1)[1])}
+    before = _objects(name)
+    dry = cli_json("--cache-dir", filled, "check", "--repair", "--dry-run", env=node, code=1)
+    assert {r["action"] for r in dry["repair_plan"]} == {"delete", "quarantine"} and _objects(name) == before
+    fixed = cli_json("--cache-dir", filled, "check", "--repair", "--yes", env=node)
+    assert fixed["ok"]
+    after = _objects(name)
+    assert truncated not in after and orphan not in after and foreign not in after
+    assert after[foreign + ".quarantined"] == b"not compressed at all"  # moved aside, never deleted
+    assert all(e in after for e in entries)
+    assert cli("--cache-dir", filled, "check", env=node).returncode == 0
+
+
+def test_refusals_are_one_line_and_change_nothing(bucket: dict[str, str], node: dict[str, str]) -> None:  # noqa: F811
+    name = bucket["BUCKET"]
+    _put(name, "docs/readme.txt", b"not a cache")
+
+    def refused(code: str) -> str:
+        from jaxcache_testing import run_python
+
+        proc = run_python(code, env=node, check=False)
+        assert proc.returncode != 0
+        return proc.stderr.strip().splitlines()[-1]
+
+    assert "not empty and does not look like a JAX cache" in refused(_configure(f"s3://{name}/docs"))
+    assert "no size cap" in refused(f"import jaxcache; jaxcache.configure('s3://{name}/c', max_size='1GB')")
+    assert _objects(name) == {"docs/readme.txt": b"not a cache"}
+    for args, words in [(("--cache-dir", f"s3://{name}/docs", "inspect"), "does not look like a JAX"),
+                        (("--cache-dir", f"s3://no-such-{uuid.uuid4().hex[:8]}/x", "ls"), "no bucket"),
+                        (("--cache-dir", f"s3://{name}/c", "run", "--", "true"), "needs a local folder"),
+                        (("--cache-dir", "ftp://host/x", "inspect"), "unsupported cache URL")]:
+        proc = cli(*args, env=node)
+        assert proc.returncode != 0 and words in proc.stderr, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1
+    assert _objects(name) == {"docs/readme.txt": b"not a cache"}
+
+
+def test_a_fleet_remote_is_not_taken_for_a_cache(bucket: dict[str, str], node: dict[str, str]) -> None:  # noqa: F811
+    name = bucket["BUCKET"]
+    _put(name, f"fleet/jaxlib-{JAXLIB}/objects/{'0' * 64}", b"x")
+    proc = cli("--cache-dir", f"s3://{name}/fleet", "clear", "--yes", env=node)
+    assert proc.returncode != 0 and "fleet remote" in proc.stderr
+    assert _objects(name) == {f"fleet/jaxlib-{JAXLIB}/objects/{'0' * 64}": b"x"}
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("s3://bucket/a/b/", "s3://bucket/a/b"), ("S3://bucket//a", "s3://bucket/a"), ("gcs://b/p", "gs://b/p"),
+    ("gs://b", "gs://b")])
+def test_object_store_urls_are_normalized(given: str, expected: str) -> None:
+    settings = resolve(cache_dir=given, env={})
+    assert settings.url == expected and settings.cache_dir.value == expected
+
+
+def test_file_urls_are_local_folders(tmp_path: Path) -> None:
+    settings = resolve(cache_dir=f"file://{tmp_path}", env={})
+    assert settings.url is None and settings.root == tmp_path.resolve()
