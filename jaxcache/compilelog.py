@@ -274,7 +274,8 @@ class CompileLog:
         folder = self.folder or jax_cache_folder()
         still_pending = []
         for module, key, at in self._pending_writes:
-            if folder is None or _written_since(os.path.join(folder, key + "-cache"), at):
+            # In a bucket a write is one PUT, whole or failed with JAX's warning: not stat-ed back.
+            if folder is None or "://" in folder or _written_since(os.path.join(folder, key + "-cache"), at):
                 self.modules[module].writes += 1
             else:
                 still_pending.append((module, key, at))  # failed, not needed, or still being written

@@ -112,14 +112,21 @@ def pytest_configure(config: pytest.Config) -> None:
 
     try:
         settings = resolve(cache_dir=config.getoption("jaxcache") or None, argument_source="--jaxcache")
-        jax_dir, _ = prepare_folder(settings)
-        os.environ.update(cache_env(settings, jax_dir))  # xdist workers and subprocesses
-        # The session and its xdist workers are one run for `jaxcache explain` (set before configure()).
-        if keyparts.RUN_ID_ENV not in os.environ:
-            os.environ[keyparts.RUN_ID_ENV] = keyparts.new_run_id()
-            keyparts.start_run(settings.root, os.environ[keyparts.RUN_ID_ENV], ["pytest", *config.invocation_params.args])
-        config.stash[_root_key] = settings.root
-        configure(settings.root)  # atomic writes included
+        if settings.url:  # a bucket as the cache: JAX reads and writes it directly (jaxcache.bucket)
+            configured = configure(settings.url)
+            os.environ.update({"JAXCACHE_DIR": settings.url, **{name.upper(): str(value) for name, value in
+                                                                configured.jax_options.items() if value != -1}})
+            config.stash[_root_key] = None  # nothing to explain from: no key parts are recorded there
+        else:
+            jax_dir, _ = prepare_folder(settings)
+            os.environ.update(cache_env(settings, jax_dir))  # xdist workers and subprocesses
+            # The session and its xdist workers are one run for `jaxcache explain` (set before configure()).
+            if keyparts.RUN_ID_ENV not in os.environ:
+                os.environ[keyparts.RUN_ID_ENV] = keyparts.new_run_id()
+                keyparts.start_run(settings.root, os.environ[keyparts.RUN_ID_ENV],
+                                   ["pytest", *config.invocation_params.args])
+            config.stash[_root_key] = settings.root
+            configure(settings.root)  # atomic writes included
     except JaxCacheError as e:
         raise pytest.UsageError(f"--jaxcache: {e}") from None
     config.stash[_log_key] = CompileLog().start()
@@ -180,6 +187,8 @@ def _why_lines(config: pytest.Config, limit: int = 10) -> list[str]:
     from jaxcache.explain import explain_run, short_lines
 
     run = os.environ.get(keyparts.RUN_ID_ENV)
+    if config.stash[_root_key] is None:
+        return []
     try:
         explained = explain_run(config.stash[_root_key], run).explanations if run else ()
     except (JaxCacheError, OSError, KeyError):

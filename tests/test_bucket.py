@@ -244,3 +244,21 @@ def test_object_store_urls_are_normalized(given: str, expected: str) -> None:
 def test_file_urls_are_local_folders(tmp_path: Path) -> None:
     settings = resolve(cache_dir=f"file://{tmp_path}", env={})
     assert settings.url is None and settings.root == tmp_path.resolve()
+
+
+def test_pytest_plugin_with_a_bucket(bucket: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+    import textwrap
+
+    from test_pytest_plugin import SUITE, _pytest
+
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_model.py").write_text(textwrap.dedent(SUITE))
+    url = f"s3://{bucket['BUCKET']}/ci"
+    first, (requests, hits, misses, writes) = _pytest(suite, "-n", "2", f"--jaxcache={url}")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert misses > 0 and writes > 0 and f"persistent compilation cache {url}/jaxlib-{JAXLIB}" in first.stdout
+    second, (requests2, hits2, misses2, _) = _pytest(suite, "-n", "2", f"--jaxcache={url}")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert requests2 == requests and misses2 == 0 and hits2 == requests2
+    assert not (suite / "s3:").exists()  # no local lock folder, no local logs
