@@ -1034,50 +1034,107 @@ def _reasons(skipped: Any) -> str:
     return "; ".join(f"{n} {why}" for why, n in counts.most_common(3))
 
 
+_PROBLEMS = {"missing": "missing", "size": "cut short or grown", "content": "altered"}
+
+
+def _print_damage(plan: Any, *, healing: str) -> None:
+    """The damaged objects a push found on the remote: each with what is wrong and what the push does."""
+    rows = [(_short_name(d.name), _PROBLEMS.get(d.problem, d.problem),
+             healing if d.heal else "not healed", d.detail) for d in plan.damaged[:_FLEET_ROWS]]
+    click.echo(display.table(("DAMAGED ON REMOTE", "PROBLEM", "ACTION", "DETAIL"), rows))
+    if len(plan.damaged) > _FLEET_ROWS:
+        click.echo(f"... and {len(plan.damaged) - _FLEET_ROWS} more")
+
+
+def _short_name(name: str) -> str:
+    """An object's name with its 64-hex hash cut to 12 (as the fleet table shows it)."""
+    head, sep, tail = name.rpartition("-")
+    if sep and tail == "cache":  # <module>-<hash>-cache
+        module, _, key = head.rpartition("-")
+        return f"{module}-{key[:12]}...-cache"
+    return name[:len("executables/") + 12] + "..." if len(name) > 40 else name
+
+
+def _checks(plan: Any) -> int:
+    """How many objects --verify tried to read back (judged or not)."""
+    return (plan.verified or 0) + len(plan.unchecked)
+
+
+def _damage_counts(damaged: Any) -> str:
+    from collections import Counter
+
+    counts = Counter(_PROBLEMS.get(d.problem, d.problem) for d in damaged)
+    return ", ".join(f"{n} {what}" for what, n in counts.most_common())
+
+
 @main.command("push")
 @click.argument("remote")
 @click.option("--version", "version", metavar="V", help="The jaxlib version folder to push (default: the installed one).")
 @click.option("--name", "pattern", metavar="GLOB", help="Only objects whose module name matches, e.g. 'jit_lsq_*'.")
+@click.option("--verify", is_flag=True,
+              help="Also download the remote copy of each of this folder's objects, check its SHA-256, "
+                   "and send again those damaged (missing or resized ones are sent again without it).")
 @_jobs_option
 @_fleet_options
 @click.pass_context
-def push_command(ctx: click.Context, remote: str, version: str | None, pattern: str | None, jobs: int,
+def push_command(ctx: click.Context, remote: str, version: str | None, pattern: str | None, verify: bool, jobs: int,
                  key_file: str | None, quiet: bool, dry_run: bool, as_json: bool) -> int:
     """Send what this cache has and REMOTE lacks: a path on a shared filesystem, s3://bucket/prefix or gs://...
 
     Objects go first, then one manifest naming them (signed with the fleet key
-    when one is set); another pusher at the same time loses nothing.
+    when one is set); another pusher at the same time loses nothing. An object
+    the remote names but lacks, or holds at another size, is sent again from
+    here; --verify also reads back and hashes the others (an overwrite keeps the size).
 
-    Example: jaxcache push s3://my-bucket/jax-cache
+    Example: jaxcache push s3://my-bucket/jax-cache --verify
     """
     from jaxcache.fleet import plan_push, policy_for, push
 
     settings = _settings(ctx)
     policy = policy_for(settings, key_file=key_file)
-    plan = plan_push(settings, remote, version=version, name=pattern, policy=policy, jobs=jobs)
+    plan = plan_push(settings, remote, version=version, name=pattern, policy=policy, jobs=jobs, verify=verify,
+                     progress=_transfer_progress("verified", quiet=quiet or as_json) if verify else None)
     for name, why in plan.refused:
         click.echo(f"jaxcache: warning: not sending {name}: {why}", err=True)
     for name, why in plan.catalog.ignored:
         click.echo(f"jaxcache: warning: not merging manifest {name}: {why}", err=True)
-    if dry_run or not plan.uploads and not plan.send:
+    if plan.unhealed:
+        first = plan.unhealed[0]
+        more = f" (and {len(plan.unhealed) - 1} more)" if len(plan.unhealed) > 1 else ""
+        click.echo(f"jaxcache: warning: {display.count(len(plan.unhealed), 'object')} named on {plan.remote} "
+                   f"{'is' if len(plan.unhealed) == 1 else 'are'} damaged and not in what this push sends, so not "
+                   f"healed; first: {first.name}: {first.detail}{more}", err=True)
+    checked = f" ({plan.verified} read back and hashed)" if plan.verified is not None else ""
+    if dry_run or not plan.uploads and not plan.send and not plan.repair:
         if as_json:
             _emit_json({"dry_run": dry_run, **plan.as_dict()})
         else:
             _print_fleet_table(plan.uploads)
-            verb = "Would send" if dry_run else "Nothing to send:"
-            what = (f" {display.count(len(plan.uploads), 'object')} ({display.size(plan.bytes)}) to {plan.remote};"
-                    if dry_run else "")
-            click.echo(f"{verb}{what} {plan.already} of this folder's objects are there already.")
-        return
+            if plan.damaged:
+                _print_damage(plan, healing="would re-send" if dry_run else "re-send")
+            heal = f" and heal {len(plan.repair)} damaged" if plan.repair else ""
+            what = (f"Would send {display.count(len(plan.uploads), 'object')} ({display.size(plan.bytes)}) to "
+                    f"{plan.remote}{heal};" if dry_run else "Nothing to send:")
+            click.echo(f"{what} {plan.already} of this folder's objects are there already{checked}.")
+        return _fleet_failures(plan.unchecked, _checks(plan), "verified")
     result = push(plan, key=policy.key, jobs=jobs, progress=_transfer_progress("pushed", quiet=quiet or as_json))
     if as_json:
         _emit_json({"dry_run": False, **result.as_dict()})
     else:
+        if plan.damaged:
+            _print_damage(plan, healing="re-sent")
         signed = " (signed)" if policy.key is not None and result.manifest else ""
+        healed_names = set(result.healed)
+        healed = (f"; healed {display.count(len(healed_names), 'damaged object')} "
+                  f"({_damage_counts(d for d in plan.damaged if d.heal and d.name in healed_names)})"
+                  if healed_names else "")
         click.echo(f"Pushed {display.count(len(result.transferred.done), 'object')} "
                    f"({display.size(result.transferred.bytes)} uploaded) to {plan.remote} in "
-                   f"{result.transferred.seconds:.1f} s; manifest {result.manifest or '-'}{signed}.")
-    return _fleet_failures(result.transferred.failed, len(plan.uploads), "pushed")
+                   f"{result.transferred.seconds:.1f} s{healed}; "
+                   f"{f'{plan.already} there already{checked}; ' if verify else ''}"
+                   f"manifest {result.manifest or '-'}{signed}.")
+    return (_fleet_failures(result.transferred.failed, len(plan.uploads), "pushed")
+            or _fleet_failures(plan.unchecked, _checks(plan), "verified"))
 
 
 @main.command("pull")

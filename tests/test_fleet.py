@@ -293,6 +293,34 @@ def test_push_then_pull_through_a_shared_folder(tmp_path: Path) -> None:
     assert again.fetch == () and again.here == 20 and again.catalog.reads == 1  # one small read: HEAD
 
 
+
+def test_a_plain_push_resends_what_the_listing_shows_missing_or_resized(tmp_path: Path) -> None:
+    """Objects are skipped by name, so a push compares the listing it makes anyway with the
+    manifests' sizes: a deleted or cut-short object is sent again (the same bytes: no new
+    manifest). An overwrite of the same size needs --verify (test_fleet_s3.py)."""
+    folder = synthetic_cache(tmp_path / "a", 5, tag="size", size=40_000)
+    remote = tmp_path / "remote"
+    _push(tmp_path / "a", str(remote))
+    objects = remote / f"jaxlib-{JAXLIB}" / "objects"
+    cut, gone, flipped = sorted(names_in(folder))[:3]
+    sha = {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in (cut, gone, flipped)}
+    (objects / sha[cut]).write_bytes((folder / cut).read_bytes()[:-7])
+    (objects / sha[gone]).unlink()
+    (objects / sha[flipped]).write_bytes(bytes(b ^ 1 for b in (folder / flipped).read_bytes()))
+    result = _push(tmp_path / "a", str(remote))
+    assert result.ok and sorted(result.healed) == sorted([cut, gone]) and result.manifest is None
+    assert {d.name: d.problem for d in result.plan.damaged} == {cut: "size", gone: "missing"}
+    assert result.plan.already == 3 and result.plan.verified is None  # the flipped one passes a listing
+    for name in (cut, gone):
+        assert (objects / sha[name]).read_bytes() == (folder / name).read_bytes()
+    settings = resolve(cache_dir=tmp_path / "b")
+    pulled = pull(plan_pull(settings, str(remote)), settings)
+    assert [n for n, _ in pulled.transferred.failed] == [flipped] and len(pulled.transferred.done) == 4
+    healed = push(plan_push(resolve(cache_dir=tmp_path / "a"), str(remote), verify=True))
+    assert healed.ok and healed.healed == (flipped,) and healed.plan.verified == 5
+    assert pull(plan_pull(settings, str(remote)), settings).transferred.done == (flipped,)
+    assert not list((folder / ".jaxcache" / "fleet" / "verify").iterdir())  # verify's reads leave nothing
+
 class PausingStore(LocalStore):
     """The real folder store, with a point where another pusher runs to completion."""
 

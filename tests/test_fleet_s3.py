@@ -7,6 +7,7 @@ the standard way (``AWS_ENDPOINT_URL``, ``AWS_*`` credentials).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -251,3 +253,183 @@ def test_a_push_killed_midway_resumes_without_sending_twice(bucket: dict[str, st
     assert uploaded() == 200
     pulled = cli_json("--cache-dir", str(tmp_path / "node"), "pull", url, env=env)
     assert pulled["ok"] and names_in(tmp_path / "node" / f"jaxlib-{JAXLIB}") == names_in(source)
+
+
+# ---------------------------------------------------------------- damaged objects, healed by a push
+
+class _Remote:
+    """A remote's files, read and damaged behind jaxcache's back (as a lifecycle rule, a stray
+    writer or a failing disk would), by the store's own means: boto3 for S3, plain files for a folder."""
+
+    def __init__(self, url: str) -> None:
+        if url.startswith("s3://"):
+            self.bucket, _, self.prefix = url[len("s3://"):].partition("/")
+        else:
+            self.bucket, self.root = None, Path(url)
+
+    def _key(self, sha: str) -> str:
+        return f"jaxlib-{JAXLIB}/objects/{sha}"
+
+    def files(self) -> dict[str, bytes]:
+        """Every file of the remote (objects, manifests, HEAD), by name."""
+        if self.bucket is None:
+            return {str(p.relative_to(self.root)): p.read_bytes() for p in self.root.rglob("*") if p.is_file()}
+        s3 = _s3({})
+        keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                                   Prefix=self.prefix + "/")
+                for o in page.get("Contents", [])]
+        return {k: s3.get_object(Bucket=self.bucket, Key=k)["Body"].read() for k in keys}
+
+    def put(self, sha: str, data: bytes) -> None:
+        if self.bucket is None:
+            (self.root / self._key(sha)).write_bytes(data)
+        else:
+            _s3({}).put_object(Bucket=self.bucket, Key=f"{self.prefix}/{self._key(sha)}", Body=data)
+
+    def delete(self, sha: str) -> None:
+        if self.bucket is None:
+            (self.root / self._key(sha)).unlink()
+        else:
+            _s3({}).delete_object(Bucket=self.bucket, Key=f"{self.prefix}/{self._key(sha)}")
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _damage_three(remote: _Remote, source: Path) -> dict[str, str]:
+    """Truncates one object, overwrites one with other bytes of the same size, deletes one;
+    returns {entry name: what was done}."""
+    victims = sorted(names_in(source))[:3]
+    data = [(source / v).read_bytes() for v in victims]
+    remote.put(_sha(data[0]), data[0][: len(data[0]) // 2])
+    remote.put(_sha(data[1]), bytes(b ^ 0xFF for b in data[1]))
+    remote.delete(_sha(data[2]))
+    return dict(zip(victims, ["truncated", "overwritten", "deleted"]))
+
+
+def test_push_verify_heals_damaged_objects(remote: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+    """A pushed object truncated, overwritten (same size) and deleted on the remote: every pull
+    refuses or misses them until a push heals them. A plain push sees two from the listing;
+    --verify reads the rest back and sees the third; --dry-run changes nothing; after the heal
+    a fresh node pulls everything and every SHA-256 checks."""
+    url, extra = remote
+    env = node_env(tmp_path / "home", **extra)
+    source = synthetic_cache(tmp_path / "a", 6, tag="heal", size=40_000)
+    expected = _entry_files(source)
+    assert cli_json("--cache-dir", str(tmp_path / "a"), "push", url, env=env)["ok"]
+    files = _Remote(url)
+    damage = _damage_three(files, source)
+    by_how = {how: name for name, how in damage.items()}
+
+    proc = cli("--cache-dir", str(tmp_path / "n1"), "pull", url, "-q", env=env)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "3 of 6 objects not pulled" in proc.stderr
+    assert names_in(tmp_path / "n1" / f"jaxlib-{JAXLIB}") == set(expected) - set(damage)
+
+    # A plain push: missing or cut short shows in the listing it makes anyway; an overwrite does not.
+    plain = cli_json("--cache-dir", str(tmp_path / "a"), "push", url, "--dry-run", env=env)
+    assert {d["name"]: d["problem"] for d in plain["damaged"]} == {by_how["truncated"]: "size",
+                                                                    by_how["deleted"]: "missing"}
+    assert sorted(plain["repair"]) == sorted([by_how["truncated"], by_how["deleted"]])
+    assert plain["verified"] is None and plain["already"] == 4
+
+    before = files.files()
+    planned = cli_json("--cache-dir", str(tmp_path / "a"), "push", url, "--verify", "--dry-run", env=env)
+    assert sorted(planned["repair"]) == sorted(damage) and planned["send"] == []
+    assert {d["name"]: d["problem"] for d in planned["damaged"]} == {
+        by_how["truncated"]: "size", by_how["overwritten"]: "content", by_how["deleted"]: "missing"}
+    assert all(d["heal"] for d in planned["damaged"])
+    assert planned["verified"] == 4 and planned["already"] == 3 and planned["unchecked"] == []
+    assert planned["bytes"] == sum(len(expected[n]) for n in damage)
+    human = cli("--cache-dir", str(tmp_path / "a"), "push", url, "--verify", "--dry-run", "-q", env=env)
+    assert human.returncode == 0 and human.stderr == "", human.stderr
+    problem = {"truncated": "cut short or grown", "overwritten": "altered", "deleted": "missing"}
+    rows = [line for line in human.stdout.splitlines() if "would re-send" in line]
+    assert len(rows) == 3
+    for name, how in damage.items():
+        module, key = name.rsplit("-", 2)[:2]
+        assert [row for row in rows if row.startswith(f"{module}-{key[:12]}...-cache") and problem[how] in row]
+    assert "Would send 3 objects" in human.stdout and "heal 3 damaged" in human.stdout
+    assert files.files() == before  # a plan, even one that reads every object back, writes nothing
+
+    healed = cli_json("--cache-dir", str(tmp_path / "a"), "push", url, "--verify", env=env)
+    assert healed["ok"] and sorted(healed["healed"]) == sorted(damage) and healed["transferred"]["done"] == 3
+    assert healed["manifest"] is None  # the same bytes under the same names: no manifest to change
+    objects = {k.rsplit("/", 1)[1]: v for k, v in files.files().items() if "/objects/" in k}
+    assert set(objects) == {_sha(d) for d in expected.values()}
+    assert all(_sha(data) == sha for sha, data in objects.items())  # each whole again under its name
+
+    # The node that was refused gets the rest; a fresh node gets everything; every SHA-256 checks.
+    again = cli_json("--cache-dir", str(tmp_path / "n1"), "pull", url, env=env)
+    assert again["ok"] and sorted(again["fetch"]) == sorted(damage)
+    fresh = cli_json("--cache-dir", str(tmp_path / "n2"), "pull", url, env=env)
+    assert fresh["ok"] and len(fresh["fetch"]) == 6
+    for node in ("n1", "n2"):
+        got = _entry_files(tmp_path / node / f"jaxlib-{JAXLIB}")
+        assert {n: _sha(d) for n, d in got.items()} == {n: _sha(d) for n, d in expected.items()}
+
+    clean = cli_json("--cache-dir", str(tmp_path / "a"), "push", url, "--verify", env=env)
+    assert clean["damaged"] == [] and clean["unchecked"] == [] and clean["verified"] == 6 and clean["repair"] == []
+
+
+def _same_names_other_bytes(source: Path, root: Path) -> Path:
+    """Another node's folder with the same entries as ``source``, each with other bytes: what another
+    process compiling the same keys writes (JAX's header holds that process's own compile time)."""
+    folder = synthetic_cache(root, 0, tag="none")
+    for path in source.glob("*-cache"):
+        body = zlib.decompress(path.read_bytes())
+        (folder / path.name).write_bytes(zlib.compress((7).to_bytes(4, "big") + body[4:]))
+    return folder
+
+
+def test_another_node_heals_with_its_own_bytes(remote: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+    """The node that pushed is gone; another holds the same entries with its own (valid) bytes.
+    Its push names its own copy of each damaged object in a new manifest, which supersedes the
+    one naming the damage; a node holding none of them is told, in one line, what it cannot heal."""
+    url, extra = remote
+    env = node_env(tmp_path / "home", **extra)
+    source = synthetic_cache(tmp_path / "a", 5, tag="other", size=40_000)
+    assert cli_json("--cache-dir", str(tmp_path / "a"), "push", url, env=env)["ok"]
+    damage = _damage_three(_Remote(url), source)
+
+    synthetic_cache(tmp_path / "c", 2, tag="unrelated")
+    unrelated = cli("--cache-dir", str(tmp_path / "c"), "push", url, "--verify", "-q", env=env)
+    assert unrelated.returncode == 0 and len(unrelated.stderr.strip().splitlines()) == 1, unrelated.stderr
+    # It reads back only what it holds: the two the listing shows, not the overwritten one.
+    assert "2 objects named on" in unrelated.stderr and "not healed" in unrelated.stderr
+    assert unrelated.stdout.count("not healed") == 2
+
+    b = _same_names_other_bytes(source, tmp_path / "b")
+    mine = _entry_files(b)
+    plain = cli_json("--cache-dir", str(tmp_path / "b"), "push", url, env=env)
+    assert plain["ok"] and plain["manifest"] and len(plain["healed"]) == 2  # from the listing
+    verified = cli_json("--cache-dir", str(tmp_path / "b"), "push", url, "--verify", env=env)
+    assert verified["ok"] and verified["manifest"] and verified["healed"] == [
+        n for n, how in damage.items() if how == "overwritten"]
+
+    fresh = cli_json("--cache-dir", str(tmp_path / "n"), "pull", url, env=env)
+    assert fresh["ok"] and len(fresh["fetch"]) == 7
+    got = _entry_files(tmp_path / "n" / f"jaxlib-{JAXLIB}")
+    theirs = _entry_files(source)
+    for name in names_in(source):
+        assert got[name] == (mine[name] if name in damage else theirs[name])
+
+
+def test_an_object_verify_cannot_read_is_reported_not_judged(bucket: dict[str, str], tmp_path: Path) -> None:
+    """An object a lifecycle rule moved to an archive class is listed whole but cannot be read:
+    --verify says so in one line and exits 1, and does not take it for damage (nothing re-sent)."""
+    url = f"s3://{bucket['BUCKET']}/archived"
+    env = node_env(tmp_path / "home", **{k: v for k, v in bucket.items() if k != "BUCKET"})
+    source = synthetic_cache(tmp_path / "a", 3, tag="glacier")
+    assert cli_json("--cache-dir", str(tmp_path / "a"), "push", url, env=env)["ok"]
+    victim = sorted(names_in(source))[0]
+    data = (source / victim).read_bytes()
+    _s3(bucket).put_object(Bucket=bucket["BUCKET"], Key=f"archived/jaxlib-{JAXLIB}/objects/{_sha(data)}", Body=data,
+                           StorageClass="GLACIER")
+    proc = cli("--cache-dir", str(tmp_path / "a"), "push", url, "--verify", "-q", env=env)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "1 of 3 objects not verified" in proc.stderr and victim in proc.stderr
+    plan = cli_json("--cache-dir", str(tmp_path / "a"), "push", url, "--verify", "--dry-run", env=env, code=1)
+    assert [u["name"] for u in plan["unchecked"]] == [victim]
+    assert plan["verified"] == 2 and plan["damaged"] == [] and plan["repair"] == [] and plan["already"] == 3

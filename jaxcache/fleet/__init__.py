@@ -13,6 +13,7 @@ from jaxcache.fleet.errors import BadRemote, BundleError, IntegrityError, Missin
 from jaxcache.fleet.manifest import Manifest, ObjectRecord, merge
 from jaxcache.fleet.node import Node, this_node, verdict
 from jaxcache.fleet.sync import (
+    Damage,
     PullPlan,
     PullResult,
     PushPlan,
@@ -26,7 +27,7 @@ from jaxcache.fleet.sync import (
 from jaxcache.fleet.trust import Policy, load_key
 
 __all__ = [
-    "BadRemote", "BundleError", "IntegrityError", "Manifest", "MissingExtra", "Node", "ObjectRecord", "Policy",
-    "PullPlan", "PullResult", "PushPlan", "PushResult", "RemoteError", "TrustError", "load_key", "merge",
+    "BadRemote", "BundleError", "Damage", "IntegrityError", "Manifest", "MissingExtra", "Node", "ObjectRecord",
+    "Policy", "PullPlan", "PullResult", "PushPlan", "PushResult", "RemoteError", "TrustError", "load_key", "merge",
     "plan_pull", "plan_push", "policy_for", "pull", "push", "this_node", "verdict",
 ]

@@ -10,6 +10,10 @@ local layout does. `plan_pull` with nothing new costs one small read (see
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +28,7 @@ from jaxcache.fleet.local import Described
 from jaxcache.fleet.manifest import Manifest, ObjectRecord
 from jaxcache.fleet.node import Node, this_node, verdict
 from jaxcache.fleet.remote import Store, open_store
-from jaxcache.fleet.transfer import Progress, Transferred, fetch_into, upload_from
+from jaxcache.fleet.transfer import Progress, Transferred, check_remote, fetch_into, upload_from
 from jaxcache.settings import Settings
 
 DEFAULT_JOBS = 16
@@ -43,6 +47,37 @@ def _writer() -> str:
 
 
 @dataclass(frozen=True)
+class Damage:
+    """An object the remote's manifests name whose bytes are not there as named.
+
+    Attributes:
+        name: its name in the version folder.
+        sha256: the remote object the manifests name (``REMOTE/jaxlib-X/objects/<sha256>``).
+        problem: ``missing``; ``size`` (listed at another size than the manifest's); or ``content``
+            (read back by ``--verify``: other bytes, whatever their size).
+        detail: one line for people.
+        heal: whether this push heals it (this folder holds a complete object by that name).
+    """
+
+    name: str
+    sha256: str
+    problem: str
+    detail: str
+    heal: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "sha256": self.sha256, "problem": self.problem, "detail": self.detail,
+                "heal": self.heal}
+
+
+def _listing_damage(record: ObjectRecord, listed: int | None, *, heal: bool) -> Damage:
+    if listed is None:
+        return Damage(record.name, record.sha256, "missing", "missing from the remote", heal)
+    return Damage(record.name, record.sha256, "size",
+                  f"{listed} bytes on the remote, the manifest says {record.size}", heal)
+
+
+@dataclass(frozen=True)
 class PushPlan:
     """What a push will send.
 
@@ -51,10 +86,15 @@ class PushPlan:
         jaxlib: the version folder pushed.
         folder: the local version folder.
         send: objects the remote's manifests do not name yet (each is uploaded, then named).
-        repair: objects the manifests name but the remote lacks, which this folder has (uploaded again).
-        already: how many of this folder's objects the remote already names.
+        repair: this folder's objects whose remote copy is damaged (see ``damaged``): uploaded
+            again, and named anew where this folder holds other bytes under the name than those named.
+        already: how many of this folder's objects the remote already names and holds (as far as checked).
         refused: (name, why) for local objects never sent (incomplete or damaged).
         catalog: what the remote holds, as read.
+        damaged: every object the manifests name that is missing or damaged on the remote, healed by
+            this push or not: from the listing (missing, another size), and with ``verify`` from its bytes.
+        verified: how many remote objects were read back and hashed; None without ``verify``.
+        unchecked: (name, why) for objects ``verify`` could not read (network, permissions): not judged.
     """
 
     remote: str
@@ -68,16 +108,27 @@ class PushPlan:
     store: Store = field(repr=False, compare=False)
     described: Described = field(repr=False, compare=False)
     remote_sizes: dict[str, int] = field(repr=False, compare=False, default_factory=dict)
+    damaged: tuple[Damage, ...] = ()
+    verified: int | None = None
+    unchecked: tuple[tuple[str, str], ...] = ()
+    # SHA-256s whose remote copy verify found damaged: uploaded even where the listing shows the right size.
+    forced: frozenset[str] = field(repr=False, compare=False, default=frozenset())
 
     @property
     def uploads(self) -> tuple[ObjectRecord, ...]:
         """What must travel: objects a killed push already left in the store (content-addressed,
         so the same bytes) are not sent again."""
-        return tuple(r for r in self.send + self.repair if self.remote_sizes.get(r.sha256) != r.size)
+        return tuple(r for r in self.send + self.repair
+                     if r.sha256 in self.forced or self.remote_sizes.get(r.sha256) != r.size)
 
     @property
     def bytes(self) -> int:
         return sum(r.size for r in self.uploads)
+
+    @property
+    def unhealed(self) -> tuple[Damage, ...]:
+        """Damaged objects this push cannot heal: not in this folder (or not selected), or refused here."""
+        return tuple(d for d in self.damaged if not d.heal)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -85,6 +136,8 @@ class PushPlan:
             "send": [r.name for r in self.send], "repair": [r.name for r in self.repair],
             "already": self.already, "bytes": self.bytes,
             "refused": [{"name": n, "reason": r} for n, r in self.refused],
+            "damaged": [d.as_dict() for d in self.damaged], "verified": self.verified,
+            "unchecked": [{"name": n, "reason": r} for n, r in self.unchecked],
             "remote_manifests": self.catalog.as_dict(),
         }
 
@@ -96,17 +149,30 @@ class PushResult:
     manifest: str | None  # the manifest written, None when there was nothing to name
 
     @property
+    def healed(self) -> tuple[str, ...]:
+        """The damaged objects this push re-sent (now whole on the remote, and named)."""
+        done = set(self.transferred.done)
+        return tuple(r.name for r in self.plan.repair if r.name in done)
+
+    @property
     def ok(self) -> bool:
-        return not self.transferred.failed
+        return not self.transferred.failed and not self.plan.unchecked
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.plan.as_dict(), "transferred": self.transferred.as_dict(), "manifest": self.manifest,
-                "ok": self.ok}
+                "healed": list(self.healed), "ok": self.ok}
 
 
 def plan_push(settings: Settings, remote: str | Store, *, version: str | None = None, name: str | None = None,
-              policy: trust.Policy | None = None, jobs: int = DEFAULT_JOBS) -> PushPlan:
-    """What pushing one version folder of this cache to ``remote`` would send.
+              policy: trust.Policy | None = None, jobs: int = DEFAULT_JOBS, verify: bool = False,
+              progress: Progress | None = None) -> PushPlan:
+    """What pushing one version folder of this cache to ``remote`` would send, and heal.
+
+    Objects are skipped by name, so a push also checks that what the manifests name is
+    there: an object missing from the listing, or listed at another size than its
+    manifest's, is re-sent when this folder holds that name. With ``verify``, every
+    other remote object this folder holds a name for is read back and hashed too (an
+    overwrite or a flipped bit keeps the size); nothing is written by planning.
 
     Args:
         settings: the local cache's settings.
@@ -114,7 +180,9 @@ def plan_push(settings: Settings, remote: str | Store, *, version: str | None = 
         version: the jaxlib version folder to push (default: the installed jaxlib's).
         name: only objects whose module name matches this glob.
         policy: the signature policy; a keyed pusher merges only manifests signed with its key.
-        jobs: transfers in flight (for the store's connection pool).
+        jobs: transfers in flight (for the store's connection pool, and ``verify``'s reads).
+        verify: read back and hash the remote copies of this folder's objects.
+        progress: called after each object ``verify`` reads.
 
     Raises:
         CacheDirError: no such version folder here.
@@ -130,41 +198,92 @@ def plan_push(settings: Settings, remote: str | Store, *, version: str | None = 
                                 cache_dir=catalogs.cache_dir_for(local.meta_dir(folder), store.url))
     present = store.list(f"{catalogs.version_prefix(jaxlib)}/{catalogs.OBJECTS}")
     have = {n.rsplit("/", 1)[1]: size for n, size in present.items()}
-    send, repair = [], []
-    already = 0
+    send: list[ObjectRecord] = []
+    repair: list[ObjectRecord] = []
+    damaged: list[Damage] = []
+    listed_whole: list[ObjectRecord] = []
     for record in described.objects:
         theirs = cat.records.get(record.name)
         if theirs is None:
             send.append(record)
-        elif have.get(theirs.sha256) != theirs.size and theirs.sha256 == record.sha256:
-            repair.append(record)  # named, but its object is missing or cut short: we hold the same bytes
+        elif have.get(theirs.sha256) != theirs.size:
+            # Named, but its object is missing or cut short. This folder's copy is complete (described)
+            # and valid under the name whether its bytes are the same or not (see `push`).
+            damaged.append(_listing_damage(theirs, have.get(theirs.sha256), heal=True))
+            repair.append(record)
         else:
-            already += 1
-    return PushPlan(remote=store.url, jaxlib=jaxlib, folder=folder, send=tuple(send), repair=tuple(repair),
-                    already=already, refused=described.refused, catalog=cat, store=store, described=described,
-                    remote_sizes=have)
+            listed_whole.append(theirs)
+    ours = {r.name for r in described.objects}
+    for other, theirs in sorted(cat.records.items()):
+        if other not in ours and have.get(theirs.sha256) != theirs.size:
+            damaged.append(_listing_damage(theirs, have.get(theirs.sha256), heal=False))
+    already = len(listed_whole)
+    verified: int | None = None
+    unchecked: tuple[tuple[str, str], ...] = ()
+    forced: set[str] = set()
+    if verify:
+        with _scratch(folder) as scratch:
+            checked = check_remote(store, jaxlib, listed_whole, scratch, jobs=jobs, progress=progress)
+        verified = len(checked.sound) + len(checked.damaged)
+        unchecked = checked.failed
+        bad = {n: (problem, why) for n, problem, why in checked.damaged}
+        for record in described.objects:
+            if record.name in bad:
+                problem, why = bad[record.name]
+                damaged.append(Damage(record.name, cat.records[record.name].sha256, problem, why, True))
+                repair.append(record)
+                forced.add(record.sha256)
+                already -= 1
+    return PushPlan(remote=store.url, jaxlib=jaxlib, folder=folder, send=tuple(send),
+                    repair=tuple(sorted(repair, key=lambda r: r.name)),
+                    already=already, refused=described.refused, catalog=cat,
+                    store=store, described=described, remote_sizes=have,
+                    damaged=tuple(sorted(damaged, key=lambda d: (not d.heal, d.name))), verified=verified,
+                    unchecked=unchecked, forced=frozenset(forced))
+
+
+@contextmanager
+def _scratch(folder: Path) -> Iterator[Path]:
+    """Where ``verify``'s reads land: beside the cache, on the disk sized for its objects; the
+    system's temporary folder where the cache cannot be written (pushing from a read-only copy)."""
+    path = local.meta_dir(folder) / "verify"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        usable = os.access(path, os.W_OK | os.X_OK)
+    except OSError:
+        usable = False
+    if usable:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="jaxcache-verify-") as tmp:
+        yield Path(tmp)
 
 
 def push(plan: PushPlan, *, key: bytes | None = None, jobs: int = DEFAULT_JOBS,
          progress: Progress | None = None) -> PushResult:
-    """Uploads what the plan sends, then writes one manifest naming what arrived.
+    """Uploads what the plan sends and repairs, then writes one manifest naming what arrived.
 
     The manifest is written only after its objects are all in the store, so a
     reader never meets a name without its object. A push killed midway leaves
     uploaded objects that no manifest names yet; pushing again finds them and
-    does not upload them twice.
+    does not upload them twice. A repair with the same bytes as those named
+    needs no manifest: the object is whole again under its name.
     """
     uploads = plan.uploads
     skipped = {r.name for r in plan.send + plan.repair} - {r.name for r in uploads}
     transferred = upload_from(plan.store, plan.jaxlib, uploads, plan.folder, jobs=jobs, progress=progress)
     arrived = set(transferred.done) | skipped
     new = [r for r in plan.send if r.name in arrived]
+    # A damaged object healed with other bytes than those named (this folder's entry was written by
+    # another process: its header holds its own compile time) must be named anew. The manifest
+    # written supersedes every one this push read, so the damaged record is no longer live.
+    renamed = [r for r in plan.repair if r.name in arrived and plan.catalog.records[r.name].sha256 != r.sha256]
     transferred = Transferred(done=tuple(sorted(arrived)), failed=transferred.failed, bytes=transferred.bytes,
                               seconds=transferred.seconds)
-    if not new:
+    if not new and not renamed:
         return PushResult(plan=plan, transferred=transferred, manifest=None)
     records = dict(plan.catalog.records)
-    records.update((r.name, r) for r in new)
+    records.update((r.name, r) for r in new + renamed)
     manifest = Manifest(jaxlib=plan.jaxlib, jax=plan.described.jax, path_in_key=jaxformat.path_in_key(plan.jaxlib),
                         objects=tuple(sorted(records.values(), key=lambda r: r.name)), writer=_writer(),
                         supersedes=plan.catalog.manifests)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from jaxcache import atomic, jaxformat, locking, provenance
 from jaxcache.fleet import catalog
@@ -30,6 +30,7 @@ from jaxcache.fleet.errors import RemoteError
 from jaxcache.fleet.manifest import ObjectRecord
 from jaxcache.fleet.remote import Store
 
+T = TypeVar("T")
 Progress = Callable[[int, int, int], None]
 """Called as ``progress(objects_done, objects_total, bytes_done)`` after each object."""
 
@@ -60,6 +61,15 @@ class _Refused(Exception):
     """An object whose bytes do not match its record."""
 
 
+class _Mismatch(_Refused):
+    """Downloaded bytes that are not the record's: their size and SHA-256, for the message."""
+
+    def __init__(self, record: ObjectRecord, size: int, digest: str) -> None:
+        self.size, self.digest = size, digest
+        super().__init__(f"{size} bytes with SHA-256 {digest[:12]}..., the manifest says {record.size} "
+                         f"bytes with {record.sha256[:12]}... (tampered or damaged): refused")
+
+
 def remove_dead_temps(folder: Path) -> int:
     """Removes the temporary files that dead writers left in a version folder and its store."""
     return sum(atomic.remove_orphaned_temps(sub) for sub in (folder, folder / "executables"))
@@ -75,6 +85,49 @@ def _sha256_of(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def _download_checked(store: Store, jaxlib: str, record: ObjectRecord, target_dir: Path) -> Path:
+    """One remote object in a temporary file of ``target_dir``, its size and SHA-256 checked
+    against the record; the caller owns the file. Raises FileNotFoundError, _Mismatch, RemoteError."""
+    fd, tmp = atomic.create_temp(target_dir)  # named by its writer: provably orphaned if it dies
+    os.close(fd)
+    try:
+        store.download(catalog.object_name(jaxlib, record.sha256), tmp)
+        digest, size = _sha256_of(tmp)
+        if size != record.size or digest != record.sha256:
+            raise _Mismatch(record, size, digest)
+        return tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _bounded(work: Callable[[ObjectRecord], T], records: Iterable[ObjectRecord], *, jobs: int, prefix: str,
+             handle: Callable[[ObjectRecord, Future[T]], None]) -> None:
+    """Runs ``work`` on each record, ``jobs`` at a time, and hands each finished one to ``handle``
+    in this thread. At most twice ``jobs`` are submitted at once: temporary files in flight, not
+    the whole list. Whatever ``handle`` raises stops the rest (queued work is cancelled)."""
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix=prefix)
+    pending: dict[Future[T], ObjectRecord] = {}
+    queue = iter(records)
+
+    def submit() -> None:
+        record = next(queue, None)
+        if record is not None:
+            pending[pool.submit(work, record)] = record
+
+    try:
+        for _ in range(max(1, jobs) * 2):
+            submit()
+        while pending:
+            finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for future in finished:
+                record = pending.pop(future)
+                submit()
+                handle(record, future)
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def fetch_into(store: Store, jaxlib: str, records: Iterable[ObjectRecord], folder: Path, *, jobs: int = 16,
@@ -103,58 +156,106 @@ def fetch_into(store: Store, jaxlib: str, records: Iterable[ObjectRecord], folde
     moved = 0
 
     def download(record: ObjectRecord) -> Path:
-        target_dir = (folder / record.name).parent
-        fd, tmp = atomic.create_temp(target_dir)  # named by its writer: provably orphaned if it dies
-        os.close(fd)
+        return _download_checked(store, jaxlib, record, (folder / record.name).parent)
+
+    def handle(record: ObjectRecord, future: Future[Path]) -> None:
+        nonlocal moved
         try:
-            store.download(catalog.object_name(jaxlib, record.sha256), tmp)
-            digest, size = _sha256_of(tmp)
-            if size != record.size or digest != record.sha256:
-                raise _Refused(f"{size} bytes with SHA-256 {digest[:12]}..., the manifest says {record.size} "
-                               f"bytes with {record.sha256[:12]}... (tampered or damaged): refused")
-            return tmp
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+            tmp = future.result()
+        except FileNotFoundError:
+            failed.append((record.name, "named by the manifest but missing from the remote"))
+        except (_Refused, RemoteError) as e:
+            failed.append((record.name, str(e)))
+        except OSError as e:
+            failed.append((record.name, f"cannot write locally ({e.strerror})"))
+        else:
+            try:
+                enter(folder, record, tmp, capped=capped)
+            finally:
+                tmp.unlink(missing_ok=True)
+            done.append(record.name)
+            moved += record.size
+        if progress is not None:
+            progress(len(done) + len(failed), len(records), moved)
 
-    pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="jaxcache-pull")
-    pending: dict[Future[Path], ObjectRecord] = {}
-    queue = iter(records)
-    try:
-        def submit() -> None:
-            record = next(queue, None)
-            if record is not None:
-                pending[pool.submit(download, record)] = record
-
-        for _ in range(max(1, jobs) * 2):  # bounded: temp files in flight, not the whole list
-            submit()
-        while pending:
-            finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-            for future in finished:
-                record = pending.pop(future)
-                submit()
-                try:
-                    tmp = future.result()
-                except FileNotFoundError:
-                    failed.append((record.name, "named by the manifest but missing from the remote"))
-                except (_Refused, RemoteError) as e:
-                    failed.append((record.name, str(e)))
-                except OSError as e:
-                    failed.append((record.name, f"cannot write locally ({e.strerror})"))
-                else:
-                    try:
-                        enter(folder, record, tmp, capped=capped)
-                    finally:
-                        tmp.unlink(missing_ok=True)
-                    done.append(record.name)
-                    moved += record.size
-                if progress is not None:
-                    progress(len(done) + len(failed), len(records), moved)
-    finally:
-        for future in pending:
-            future.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+    _bounded(download, records, jobs=jobs, prefix="jaxcache-pull", handle=handle)
     return Transferred(done=tuple(done), failed=tuple(failed), bytes=moved, seconds=time.monotonic() - start)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What reading remote objects back found (`check_remote`).
+
+    Attributes:
+        sound: names of the objects whose remote bytes are their record's.
+        damaged: (name, problem, why) for the others: ``missing``, or ``content`` (other bytes).
+        failed: (name, why) for objects that could not be read (network, permissions): not judged.
+        bytes: bytes read.
+        seconds: wall time.
+    """
+
+    sound: tuple[str, ...]
+    damaged: tuple[tuple[str, str, str], ...]
+    failed: tuple[tuple[str, str], ...]
+    bytes: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"sound": len(self.sound),
+                "damaged": [{"name": n, "problem": p, "reason": r} for n, p, r in self.damaged],
+                "failed": [{"name": n, "reason": r} for n, r in self.failed], "bytes": self.bytes,
+                "seconds": round(self.seconds, 3)}
+
+
+def check_remote(store: Store, jaxlib: str, records: Iterable[ObjectRecord], scratch: Path, *, jobs: int = 16,
+                 progress: Progress | None = None) -> Checked:
+    """Downloads remote objects and checks each against its record's size and SHA-256, as a pull
+    would, keeping nothing: a listing shows an object there at the right size, only its bytes
+    show it whole (an overwrite or a flipped bit keeps the size).
+
+    Args:
+        store: the remote.
+        jaxlib: its version folder.
+        records: the records to check (the remote's, as its manifests name them).
+        scratch: a local folder for the temporary files (removed as each is checked).
+        jobs: downloads in flight.
+        progress: called after each object.
+    """
+    records = list(records)
+    start = time.monotonic()
+    atomic.remove_orphaned_temps(scratch)  # a check killed earlier
+    sound: list[str] = []
+    damaged: list[tuple[str, str, str]] = []
+    failed: list[tuple[str, str]] = []
+    read = 0
+
+    def check(record: ObjectRecord) -> None:
+        _download_checked(store, jaxlib, record, scratch).unlink()
+
+    def handle(record: ObjectRecord, future: Future[None]) -> None:
+        nonlocal read
+        try:
+            future.result()
+        except FileNotFoundError:
+            # The listing had it, the read did not: deleted since (a lifecycle rule at work).
+            damaged.append((record.name, "missing", "missing from the remote"))
+        except _Mismatch as e:
+            read += e.size
+            damaged.append((record.name, "content", f"{e.size} bytes with SHA-256 {e.digest[:12]}... on the remote, "
+                                                     f"the manifest says {record.sha256[:12]}..."))
+        except RemoteError as e:
+            failed.append((record.name, str(e)))
+        except OSError as e:
+            failed.append((record.name, f"cannot write locally ({e.strerror})"))
+        else:
+            sound.append(record.name)
+            read += record.size
+        if progress is not None:
+            progress(len(sound) + len(damaged) + len(failed), len(records), read)
+
+    _bounded(check, records, jobs=jobs, prefix="jaxcache-verify", handle=handle)
+    return Checked(sound=tuple(sound), damaged=tuple(damaged), failed=tuple(failed), bytes=read,
+                   seconds=time.monotonic() - start)
 
 
 def enter(folder: Path, record: ObjectRecord, tmp: Path, *, capped: bool) -> None:
@@ -234,4 +335,5 @@ def upload_from(store: Store, jaxlib: str, records: Iterable[ObjectRecord], fold
     return Transferred(done=tuple(done), failed=tuple(failed), bytes=moved, seconds=time.monotonic() - start)
 
 
-__all__ = ["Progress", "Transferred", "enter", "enter_all", "fetch_into", "remove_dead_temps", "upload_from"]
+__all__ = ["Checked", "Progress", "Transferred", "check_remote", "enter", "enter_all", "fetch_into",
+           "remove_dead_temps", "upload_from"]
