@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,7 +58,9 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.showwarning = _one_line_warnings(warnings.showwarning)  # as every other message
+                return super().invoke(ctx)
         except JaxCacheError as e:
             click.echo(f"jaxcache: error: {e}", err=True)
             sys.exit(e.exit_code)
@@ -73,6 +76,20 @@ class _Group(click.Group):
             where = f" ({e.filename})" if e.filename else ""
             click.echo(f"jaxcache: error: {e.strerror or e}{where}", err=True)
             sys.exit(1)
+
+
+def _one_line_warnings(fallback: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints jaxcache's own warnings as one line; others as before."""
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        text = str(message)
+        if not text.startswith("jaxcache"):
+            fallback(message, category, filename, lineno, file, line)
+            return
+        click.echo(f"jaxcache: warning: {text.removeprefix('jaxcache: ')}", err=True)
+
+    return show
 
 
 def _take_cache_dir(ctx: click.Context, param: click.Parameter, value: str | None) -> None:

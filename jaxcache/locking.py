@@ -9,6 +9,8 @@ excludes, is pinned by ``tests/test_jaxinternals.py``.
 
 from __future__ import annotations
 
+import errno
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +23,10 @@ from jaxcache.errors import CacheDirError
 # JAX waits up to 10 s for the lock; jaxcache is willing to wait longer.
 LOCK_TIMEOUT_SECS = 60.0
 BATCH_SIZE = 256
+# A filesystem that has no flock at all: an NFS mount without its lock manager (ENOLCK),
+# or one that does not implement it (EOPNOTSUPP). (ENOSYS is handled by filelock itself.)
+_NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)})
+_warned: set[str] = set()
 
 
 @contextmanager
@@ -38,7 +44,18 @@ def folder_lock(folder: Path, *, timeout: float = LOCK_TIMEOUT_SECS) -> Iterator
     except PermissionError:
         raise CacheDirError(f"permission denied: cannot lock {folder} (is it read-only?)") from None
     except OSError as e:
-        raise CacheDirError(f"cannot lock {folder}: {e.strerror}") from None
+        if e.errno not in _NO_LOCKS:
+            raise CacheDirError(f"cannot lock {folder}: {e.strerror}") from None
+        # JAX can take no lock here either: an uncapped cache (JAX locks nothing then) loses
+        # nothing, since every file is proven again right before it changes; a capped one
+        # cannot work on this filesystem at all (JAX's own reads and writes fail to lock).
+        if str(folder) not in _warned:
+            _warned.add(str(folder))
+            warnings.warn(f"jaxcache: {folder} cannot be locked ({e.strerror}: an NFS mount without its lock "
+                          "manager?); going on without JAX's lock, safe where JAX uses the folder uncapped",
+                          stacklevel=3)
+        yield
+        return
     try:
         yield
     finally:

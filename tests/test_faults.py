@@ -725,3 +725,47 @@ def test_a_broken_pyproject_is_skipped_with_one_warning(bad_input_world: dict[st
         warning = [line for line in result.stderr.splitlines() if line.startswith("jaxcache: warning:")]
         assert len(warning) == 1 and "pyproject.toml" in warning[0], result.stderr
     assert snapshot(cache) == before
+
+
+REFUSE_FLOCK = r"""
+import errno, fcntl, sys
+real_flock = fcntl.flock
+def refuse(fd, operation):
+    if operation & (fcntl.LOCK_EX | fcntl.LOCK_SH):
+        raise OSError(errno.ENOLCK, "No locks available")
+    return real_flock(fd, operation)
+fcntl.flock = refuse
+sys.argv = ["jaxcache", *ARGS]
+from jaxcache.launcher import main
+main()
+"""
+
+
+def test_a_filesystem_without_locks_is_changed_without_them(cache: Path) -> None:
+    """flock refused as an NFS mount without its lock manager refuses it (ENOLCK).
+
+    This kernel has no NFS client, so the refusal is injected into the jaxcache
+    process alone (every flock call fails, as on such a mount); the folder and JAX
+    are real. JAX takes no lock in an uncapped cache, so jaxcache goes on without
+    one, says so once, and still proves each file before it goes.
+    """
+    folder = version_folder(cache)
+    before = {p.name for p in folder.glob("*-cache")}
+    step = {n for n in before if n.startswith("jit_step-")}
+    assert step and step != before
+
+    def jaxcache_without_locks(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_python(REFUSE_FLOCK.replace("ARGS", repr(["--cache-dir", str(cache), *args])), check=False)
+
+    pruned = jaxcache_without_locks("prune", "--name", "jit_step*", "--yes")
+    assert pruned.returncode == 0, pruned.stderr
+    warnings = [line for line in pruned.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "cannot be locked (No locks available" in warnings[0], pruned.stderr
+    assert "Traceback" not in pruned.stderr
+    assert {p.name for p in folder.glob("*-cache")} == before - step
+    (folder / ("jit_gone-" + "d" * 64 + "-atime")).write_bytes(jaxformat.encode_atime(time.time_ns()))
+    repaired = jaxcache_without_locks("check", "--repair", "--yes")
+    assert repaired.returncode == 0, repaired.stderr
+    assert not (folder / ("jit_gone-" + "d" * 64 + "-atime")).exists()
+    events = run_compile(env_with(JAXCACHE_DIR=str(cache)))  # a fresh JAX process: only jit_step compiles
+    assert set(events["misses"]) == {"jit_step"} and "jit_cost" in events["hits"]
