@@ -210,3 +210,28 @@ def test_two_pushers_at_once_lose_nothing_on_gcs(bucket: tuple[str, dict[str, st
     node = tmp_path / "node"
     pulled = cli_json("--cache-dir", str(node), "pull", url, env=env)
     assert pulled["ok"] and names_in(node / f"jaxlib-{JAXLIB}") == expected
+
+
+def test_a_gcs_bucket_as_the_cache_itself(bucket: tuple[str, dict[str, str]], gcs_endpoint: str,
+                                          tmp_path: Path) -> None:
+    """JAX writes into gs:// through configure() (etils.epath, then gcsfs); a fresh process hits;
+    inspect, check and clear work on what it wrote (jaxcache.bucket)."""
+    from jaxcache_testing import run_compile
+
+    name, gcs = bucket
+    url = f"gs://{name}/cache"
+    node = node_env(tmp_path / "home", **gcs)
+    configure = f"import jaxcache; jaxcache.configure({url!r})"
+    first = run_compile(node, configure=configure)
+    assert first["misses"] and not first["hits"]
+    stored = _objects(gcs_endpoint, name, f"cache/jaxlib-{JAXLIB}/")
+    entries = {k.rsplit("/", 1)[1][:-6]: size for k, size in stored.items() if k.endswith("-cache")}
+    assert entries
+    second = run_compile(node, configure=configure)
+    assert second["hits"] and not second["misses"]
+    summary = cli_json("--cache-dir", url, "inspect", env=node)
+    assert summary["entries"] == len(entries) and summary["bytes"] == sum(entries.values())
+    assert cli("--cache-dir", url, "check", env=node).returncode == 0
+    cleared = cli_json("--cache-dir", url, "clear", "--yes", env=node)
+    assert set(cleared["deleted"]) == set(entries)
+    assert not [k for k in _objects(gcs_endpoint, name, "cache/") if k.endswith("-cache")]

@@ -5,7 +5,8 @@
 ``gs://bucket/prefix`` (gcsfs, ``pip install 'jaxcache[gcs]'``). The object
 stores are configured the way their own tools are: ``AWS_ENDPOINT_URL`` (for
 MinIO, R2, Ceph, GCS's S3 API), ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``,
-``AWS_PROFILE`` and ``~/.aws``; Google's application default credentials.
+``AWS_PROFILE`` and ``~/.aws``; Google's application default credentials (and, for an
+emulator, ``STORAGE_EMULATOR_HOST`` with ``FSSPEC_GCS_TOKEN=anon``: see tests/test_fleet_gcs.py).
 
 Every write is whole or absent: an object store's PUT is atomic, and on a
 folder jaxcache writes a temporary file beside the target and renames it
