@@ -240,6 +240,19 @@ class BucketCache:
             raise NotACacheError(f"{self.url} is not empty and does not look like a JAX cache ({len(names)} other "
                                  "objects and prefixes); give a new or empty prefix")
 
+    def require_not_fleet_remote(self, jax_dir: str) -> None:
+        """Refuses to let JAX write into a fleet remote's version folder (what `jaxcache push` writes).
+
+        Raises:
+            NotACacheError: ``jax_dir`` holds a fleet remote's HEAD.
+        """
+        from jaxcache.fleet.catalog import HEAD_NAME
+
+        head = self._key(ObjectPath(jax_dir) / HEAD_NAME)
+        if self._call("", lambda: self.fs.exists(head)):
+            raise NotACacheError(f"{self.url} is a fleet remote (jaxcache push), not a JAX cache: pull from it into "
+                                 "a local cache, or give JAX another prefix")
+
     def _marker(self, folder: str) -> provenance.VersionInfo | None:
         try:
             data = json.loads(self.store.read(f"{folder}/{provenance.MARKER_NAME}"))
@@ -371,6 +384,8 @@ class BucketCache:
         by_path = {e.path: e for e in info.entries}
         for path, data in self._read_many(list(by_path), progress=progress):
             entry = by_path[path]
+            # A PUT is whole or absent, so a broken object is never a write in progress (unlike a
+            # local file JAX writes in place); only its -atime, a second PUT, may be on its way.
             young = now - entry.written < IN_PROGRESS_SECS
             if isinstance(data, FileNotFoundError):
                 continue  # deleted since the scan
@@ -380,7 +395,7 @@ class BucketCache:
             try:
                 jaxformat.decompress_entry(data)
             except jaxformat.EntryFormatError as e:
-                kind: Kind = "unverifiable" if "zstandard" in str(e) else ("unsettled" if young else "corrupt")
+                kind: Kind = "unverifiable" if "zstandard" in str(e) else "corrupt"
                 findings.append(Finding(kind, path, str(e), key=entry.key))
                 continue
             if entry.folder in needs_atime and not entry.has_atime and not young:

@@ -195,7 +195,8 @@ def _progress(label: str, total: int) -> Iterator[Callable[[int], None] | None]:
 @click.option(
     "--cache-dir",
     metavar="PATH",
-    help="Cache root (default: JAXCACHE_DIR, JAX_COMPILATION_CACHE_DIR, [tool.jaxcache], user config, platformdirs).",
+    help="Cache root (default: JAXCACHE_DIR, JAX_COMPILATION_CACHE_DIR, [tool.jaxcache], user config, platformdirs); "
+         "s3://bucket/prefix or gs://... for a cache JAX keeps in a bucket (inspect, ls, check, prune, clear).",
 )
 @click.version_option(__version__, "--version", prog_name="jaxcache")
 @click.pass_context
@@ -223,8 +224,9 @@ def dir_command(ctx: click.Context, jax_folder: bool) -> None:
     """
     settings = _settings(ctx)
     if settings.url:
-        click.echo(f"{settings.url}/{provenance.VERSION_DIR_PREFIX}{_installed_jaxlib()}"
-                   if jax_folder and settings.layout.value == "versioned" and _installed_jaxlib() else settings.url)
+        from jaxcache.configuration import bucket_jax_dir
+
+        click.echo(bucket_jax_dir(settings, provenance.installed_versions()) if jax_folder else settings.url)
         return
     if settings.root.exists() and not settings.root.is_dir():
         raise CacheDirError(f"{settings.root} is a file, not a folder")
@@ -246,11 +248,11 @@ def config_command(ctx: click.Context, as_json: bool) -> None:
 
     settings = _settings(ctx)
     versions = provenance.installed_versions()
-    if settings.url:  # what configure() hands JAX for a bucket (jaxcache.configuration._configure_bucket)
-        versioned = settings.layout.value == "versioned" and versions is not None
-        jax_dir: Any = f"{settings.url}/{provenance.VERSION_DIR_PREFIX}{versions.jaxlib}" if versioned else settings.url
-        options = {**jax_options(settings, Path("/")), "jax_compilation_cache_dir": jax_dir,
-                   "jax_persistent_cache_enable_xla_caches": "none"}
+    if settings.url:  # what configure() hands JAX for a bucket
+        from jaxcache.configuration import bucket_jax_dir, bucket_jax_options
+
+        jax_dir: Any = bucket_jax_dir(settings, versions)
+        options = bucket_jax_options(settings, jax_dir)
     else:
         jax_dir = provenance.jax_dir(settings.root, settings.layout.value, versions)
         options = jax_options(settings, jax_dir)
@@ -1006,7 +1008,10 @@ _jobs_option = click.option("--jobs", "-j", type=click.IntRange(min=1), default=
 
 
 def _transfer_progress(verb: str, *, quiet: bool, every: int = 100):
-    """Progress on stderr: one line redrawn on a terminal, else a line per ``every`` objects and the last."""
+    """Progress on stderr: one line redrawn on a terminal, else a line per ``every`` objects and the last.
+
+    It counts objects handled, failed ones too (the summary after it says which failed), hence "pulling", not "pulled".
+    """
     if quiet:
         return None
     tty = sys.stderr.isatty()
@@ -1110,7 +1115,7 @@ def push_command(ctx: click.Context, remote: str, version: str | None, pattern: 
     settings = _settings(ctx)
     policy = policy_for(settings, key_file=key_file)
     plan = plan_push(settings, remote, version=version, name=pattern, policy=policy, jobs=jobs, verify=verify,
-                     progress=_transfer_progress("verified", quiet=quiet or as_json) if verify else None)
+                     progress=_transfer_progress("reading back", quiet=quiet or as_json) if verify else None)
     for name, why in plan.refused:
         click.echo(f"jaxcache: warning: not sending {name}: {why}", err=True)
     for name, why in plan.catalog.ignored:
@@ -1134,7 +1139,7 @@ def push_command(ctx: click.Context, remote: str, version: str | None, pattern: 
                     f"{plan.remote}{heal};" if dry_run else "Nothing to send:")
             click.echo(f"{what} {plan.already} of this folder's objects are there already{checked}.")
         return _fleet_failures(plan.unchecked, _checks(plan), "verified")
-    result = push(plan, key=policy.key, jobs=jobs, progress=_transfer_progress("pushed", quiet=quiet or as_json))
+    result = push(plan, key=policy.key, jobs=jobs, progress=_transfer_progress("pushing", quiet=quiet or as_json))
     if as_json:
         _emit_json({"dry_run": False, **result.as_dict()})
     else:
@@ -1149,7 +1154,8 @@ def push_command(ctx: click.Context, remote: str, version: str | None, pattern: 
                    f"({display.size(result.transferred.bytes)} uploaded) to {plan.remote} in "
                    f"{result.transferred.seconds:.1f} s{healed}; "
                    f"{f'{plan.already} there already{checked}; ' if verify else ''}"
-                   f"manifest {result.manifest or '-'}{signed}.")
+                   + (f"manifest {result.manifest}{signed}." if result.manifest
+                      else "no new manifest (the remote's manifests already name these objects)."))
     return (_fleet_failures(result.transferred.failed, len(plan.uploads), "pushed")
             or _fleet_failures(plan.unchecked, _checks(plan), "verified"))
 
@@ -1189,7 +1195,7 @@ def pull_command(ctx: click.Context, remote: str, strict: bool, jobs: int, key_f
             skipped = f"; {len(plan.skipped)} can never hit here ({_reasons(plan.skipped)})" if plan.skipped else ""
             click.echo(f"{head} from {plan.remote}: {plan.here} already here{skipped}.")
         return
-    result = pull(plan, settings, jobs=jobs, progress=_transfer_progress("pulled", quiet=quiet or as_json))
+    result = pull(plan, settings, jobs=jobs, progress=_transfer_progress("pulling", quiet=quiet or as_json))
     if as_json:
         _emit_json({"dry_run": False, **result.as_dict()})
     else:

@@ -219,6 +219,20 @@ def configure(
     return Configured(root=settings.root, jax_dir=target, settings=settings, jax_options=applied, versions=versions)
 
 
+def bucket_jax_dir(settings: Settings, versions: provenance.VersionInfo | None) -> str:
+    """The URL JAX writes into for a cache in a bucket: a version folder, as for a local root."""
+    assert settings.url is not None
+    if settings.layout.value == "versioned" and versions is not None:
+        return f"{settings.url}/{provenance.VERSION_DIR_PREFIX}{versions.jaxlib}"
+    return settings.url
+
+
+def bucket_jax_options(settings: Settings, jax_dir: str) -> dict[str, Any]:
+    """The ``jax.config`` options for a cache in a bucket: XLA's sub-caches off, never a size cap."""
+    return {**jax_options(settings, Path(jax_dir)), "jax_compilation_cache_dir": jax_dir,
+            "jax_compilation_cache_max_size": -1, "jax_persistent_cache_enable_xla_caches": "none"}
+
+
 def _configure_bucket(settings: Settings) -> Configured:
     """Points JAX straight at an object store (``s3://``, ``gs://``): every hit a GET, every write a PUT.
 
@@ -229,7 +243,7 @@ def _configure_bucket(settings: Settings) -> Configured:
     JAX's size cap cannot work there (its lock is a local file), so it is refused.
 
     Raises:
-        UsageError: a size cap.
+        UsageError: a size cap given as an argument (one from a file or the environment is left out, with a warning).
         MissingExtra: s3fs or gcsfs missing.
         CacheDirError: etils (JAX's way to a URL) missing, or the prefix holds other things.
         RemoteError: the bucket is missing or unreachable.
@@ -241,9 +255,13 @@ def _configure_bucket(settings: Settings) -> Configured:
     url = settings.url
     assert url is not None
     if settings.max_size.value != -1:
-        raise UsageError(f"no size cap on {url}: JAX's eviction there locks a local file no other node sees and "
-                         "lists the whole bucket on every write; run `jaxcache --cache-dir URL prune --max-size SIZE` "
-                         "from one place instead")
+        why = (f"JAX's eviction there locks a local file no other node sees and lists the whole bucket on every "
+               f"write; run `jaxcache --cache-dir {url} prune --max-size SIZE` from one place instead")
+        if settings.max_size.source == "argument":
+            raise UsageError(f"refusing max_size for {url}: {why}")
+        # A cap set for local caches (a config file, the environment) is left out here, not an error.
+        warnings.warn(f"jaxcache: max_size from {settings.max_size.source} is not applied to {url}: {why}",
+                      stacklevel=3)
     try:
         from etils import epath  # noqa: F401 (JAX reaches a URL only through it: jax/_src/path.py)
     except ImportError:
@@ -255,13 +273,13 @@ def _configure_bucket(settings: Settings) -> Configured:
     bucket = BucketCache(url)
     bucket.require_cache_or_new()
     versions = provenance.installed_versions()
-    target = url
-    if settings.layout.value == "versioned" and versions is not None:
-        target = bucket.ensure_version_folder(versions)
+    target = bucket_jax_dir(settings, versions)
+    bucket.require_not_fleet_remote(target)
+    if target != url and versions is not None:
+        bucket.ensure_version_folder(versions)
     import jax
 
-    options = {**jax_options(settings, Path("/")), "jax_compilation_cache_dir": target,
-               "jax_persistent_cache_enable_xla_caches": "none"}
+    options = bucket_jax_options(settings, target)
     _warn_if_already_used(target)
     applied: dict[str, Any] = {}
     for name, value in options.items():

@@ -66,7 +66,8 @@ class PrunePlan:
         return [d.entry.key for d in self.deletions]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"cache_dir": str(self.root), "deleted": self.keys, "reasons": [d.reason for d in self.deletions],
+        return {"cache_dir": str(self.root), "deleted": self.keys, "paths": [str(d.entry.path) for d in self.deletions],
+                "reasons": [d.reason for d in self.deletions],
                 "freed_bytes": self.freed_bytes, "kept_entries": self.kept_entries, "kept_bytes": self.kept_bytes,
                 "executables_deleted": [e.key for e in self.executables]}
 
@@ -86,7 +87,8 @@ class PruneResult:
 
     def as_dict(self) -> dict[str, Any]:
         skipped = [(e.key, why) for e, why in self.skipped] + [(e.path.name, why) for e, why in self.executables_skipped]
-        return {"deleted": [e.key for e in self.deleted], "freed_bytes": self.freed_bytes,
+        return {"deleted": [e.key for e in self.deleted], "paths": [str(e.path) for e in self.deleted],
+                "freed_bytes": self.freed_bytes,
                 "skipped": [{"key": key, "reason": why} for key, why in skipped],
                 "executables_deleted": [e.key for e in self.executables_deleted]}
 

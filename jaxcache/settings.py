@@ -116,6 +116,19 @@ class Settings:
         }
 
 
+def refuse_one_slash_url(raw: str) -> None:
+    """Refuses ``s3:/bucket/x`` (one slash), which would silently be a local folder named ``s3:``.
+
+    Raises:
+        UsageError: ``raw`` starts with a URL scheme jaxcache knows, followed by one slash.
+    """
+    text = raw.strip()
+    scheme, colon, rest = text.partition(":")
+    if colon and scheme.lower() in (*OBJECT_STORE_SCHEMES, "gcs") and not rest.startswith("//"):
+        raise UsageError(f"{raw!r} is not a URL (one slash after '{scheme}:'): did you mean "
+                         f"{scheme}://{rest.lstrip('/')}?")
+
+
 def object_store_url(raw: str) -> str | None:
     """``raw`` as a normalized object-store URL (``s3://bucket/prefix``), or None for a local path.
 
@@ -126,6 +139,7 @@ def object_store_url(raw: str) -> str | None:
     Raises:
         UsageError: an unsupported scheme, or a URL without a bucket.
     """
+    refuse_one_slash_url(raw)
     scheme, sep, rest = raw.strip().partition("://")
     if not sep or scheme.lower() == "file":
         return None
@@ -225,8 +239,8 @@ def _coerce(name: str, raw: Any, where: str, base: Path) -> Any:
             if url is not None:
                 return url
             text = str(raw).strip()
-            if text.lower().startswith("file://"):
-                text = text[len("file://"):]
+            if text.lower().startswith("file:/"):  # file:///x and file:/x alike
+                text = "/" + text[len("file:"):].lstrip("/")
             path = Path(os.path.expandvars(os.path.expanduser(text)))
             # Absolute and resolved: a relative path or a symlink would fork every key.
             return (base / path).resolve() if not path.is_absolute() else path.resolve()
@@ -259,6 +273,7 @@ def _coerce(name: str, raw: Any, where: str, base: Path) -> Any:
         if name == "remote":
             if not isinstance(raw, str) or not raw.strip():
                 raise ValueError
+            refuse_one_slash_url(raw)
             if "://" in raw:
                 return raw.strip()
             path = Path(os.path.expanduser(raw.strip()))  # a shared folder, relative to the file naming it

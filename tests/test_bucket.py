@@ -17,7 +17,7 @@ import pytest
 from jaxcache.jaxformat import encode_atime
 from jaxcache.settings import resolve
 from jaxcache_testing import run_compile
-from test_fleet import JAXLIB, cli, cli_json, node_env
+from test_fleet import JAXLIB, cli, cli_json, node_env, synthetic_cache
 from test_fleet_s3 import S3_ENV, bucket, s3_endpoint  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
@@ -184,7 +184,7 @@ def test_check_finds_and_repairs_broken_objects(filled: str, bucket: dict[str, s
     _put(name, truncated, whole[: len(whole) // 2])
     _put(name, foreign, b"not compressed at all")
     _put(name, orphan, encode_atime(time.time_ns()))
-    time.sleep(11)  # older than a write in progress (integrity.IN_PROGRESS_SECS)
+    # Checked at once: a PUT is whole or absent, so a broken object is no write in progress.
     report = cli_json("--cache-dir", filled, "check", env=node, code=1)
     kinds = {(f["kind"], f["path"].rsplit("/", 1)[1]) for f in report["findings"]}
     assert kinds == {("corrupt", truncated.rsplit("/", 1)[1]), ("corrupt", foreign.rsplit("/", 1)[1]),
@@ -213,7 +213,7 @@ def test_refusals_are_one_line_and_change_nothing(bucket: dict[str, str], node: 
         return proc.stderr.strip().splitlines()[-1]
 
     assert "not empty and does not look like a JAX cache" in refused(_configure(f"s3://{name}/docs"))
-    assert "no size cap" in refused(f"import jaxcache; jaxcache.configure('s3://{name}/c', max_size='1GB')")
+    assert "refusing max_size" in refused(f"import jaxcache; jaxcache.configure('s3://{name}/c', max_size='1GB')")
     assert _objects(name) == {"docs/readme.txt": b"not a cache"}
     for args, words in [(("--cache-dir", f"s3://{name}/docs", "inspect"), "does not look like a JAX"),
                         (("--cache-dir", f"s3://no-such-{uuid.uuid4().hex[:8]}/x", "ls"), "no bucket"),
@@ -223,6 +223,59 @@ def test_refusals_are_one_line_and_change_nothing(bucket: dict[str, str], node: 
         assert proc.returncode != 0 and words in proc.stderr, (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1
     assert _objects(name) == {"docs/readme.txt": b"not a cache"}
+
+
+def test_a_cap_meant_for_local_caches_is_left_out_with_a_warning(bucket: dict[str, str],  # noqa: F811
+                                                                  node: dict[str, str]) -> None:
+    from jaxcache_testing import run_python
+
+    url = f"s3://{bucket['BUCKET']}/capped"
+    env = {**node, "JAXCACHE_MAX_SIZE": "1GB"}
+    proc = run_python(f"{_configure(url)}\nimport jax\nprint('CAP', jax.config.jax_compilation_cache_max_size)",
+                      env=env)
+    assert "CAP -1" in proc.stdout
+    assert "max_size from env JAXCACHE_MAX_SIZE is not applied" in proc.stderr
+    shown = cli_json("--cache-dir", url, "config", env=env)
+    assert shown["jax_options"]["jax_compilation_cache_max_size"] == -1
+
+
+def test_a_cache_and_a_fleet_remote_are_never_mixed_up(filled: str, bucket: dict[str, str],  # noqa: F811
+                                                        node: dict[str, str], tmp_path: Path) -> None:
+    name = bucket["BUCKET"]
+    synthetic_cache(tmp_path / "local", 3, tag="m")
+    before = _objects(name)
+    for verb in ("push", "pull"):  # into, or out of, the bucket JAX uses as its cache
+        proc = cli("--cache-dir", str(tmp_path / "local"), verb, filled, env=node)
+        assert proc.returncode == 2 and "is a JAX cache, not a fleet remote" in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    assert _objects(name) == before
+    fleet = f"s3://{name}/fleet"
+    assert cli("--cache-dir", str(tmp_path / "local"), "push", fleet, env=node).returncode == 0
+    from jaxcache_testing import run_python
+
+    proc = run_python(_configure(fleet), env=node, check=False)
+    assert proc.returncode != 0 and "is a fleet remote" in proc.stderr.strip().splitlines()[-1]
+    assert not [k for k in _objects(name, "fleet/") if k.endswith(".jaxcache-version.json")]
+
+
+def test_a_url_with_one_slash_is_refused_not_taken_for_a_folder(node: dict[str, str], tmp_path: Path) -> None:
+    synthetic_cache(tmp_path / "local", 1, tag="t")
+    for args in (("--cache-dir", "s3:/bucket/x", "inspect"), ("--cache-dir", str(tmp_path / "local"), "push", "s3:/b/x"),
+                 ("--cache-dir", str(tmp_path / "local"), "pull", "gs:/b/x")):
+        proc = cli(*args, env=node, cwd=tmp_path)
+        assert proc.returncode == 2 and "did you mean" in proc.stderr, (args, proc.stderr)
+    assert not (tmp_path / "s3:").exists() and not (tmp_path / "gs:").exists()
+
+
+def test_an_unreachable_store_is_not_called_a_missing_bucket(node: dict[str, str]) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = cli("--cache-dir", "s3://somebucket/x", "ls", env={**node, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+                                                               "AWS_MAX_ATTEMPTS": "1"})
+    assert proc.returncode == 1 and "Could not connect" in proc.stderr and "no bucket" not in proc.stderr
 
 
 def test_a_fleet_remote_is_not_taken_for_a_cache(bucket: dict[str, str], node: dict[str, str]) -> None:  # noqa: F811

@@ -67,7 +67,9 @@ def test_second_warm_compiles_nothing_and_verify_passes(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     _, first = warm_json(cache, "--problem", "rosenbrock", "--size", "8", "--jobs", "2")
     assert first["compiled"] > 0
-    code, second = warm_json(cache, "--problem", "rosenbrock", "--size", "8", "--jobs", "2", "--verify")
+    # With every warning an error, as strict CI runs do: warm's helper processes raise none.
+    code, second = warm_json(cache, "--problem", "rosenbrock", "--size", "8", "--jobs", "2", "--verify",
+                             env=env_with(PYTHONWARNINGS="error"))
     assert code == 0
     assert second["compiled"] == 0 and second["cached"] == len(second["kernels"]) == len(first["kernels"])
     assert [v["ok"] for v in second["verify"]] == [True] and second["verify"][0]["missed_kernels"] == []

@@ -45,7 +45,7 @@ from types import EllipsisType
 from typing import Any
 
 from jaxcache.fleet import trust
-from jaxcache.fleet.errors import RemoteError, TrustError
+from jaxcache.fleet.errors import BadRemote, RemoteError, TrustError
 from jaxcache.fleet.local import write_atomically
 from jaxcache.fleet.manifest import Manifest, ObjectRecord, merge
 from jaxcache.fleet.remote import Store
@@ -276,6 +276,7 @@ def read_catalog(store: Store, jaxlib: str, *, policy: trust.Policy, cache_dir: 
         if not names:
             reader.reads += 1
             store.require()  # an empty answer from a missing bucket is an error, not "nothing there"
+            _refuse_a_jax_cache(store, jaxlib)
         live, ignored = _live(names, reader)
     if cache_dir is not None:
         _forget_others(cache_dir, keep=set(reader.raw))
@@ -285,6 +286,24 @@ def read_catalog(store: Store, jaxlib: str, *, policy: trust.Policy, cache_dir: 
         statuses={n: s for n, (_, s) in live.items()}, ignored=tuple(ignored), reads=reader.reads, listed=listed,
         raw={n: reader.raw[n] for n in live if reader.raw.get(n) is not None},
     )
+
+
+def _refuse_a_jax_cache(store: Store, jaxlib: str) -> None:
+    """A remote with no manifest may be a JAX cache itself (a bucket JAX writes into, or a
+    local cache folder): pushing objects and manifests into it would leave neither usable.
+
+    Raises:
+        BadRemote: the version folder carries jaxcache's version marker, which only caches have.
+    """
+    from jaxcache.provenance import MARKER_NAME
+
+    try:
+        store.read(f"{version_prefix(jaxlib)}/{MARKER_NAME}")
+    except (FileNotFoundError, RemoteError):
+        return
+    raise BadRemote(f"{store.url} is a JAX cache, not a fleet remote (its {version_prefix(jaxlib)} folder is one "
+                    f"JAX writes into): give push and pull another place; look into it with "
+                    f"`jaxcache --cache-dir {store.url} inspect`")
 
 
 def remember(cat: Catalog, cache_dir: Path) -> None:

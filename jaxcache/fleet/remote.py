@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from jaxcache import atomic
+from jaxcache.errors import UsageError
 from jaxcache.fleet.errors import BadRemote, MissingExtra, RemoteError
+from jaxcache.settings import refuse_one_slash_url
 
 T = TypeVar("T")
 _TEMP_PREFIX = atomic.TEMP_PREFIX
@@ -70,6 +72,10 @@ def open_store(remote: str, *, concurrency: int = 16) -> Store:
     if not isinstance(remote, str) or not remote.strip():
         raise BadRemote("the remote is empty; give a path, s3://bucket/prefix or gs://bucket/prefix")
     remote = remote.strip()
+    try:
+        refuse_one_slash_url(remote)  # else `s3:/b/x` is a folder named `s3:` here, and every node pulls nothing
+    except UsageError as e:
+        raise BadRemote(str(e)) from None
     scheme, sep, rest = remote.partition("://")
     if not sep:
         return LocalStore(Path(os.path.expanduser(remote)).absolute())
@@ -92,7 +98,7 @@ def _remote_error(store: str, name: str, err: BaseException) -> RemoteError:
         text = "no credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
     elif isinstance(err, PermissionError):
         text = f"permission denied ({text})"
-    return RemoteError(f"{store}/{name}: {text}")
+    return RemoteError(f"{store}/{name}: {text}" if name else f"{store}: {text}")
 
 
 class LocalStore:
@@ -186,7 +192,7 @@ class FsspecStore:
         try:
             __import__(module)
         except ImportError:
-            raise MissingExtra(f"{scheme}:// remotes need {module}: pip install 'jaxcache[{extra}]'") from None
+            raise MissingExtra(f"{scheme}:// needs {module}: pip install 'jaxcache[{extra}]'") from None
         import fsspec
 
         self.url = f"{scheme}://{bucket_path}"
@@ -243,7 +249,10 @@ class FsspecStore:
 
     def require(self) -> None:
         bucket = self.root.split("/", 1)[0]
-        if not self._call("", lambda: self.fs.exists(bucket)):
-            raise RemoteError(f"{self.url}: no bucket {bucket!r} (or no permission to see it)")
+        try:
+            # Not exists(): it answers False for an endpoint it cannot reach, too.
+            self._call("", lambda: self.fs.info(bucket))
+        except FileNotFoundError:
+            raise RemoteError(f"{self.url}: no bucket {bucket!r} (or no permission to see it)") from None
 
 

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from jaxcache.errors import UsageError
+from jaxcache.errors import JaxCacheError, UsageError
 from jaxcache.warming.plan import Target, WarmPlan
 
 
@@ -50,8 +50,9 @@ def preflight(plan: WarmPlan, *, env: Mapping[str, str] | None = None) -> Prefli
         UsageError: an entry point that cannot be imported, raises, returns no
             kernels or something else than kernels, or lists a function that
             is not jitted; one line, naming the entry.
+        JaxCacheError: the checking process died before calling any entry.
     """
-    from jaxcache.warming.runner import SAFE_PATH, worker_env
+    from jaxcache.warming.runner import child_command, worker_env
 
     env = dict(os.environ if env is None else env)
     groups: dict[tuple[Any, ...], list[Target]] = {}
@@ -61,7 +62,7 @@ def preflight(plan: WarmPlan, *, env: Mapping[str, str] | None = None) -> Prefli
     for (platform, devices, x64), targets in groups.items():
         wenv = worker_env(env, platform, devices)
         wenv.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-        proc = subprocess.run([sys.executable, *SAFE_PATH, "-m", "jaxcache.warming.preflight"],
+        proc = subprocess.run(child_command("jaxcache.warming.preflight", "_child"),
                               input=json.dumps({"targets": [t.as_dict() for t in targets], "x64": x64}),
                               capture_output=True, text=True, env=wenv)
         events = [json.loads(line) for line in proc.stdout.splitlines() if _is_event(line)]
@@ -72,9 +73,9 @@ def preflight(plan: WarmPlan, *, env: Mapping[str, str] | None = None) -> Prefli
             checking = next((e["checking"] for e in reversed(events) if "checking" in e), None)
             last = [line for line in proc.stderr.splitlines() if line.strip()]
             why = f"the process exited with code {proc.returncode}" + (f" ({last[-1].strip()})" if last else "")
-            if checking is None:
-                raise UsageError(f"cannot prepare the warm: {why}")
-            raise UsageError(f"{_where(plan, checking)}: {why} while calling it")
+            if checking is None:  # a crash before any entry ran: a failure, not a bad argument
+                raise JaxCacheError(f"cannot prepare the warm: {why}")
+            raise UsageError(f"{_where(plan, checking)}: {why} while calling it")  # as an entry that raises
         kernels.update({label: int(n) for label, n in done["kernels"].items()})
     return Preflight(kernels)
 

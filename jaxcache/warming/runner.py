@@ -23,6 +23,20 @@ from jaxcache.warming.preflight import Preflight, preflight
 # the current directory (python -m puts it first on sys.path); an --entry module
 # there is still found, since the worker appends the directory at the end.
 SAFE_PATH = ("-P",)
+
+
+def child_command(module: str, function: str) -> list[str]:
+    """The command line of a warm helper process: ``module.function()``, its return the exit code.
+
+    Not ``python -m module``: the package imports its own modules first, so ``-m``
+    would run one a second time (Python warns, and ``PYTHONWARNINGS=error`` turns the
+    warning into a failure).
+    """
+    # sys.argv[0] is the module's file, as under -m: a user's entry may look at it.
+    # import_module, not `import a.b as m`: the package's function `preflight` shadows its module.
+    program = (f"import importlib, sys; m = importlib.import_module({module!r}); sys.argv[0] = m.__file__; "
+               f"sys.exit(m.{function}())")
+    return [sys.executable, *SAFE_PATH, "-c", program]
 _DEVICE_FLAG = "--xla_force_host_platform_device_count"
 _DEVICE_FLAG_RE = re.compile(re.escape(_DEVICE_FLAG) + r"=(\d+)")
 
@@ -166,7 +180,7 @@ def run_workers(
     procs = []
     for worker in range(jobs):
         proc = subprocess.Popen(
-            [sys.executable, *SAFE_PATH, "-m", "jaxcache.warming.worker"],
+            child_command("jaxcache.warming.worker", "main"),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=wenv,
         )
         assert proc.stdin is not None

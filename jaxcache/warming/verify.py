@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxcache.warming.plan import Target, WarmPlan
-from jaxcache.warming.runner import SAFE_PATH, run_workers, worker_env
+from jaxcache.warming.runner import child_command, run_workers, worker_env
 
 SOLVER_KERNEL_PREFIX = "jit_lsq_"
 
@@ -85,7 +85,7 @@ def verify(
 
 def _verify_problem(target: Target, cache_dir: Path, env: Mapping[str, str]) -> VerifyResult:
     proc = subprocess.run(
-        [sys.executable, *SAFE_PATH, "-m", "jaxcache.warming.verify"],
+        child_command("jaxcache.warming.verify", "_child"),
         input=json.dumps({"cache_dir": str(cache_dir), "target": target.as_dict()}),
         capture_output=True, text=True, env=worker_env(env, target.platform, target.devices),
     )
