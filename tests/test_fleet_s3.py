@@ -356,6 +356,7 @@ def test_push_verify_heals_damaged_objects(remote: tuple[str, dict[str, str]], t
     healed = cli_json("--cache-dir", str(tmp_path / "a"), "push", url, "--verify", env=env)
     assert healed["ok"] and sorted(healed["healed"]) == sorted(damage) and healed["transferred"]["done"] == 3
     assert healed["manifest"] is None  # the same bytes under the same names: no manifest to change
+    assert not list(source.rglob("verify"))  # its reads, checked and dropped, leave no folder behind
     objects = {k.rsplit("/", 1)[1]: v for k, v in files.files().items() if "/objects/" in k}
     assert set(objects) == {_sha(d) for d in expected.values()}
     assert all(_sha(data) == sha for sha, data in objects.items())  # each whole again under its name

@@ -253,7 +253,13 @@ def _scratch(folder: Path) -> Iterator[Path]:
     except OSError:
         usable = False
     if usable:
-        yield path
+        try:
+            yield path
+        finally:
+            try:
+                path.rmdir()  # empty once every read was checked and dropped; else kept for a look
+            except OSError:
+                pass
         return
     with tempfile.TemporaryDirectory(prefix="jaxcache-verify-") as tmp:
         yield Path(tmp)
