@@ -8,6 +8,10 @@ server mode, in its own process, so it does not share this process's GIL):
    - was warmed locally (``jaxcache warm``),
    - pulled what another node warmed and pushed (``jaxcache pull``, timed on
      its own, then the solve).
+   Each two ways: JAX alone, configured through the environment as ``jaxcache
+   hook`` leaves it (only JAX's entries serve); and ``jaxcache.configure()`` in
+   the process (the executable store serves the solver's kernels whole, as under
+   ``jaxcache run`` and ``pytest --jaxcache``).
    Goals (issue 13): pulled within 1.2x of locally warmed; at least 5x faster than cold.
 2. ``pull`` of 1,000 entries with 16 objects in flight against one at a time,
    straight to the loopback server, and through a proxy that adds a round
@@ -44,6 +48,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "fleet.json"
 SOLVE = r"""
 import json, sys, time
 t0 = time.perf_counter()
+if sys.argv[3] == "configured":
+    import jaxcache
+    jaxcache.configure()  # JAXCACHE_DIR and the rest come from the environment
 import jax, solver
 objective, x0 = solver.problems.get(sys.argv[1], int(sys.argv[2]))
 result = solver.least_squares(objective, x0)
@@ -139,14 +146,18 @@ def jaxcache(*args: str, env: dict[str, str]) -> tuple[float, str]:
     return timed_run([PYTHON, "-m", "jaxcache", *args], env)
 
 
-def solve(cache: Path, problem: str, size: int, env: dict[str, str]) -> dict[str, float]:
-    """A first solve in a fresh process with the cache configured through the environment (as `hook` does it)."""
+MODES = ("environment", "configured")
+
+
+def solve(cache: Path, problem: str, size: int, env: dict[str, str], mode: str) -> dict[str, float]:
+    """A first solve in a fresh process, the cache set through the environment (as `hook` does it),
+    and, in the "configured" mode, also by ``jaxcache.configure()`` in the process."""
     from jaxcache.configuration import cache_env, prepare_folder
     from jaxcache.settings import resolve
 
     settings = resolve(cache_dir=cache)
     jax_dir, _ = prepare_folder(settings)
-    wall, out = timed_run([PYTHON, "-c", SOLVE, problem, str(size)], {**env, **cache_env(settings, jax_dir)})
+    wall, out = timed_run([PYTHON, "-c", SOLVE, problem, str(size), mode], {**env, **cache_env(settings, jax_dir)})
     return {"wall": wall, "in_process": json.loads(out)["in_process"]}
 
 
@@ -156,23 +167,29 @@ def question_1(tmp: Path, problem: str, size: int, repeat: int) -> dict:
     jaxcache("--cache-dir", str(warmed), "warm", "--problem", problem, "--size", str(size), env=env)
     remote = "s3://fleet/solve"
     jaxcache("--cache-dir", str(warmed), "push", remote, "-q", env=env)
-    cold, local, pulled, pulls = [], [], [], []
+    runs: dict[str, dict[str, list]] = {mode: {"cold": [], "local": [], "pulled": []} for mode in MODES}
+    pulls = []
     for i in range(repeat):  # interleaved, so the machine's drift hits every mode alike
-        cold.append(solve(tmp / f"cold{i}", problem, size, env))
-        local.append(solve(warmed, problem, size, env))
         node = tmp / f"node{i}"
         pull_s, _ = jaxcache("--cache-dir", str(node), "pull", remote, "-q", env=env)
         pulls.append(pull_s)
-        pulled.append(solve(node, problem, size, env))
+        for mode in MODES:
+            runs[mode]["cold"].append(solve(tmp / f"cold-{mode}-{i}", problem, size, env, mode))
+            runs[mode]["local"].append(solve(warmed, problem, size, env, mode))
+            runs[mode]["pulled"].append(solve(node, problem, size, env, mode))
 
-    def m(runs: list[dict[str, float]], field: str = "in_process") -> float:
-        return median([r[field] for r in runs])
+    def m(values: list[dict[str, float]]) -> float:
+        return median([r["in_process"] for r in values])
 
-    c, w, p, pull = m(cold), m(local), m(pulled), median(pulls)
-    return {"problem": problem, "size": size, "repeat": repeat, "cold_s": c, "local_warm_s": w, "pulled_s": p,
-            "pull_s": pull, "pulled_over_local": p / w, "cold_over_pulled": c / p,
-            "cold_over_pull_plus_solve": c / (p + pull), "objects": len(list((tmp / "node0").rglob("*-cache"))),
-            "runs": {"cold": cold, "local": local, "pulled": pulled, "pull_s": pulls}}
+    pull = median(pulls)
+    out: dict = {"problem": problem, "size": size, "repeat": repeat, "pull_s": pull,
+                 "objects": len(list((tmp / "node0").rglob("*-cache"))),
+                 "executables": len(list((tmp / "node0").rglob("*.jaxexe"))), "pull_runs": pulls}
+    for mode in MODES:
+        c, w, p = m(runs[mode]["cold"]), m(runs[mode]["local"]), m(runs[mode]["pulled"])
+        out[mode] = {"cold_s": c, "local_warm_s": w, "pulled_s": p, "pulled_over_local": p / w,
+                     "cold_over_pulled": c / p, "cold_over_pull_plus_solve": c / (p + pull), "runs": runs[mode]}
+    return out
 
 
 def synthetic(root: Path, count: int, size: int) -> Path:
@@ -268,11 +285,13 @@ def main() -> int:
         servers.stop()
 
     print(f"1. first solve of {q1['problem']}-{q1['size']} in a fresh process (in-process seconds, median of "
-          f"{q1['repeat']}; {q1['objects']} JAX entries pulled, and the stored executables)")
-    print_table(("cold", "locally warmed", "pulled node", "pull itself", "pulled/local", "cold/pulled",
+          f"{q1['repeat']}; pulled: {q1['objects']} JAX entries and {q1['executables']} stored executables, "
+          f"in {q1['pull_s']:.2f} s)")
+    print_table(("process set up by", "cold", "locally warmed", "pulled node", "pulled/local", "cold/pulled",
                  "cold/(pull+solve)"),
-                [(q1["cold_s"], q1["local_warm_s"], q1["pulled_s"], q1["pull_s"], f"{q1['pulled_over_local']:.2f}x",
-                  f"{q1['cold_over_pulled']:.1f}x", f"{q1['cold_over_pull_plus_solve']:.1f}x")])
+                [(mode, r["cold_s"], r["local_warm_s"], r["pulled_s"], f"{r['pulled_over_local']:.2f}x",
+                  f"{r['cold_over_pulled']:.1f}x", f"{r['cold_over_pull_plus_solve']:.1f}x")
+                 for mode, r in ((mode, q1[mode]) for mode in MODES)])
     print()
     print(f"2. pull of {q2['entries']} entries of {q2['entry_bytes'] // 1000} kB from the S3 server on 127.0.0.1")
     print_table(("network", "one at a time", "16 in flight", "speedup"),
