@@ -127,24 +127,7 @@ class BucketCache:
         """
         self.store.require()
         listing = self._call("", lambda: self.fs.find(self.store.root, detail=True))
-        start = len(self.store.root) + 1
-        by_folder: dict[str, dict[str, dict[str, Any]]] = {}  # "" (the root) or "jaxlib-X" -> name -> listing
-        use_logs: list[str] = []
-        other = 0
-        for full, meta in listing.items():
-            if meta.get("type", "file") != "file" or not full.startswith(self.store.root + "/"):
-                continue
-            parts = full[start:].split("/")
-            if len(parts) == 1 or (len(parts) == 2 and parts[0].startswith(provenance.VERSION_DIR_PREFIX)):
-                by_folder.setdefault(parts[0] if len(parts) == 2 else "", {})[parts[-1]] = meta
-            elif parts[0] == META_DIR_NAME:
-                if len(parts) == 3 and parts[1] == USES_PREFIX and parts[2].endswith(".json"):
-                    use_logs.append(full)
-            elif len(parts) >= 3 and parts[1] in _FLEET_FOLDERS:
-                raise NotACacheError(f"{self.url} is a fleet remote (jaxcache push), not a JAX cache: "
-                                     f"see what it holds with `jaxcache pull {self.url} --dry-run`")
-            elif not set(parts[:2]) & set(jaxformat.XLA_SUBCACHE_NAMES):  # XLA's own sub-caches are JAX's
-                other += 1
+        by_folder, use_logs, other = self._classify(listing)
         used = self._read_uses(use_logs)
         self._scanned_uses = (use_logs, used)
         markers = {folder: self._marker(folder) for folder, names in by_folder.items()
@@ -193,6 +176,34 @@ class BucketCache:
         return CacheInfo(root=self.root, entries=tuple(entries), orphan_atimes=tuple(sorted(orphans)),
                          folders=tuple(sorted(folders, key=lambda f: str(f.path))), temp_files=tuple(sorted(temps)),
                          other_files=other)
+
+    def _classify(self, listing: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, dict[str, Any]]], list[str],
+                                                                      int]:
+        """Sorts a listing into the root's and each ``jaxlib-*`` folder's objects (name -> listing),
+        the use objects, and a count of other objects.
+
+        Raises:
+            NotACacheError: the prefix holds a fleet remote (what `jaxcache push` writes).
+        """
+        start = len(self.store.root) + 1
+        by_folder: dict[str, dict[str, dict[str, Any]]] = {}  # "" (the root) or "jaxlib-X" -> name -> listing
+        use_logs: list[str] = []
+        other = 0
+        for full, meta in listing.items():
+            if meta.get("type", "file") != "file" or not full.startswith(self.store.root + "/"):
+                continue
+            parts = full[start:].split("/")
+            if len(parts) == 1 or (len(parts) == 2 and parts[0].startswith(provenance.VERSION_DIR_PREFIX)):
+                by_folder.setdefault(parts[0] if len(parts) == 2 else "", {})[parts[-1]] = meta
+            elif parts[0] == META_DIR_NAME:
+                if len(parts) == 3 and parts[1] == USES_PREFIX and parts[2].endswith(".json"):
+                    use_logs.append(full)
+            elif len(parts) >= 3 and parts[1] in _FLEET_FOLDERS:
+                raise NotACacheError(f"{self.url} is a fleet remote (jaxcache push), not a JAX cache: "
+                                     f"see what it holds with `jaxcache pull {self.url} --dry-run`")
+            elif not set(parts[:2]) & set(jaxformat.XLA_SUBCACHE_NAMES):  # XLA's own sub-caches are JAX's
+                other += 1
+        return by_folder, use_logs, other
 
     def _read_uses(self, names: list[str]) -> dict[tuple[str, str], float]:
         """(folder, key) -> last recorded use, from every process's use object (see :class:`UseRecorder`)."""

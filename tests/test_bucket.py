@@ -97,13 +97,14 @@ def test_prune_stale_deletes_only_other_versions_and_plans_first(filled: str, bu
                                                                   node: dict[str, str]) -> None:
     name = bucket["BUCKET"]
     current = _objects(name, f"team/jax/jaxlib-{JAXLIB}/")
-    # The same entries under an older jaxlib's marked folder (as an upgrade leaves them).
+    # The same entries under another jaxlib's marked folder (as an upgrade leaves them).
+    other = "0.6.1" if JAXLIB != "0.6.1" else "0.10.2"
     for key, data in current.items():
-        old = key.replace(f"jaxlib-{JAXLIB}/", "jaxlib-0.6.1/")
-        _put(name, old, data.replace(JAXLIB.encode(), b"0.6.1") if key.endswith(".json") else data)
+        old = key.replace(f"jaxlib-{JAXLIB}/", f"jaxlib-{other}/")
+        _put(name, old, data.replace(JAXLIB.encode(), other.encode()) if key.endswith(".json") else data)
     before = _objects(name)
     dry = cli_json("--cache-dir", filled, "prune", "--stale", "--dry-run", env=node)
-    stale = {k.rsplit("/", 1)[1][:-6] for k in before if "jaxlib-0.6.1/" in k and k.endswith("-cache")}
+    stale = {k.rsplit("/", 1)[1][:-6] for k in before if f"jaxlib-{other}/" in k and k.endswith("-cache")}
     assert set(dry["deleted"]) == stale and dry["dry_run"]
     assert _objects(name) == before
     refused = cli("--cache-dir", filled, "prune", "--stale", env=node)  # no terminal, no --yes
