@@ -202,14 +202,7 @@ def configure(
     import jax
 
     _warn_if_already_used(target)
-    applied: dict[str, Any] = {}
-    for name, value in jax_options(settings, target).items():
-        try:
-            jax.config.update(name, value)  # each exists from jax 0.6.1 on (tests/test_jaxinternals.py)
-        except AttributeError:
-            jaxinternals.feature_off(f"setting {name}={value!r}", "this JAX has no such option")
-            continue
-        applied[name] = value
+    applied = _apply(jax_options(settings, target))
     _install_provenance_recorder()
     if atomic_writes:
         jaxinternals.install_atomic_put()
@@ -248,8 +241,7 @@ def _configure_bucket(settings: Settings) -> Configured:
         CacheDirError: etils (JAX's way to a URL) missing, or the prefix holds other things.
         RemoteError: the bucket is missing or unreachable.
     """
-    from jaxcache import compilelog, jaxinternals
-    from jaxcache.bucket import BucketCache, UseRecorder
+    from jaxcache.bucket import BucketCache
     from jaxcache.errors import UsageError
 
     url = settings.url
@@ -279,29 +271,50 @@ def _configure_bucket(settings: Settings) -> Configured:
         bucket.ensure_version_folder(versions)
     import jax
 
-    options = bucket_jax_options(settings, target)
     _warn_if_already_used(target)
+    applied = _apply(bucket_jax_options(settings, target))
+    _record_bucket_uses(bucket)
+    return Configured(root=url, jax_dir=target, settings=settings, jax_options=applied, versions=versions)
+
+
+def _apply(options: dict[str, Any]) -> dict[str, Any]:
+    """Sets each ``jax.config`` option; returns those set (one this JAX lacks is a warning, not an error)."""
+    import jax
+
+    from jaxcache import jaxinternals
+
     applied: dict[str, Any] = {}
     for name, value in options.items():
         try:
-            jax.config.update(name, value)
+            jax.config.update(name, value)  # each exists from jax 0.6.1 on (tests/test_jaxinternals.py)
         except AttributeError:
             jaxinternals.feature_off(f"setting {name}={value!r}", "this JAX has no such option")
             continue
         applied[name] = value
-    global _bucket_uses
-    if _bucket_uses is None or _bucket_uses.bucket.url != url:
+    return applied
+
+
+_bucket_uses: Any = None  # this process's UseRecorder, for the bucket configured last
+_stop_bucket_uses: Any = None
+
+
+def _record_bucket_uses(bucket: Any) -> None:
+    """One use recorder per process, written at exit (or when another bucket is configured)."""
+    global _bucket_uses, _stop_bucket_uses
+    from jaxcache import compilelog
+    from jaxcache.bucket import UseRecorder
+
+    if _bucket_uses is not None and _bucket_uses.bucket.url == bucket.url:
+        return
+    if _bucket_uses is None:
         import atexit
 
-        if _bucket_uses is not None:
-            _bucket_uses.flush()
-        _bucket_uses = UseRecorder(bucket)
-        compilelog.listen(_bucket_uses)
-        atexit.register(lambda: _bucket_uses.flush() if _bucket_uses is not None else None)
-    return Configured(root=url, jax_dir=target, settings=settings, jax_options=applied, versions=versions)
-
-
-_bucket_uses = None  # the one UseRecorder of this process, for the bucket last configured
+        atexit.register(lambda: _bucket_uses.flush())
+    else:
+        _stop_bucket_uses()
+        _bucket_uses.flush()
+    _bucket_uses = UseRecorder(bucket)
+    _stop_bucket_uses = compilelog.listen(_bucket_uses)
 
 
 def _warn_if_already_used(target: Path | str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -51,6 +52,13 @@ for _ in range(2):
 float(cost(x))
 print("EVENTS" + json.dumps(events))
 """
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server a test starts, or to find none)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_python(code: str, *, env: dict[str, str] | None = None, cwd: Path | None = None, check: bool = True,

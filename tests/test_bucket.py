@@ -269,11 +269,9 @@ def test_a_url_with_one_slash_is_refused_not_taken_for_a_folder(node: dict[str, 
 
 
 def test_an_unreachable_store_is_not_called_a_missing_bucket(node: dict[str, str]) -> None:
-    import socket
+    from jaxcache_testing import free_port
 
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nobody listens on it
     proc = cli("--cache-dir", "s3://somebucket/x", "ls", env={**node, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
                                                                "AWS_MAX_ATTEMPTS": "1"})
     assert proc.returncode == 1 and "Could not connect" in proc.stderr and "no bucket" not in proc.stderr
@@ -316,3 +314,23 @@ def test_pytest_plugin_with_a_bucket(bucket: dict[str, str], tmp_path: Path) -> 
     assert second.returncode == 0, second.stdout + second.stderr
     assert requests2 == requests and misses2 == 0 and hits2 == requests2
     assert not (suite / "s3:").exists()  # no local lock folder, no local logs
+
+
+def test_each_bucket_configured_in_one_process_gets_its_own_uses(bucket: dict[str, str],  # noqa: F811
+                                                                 node: dict[str, str]) -> None:
+    from jaxcache_testing import run_python
+
+    name = bucket["BUCKET"]
+    run_python(f"""
+        import warnings, jaxcache, jax, jax.numpy as jnp
+        jaxcache.configure("s3://{name}/one")
+        jax.jit(lambda x: x * 2)(jnp.ones(3))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "switching to ... from now on"
+            jaxcache.configure("s3://{name}/two")
+        jax.jit(lambda x: x * 3 + 1)(jnp.ones(4))
+    """, env=node)
+    for prefix in ("one", "two"):
+        written = {k.rsplit("/", 1)[1][:-6] for k in _objects(name, f"{prefix}/jaxlib-{JAXLIB}/") if k.endswith("-cache")}
+        uses = [json.loads(v)["uses"] for v in _objects(name, f"{prefix}/.jaxcache/uses/").values()]
+        assert written and len(uses) == 1 and set(uses[0][f"jaxlib-{JAXLIB}"]) == written, prefix

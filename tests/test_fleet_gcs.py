@@ -14,12 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.parse
-import urllib.request
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -27,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from jaxcache_testing import free_port
 from test_fleet import (
     JAXLIB,
     cli,
@@ -42,16 +41,10 @@ from test_fleet import (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def gcs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real GCS emulator (gcp-storage-emulator, in memory) in its own process for this test process."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("gcs-emulator") / "emulator.log"
     with open(log, "wb") as out:

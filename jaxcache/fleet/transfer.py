@@ -162,12 +162,9 @@ def fetch_into(store: Store, jaxlib: str, records: Iterable[ObjectRecord], folde
         nonlocal moved
         try:
             tmp = future.result()
-        except FileNotFoundError:
-            failed.append((record.name, "named by the manifest but missing from the remote"))
-        except (_Refused, RemoteError) as e:
-            failed.append((record.name, str(e)))
-        except OSError as e:
-            failed.append((record.name, f"cannot write locally ({e.strerror})"))
+        except (_Refused, RemoteError, OSError) as e:
+            failed.append((record.name, _why_failed(e, missing="named by the manifest but missing from the remote",
+                                                    local="cannot write locally")))
         else:
             try:
                 enter(folder, record, tmp, capped=capped)
@@ -317,12 +314,9 @@ def upload_from(store: Store, jaxlib: str, records: Iterable[ObjectRecord], fold
                 record = futures[future]
                 try:
                     future.result()
-                except FileNotFoundError:
-                    failed.append((record.name, "deleted locally since it was described"))
-                except (_Refused, RemoteError) as e:
-                    failed.append((record.name, str(e)))
-                except OSError as e:
-                    failed.append((record.name, f"cannot read ({e.strerror})"))
+                except (_Refused, RemoteError, OSError) as e:
+                    failed.append((record.name, _why_failed(e, missing="deleted locally since it was described",
+                                                            local="cannot read")))
                 else:
                     done.append(record.name)
                     moved += record.size
@@ -337,3 +331,12 @@ def upload_from(store: Store, jaxlib: str, records: Iterable[ObjectRecord], fold
 
 __all__ = ["Checked", "Progress", "Transferred", "check_remote", "enter", "enter_all", "fetch_into",
            "remove_dead_temps", "upload_from"]
+
+
+def _why_failed(err: BaseException, *, missing: str, local: str) -> str:
+    """One object's failure, as one line: ``missing`` for a file gone, ``local`` for a local I/O error."""
+    if isinstance(err, FileNotFoundError):
+        return missing
+    if isinstance(err, OSError):
+        return f"{local} ({err.strerror})"
+    return str(err)  # refused (size or SHA-256) or the remote's own error, already one line
