@@ -19,15 +19,17 @@ What is safe next to running JAX (docs/fleet.md, "A bucket as the cache"):
   that finds its entry gone between JAX's ``exists()`` and its read gets a warning
   and compiles (``compiler.py`` turns any read error into a miss). A deletion costs
   at most one compile somewhere.
-- An object store records no reads: an entry's last use is its ``-atime`` object
-  when JAX keeps one (capped caches only), else unknown, and ``prune
-  --older-than`` refuses to guess.
+- An object store records no reads: an entry's last use is what the processes
+  jaxcache configured recorded (:class:`UseRecorder`), or its ``-atime`` object when
+  JAX keeps one (capped caches only); else it is unknown, and ``prune --older-than``
+  refuses to guess.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -35,7 +37,6 @@ from datetime import datetime
 from typing import Any
 
 from jaxcache import jaxformat, provenance
-from jaxcache.atomic import TEMP_PREFIX
 from jaxcache.errors import NotACacheError
 from jaxcache.index import META_DIR_NAME
 from jaxcache.fleet.remote import FsspecStore, open_store
@@ -56,6 +57,7 @@ from jaxcache.summary import EntryDetails
 
 # Objects read or deleted per request batch: many in flight, and progress between batches.
 BATCH = 256
+BATCH_BYTES = 256 << 20  # whole objects held in memory at once by a check
 # Enough of an entry to decompress its compile-time header (jaxformat reads as much locally).
 _HEADER_BYTES = 4096
 _FLEET_FOLDERS = ("objects", "manifests")  # a `jaxcache push` remote, not a JAX cache
@@ -125,16 +127,19 @@ class BucketCache:
             RemoteError: the store cannot be listed, or the bucket is missing.
             NotACacheError: the prefix holds objects, but none that JAX or jaxcache writes.
         """
-        self.store.require()
-        listing = self._call("", lambda: self.fs.find(self.store.root, detail=True))
+        try:
+            listing = self._call("", lambda: self.fs.find(self.store.root, detail=True), missing_ok=True)
+        except FileNotFoundError:  # s3fs's answer for a missing bucket
+            listing = {}
+        if not listing:
+            # Only now: asking for the bucket itself needs a permission a prefix-scoped key may lack.
+            self.store.require()
         by_folder, use_logs, other = self._classify(listing)
         used = self._read_uses(use_logs)
-        self._scanned_uses = (use_logs, used)
         markers = {folder: self._marker(folder) for folder, names in by_folder.items()
-                   if folder and provenance.MARKER_NAME in names}
+                   if provenance.MARKER_NAME in names}
         entries: list[CacheEntry] = []
         orphans: list[ObjectPath] = []
-        temps: list[ObjectPath] = []
         folders: list[FolderInfo] = []
         evidence = False
         for folder, names in by_folder.items():
@@ -148,9 +153,7 @@ class BucketCache:
             for name, meta in names.items():
                 parsed = jaxformat.parse_entry_name(name)
                 if parsed is None:
-                    if name.startswith(TEMP_PREFIX):
-                        temps.append(path / name)
-                    elif name in (provenance.MARKER_NAME, jaxformat.LOCKFILE_NAME):
+                    if name in (provenance.MARKER_NAME, jaxformat.LOCKFILE_NAME):
                         evidence = True
                     else:
                         other += 1
@@ -174,7 +177,7 @@ class BucketCache:
             folders.append(FolderInfo(path=self.root, version=None, jax_version=None, has_lockfile=False))
         entries.sort(key=lambda e: e.key)
         return CacheInfo(root=self.root, entries=tuple(entries), orphan_atimes=tuple(sorted(orphans)),
-                         folders=tuple(sorted(folders, key=lambda f: str(f.path))), temp_files=tuple(sorted(temps)),
+                         folders=tuple(sorted(folders, key=lambda f: str(f.path))), 
                          other_files=other)
 
     def _classify(self, listing: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, dict[str, Any]]], list[str],
@@ -193,6 +196,8 @@ class BucketCache:
             if meta.get("type", "file") != "file" or not full.startswith(self.store.root + "/"):
                 continue
             parts = full[start:].split("/")
+            if not parts[-1]:
+                continue  # a "folder" placeholder object (`prefix/`, made by consoles): nothing in itself
             if len(parts) == 1 or (len(parts) == 2 and parts[0].startswith(provenance.VERSION_DIR_PREFIX)):
                 by_folder.setdefault(parts[0] if len(parts) == 2 else "", {})[parts[-1]] = meta
             elif parts[0] == META_DIR_NAME:
@@ -208,19 +213,27 @@ class BucketCache:
     def _read_uses(self, names: list[str]) -> dict[tuple[str, str], float]:
         """(folder, key) -> last recorded use, from every process's use object (see :class:`UseRecorder`)."""
         used: dict[tuple[str, str], float] = {}
+        self._scanned_uses = ([], used)
         if not names:
             return used
-        got = self._call("", lambda: self.fs.cat(names, on_error="return"))
-        for data in got.values():
+        results = self._call("", lambda: self.fs.cat_ranges(names, None, None, on_error="return"))
+        read = []
+        for name, data in zip(names, results):
             try:
-                record = json.loads(data)
-                for folder, keys in record["uses"].items():
-                    for key, at in keys.items():
-                        if float(at) > used.get((folder, key), 0.0):
-                            used[(folder, key)] = float(at)
+                found = {(folder, key): float(at) for folder, keys in json.loads(data)["uses"].items()
+                         for key, at in keys.items()}
             except (TypeError, ValueError, KeyError, AttributeError):
-                continue  # not one of ours, or unreadable: it records nothing
+                continue  # unreadable now, or not one of ours: kept, never folded away
+            read.append(name)
+            for where, at in found.items():
+                if at > used.get(where, 0.0):
+                    used[where] = at
+        self._scanned_uses = (read, used)
         return used
+
+    def is_version_folder(self) -> bool:
+        """Whether the root is itself a marked version folder (then JAX writes into it, never a nested one)."""
+        return self._marker("") is not None
 
     def ensure_version_folder(self, versions: provenance.VersionInfo) -> str:
         """Marks (once) the version folder JAX writes into for these versions; returns its URL."""
@@ -238,11 +251,15 @@ class BucketCache:
             RemoteError: the bucket is missing or cannot be listed.
             NotACacheError: the prefix holds only other objects.
         """
-        self.store.require()
         try:
-            names = [n.rstrip("/").rsplit("/", 1)[-1]
-                     for n in self._call("", lambda: self.fs.ls(self.store.root, detail=False), missing_ok=True)]
+            listed = self._call("", lambda: self.fs.ls(self.store.root, detail=False), missing_ok=True)
         except FileNotFoundError:
+            listed = []
+        # The prefix itself and "folder" placeholders (`prefix/`) are no content.
+        names = [n.rstrip("/").rsplit("/", 1)[-1] for n in listed if n.rstrip("/") != self.store.root.rstrip("/")]
+        names = [n for n in names if n]
+        if not names:
+            self.store.require()  # an empty answer from a missing bucket is an error, not "nothing there"
             return
         if any(jaxformat.parse_entry_name(n) or n.startswith(provenance.VERSION_DIR_PREFIX) or n == META_DIR_NAME
                for n in names):
@@ -265,8 +282,10 @@ class BucketCache:
                                  "a local cache, or give JAX another prefix")
 
     def _marker(self, folder: str) -> provenance.VersionInfo | None:
+        """The version marker of a version folder ("" for the root itself), or None."""
         try:
-            data = json.loads(self.store.read(f"{folder}/{provenance.MARKER_NAME}"))
+            name = f"{folder}/{provenance.MARKER_NAME}" if folder else provenance.MARKER_NAME
+            data = json.loads(self.store.read(name))
             return provenance.VersionInfo(jaxlib=str(data["jaxlib"]), jax=data.get("jax"))
         except (FileNotFoundError, ValueError, KeyError, TypeError):
             return None
@@ -274,19 +293,23 @@ class BucketCache:
     # -- reading -------------------------------------------------------------------------------
 
     def _read_many(self, paths: list[ObjectPath], *, head: int | None = None,
-                   progress: Callable[[int], None] | None = None) -> Iterable[tuple[ObjectPath, bytes | Exception]]:
-        """Reads objects (or their first ``head`` bytes) many at a time; a failure is yielded, not raised."""
+                   sizes: dict[ObjectPath, int] | None = None, progress: Callable[[int], None] | None = None) -> Iterable[tuple[ObjectPath, bytes | Exception]]:
+        """Reads objects (or their first ``head`` bytes) many at a time; a failure is yielded, not raised.
+
+        Through ``cat_ranges``, which takes each name as it is: ``cat`` and ``rm`` expand
+        glob characters, so ``jit_a[b]-...`` would read (or delete) ``jit_ab-...``. Whole
+        reads go in batches of at most `BATCH_BYTES` (entries can be hundreds of MB).
+        An object listed empty is not read (a ranged GET of nothing is an error).
+        """
+        sizes = sizes or {}
         done = 0
-        for start in range(0, len(paths), BATCH):
-            batch = paths[start:start + BATCH]
-            keys = [self._key(p) for p in batch]
-            if head is None:
-                got = self._call("", lambda: self.fs.cat(keys, on_error="return"))
-                results = [got.get(k, FileNotFoundError(k)) for k in keys]
-            else:
-                results = self._call("", lambda: self.fs.cat_ranges(keys, [0] * len(keys), [head] * len(keys),
-                                                                     on_error="return"))
-            yield from zip(batch, results)
+        for batch in _batches(paths, lambda p: head or sizes.get(p, 0)):
+            wanted = [p for p in batch if sizes.get(p) != 0]
+            keys = [self._key(p) for p in wanted]
+            results = self._call("", lambda: self.fs.cat_ranges(keys, [0 if head else None] * len(keys),
+                                                                 [head] * len(keys), on_error="return")) if keys else []
+            got = dict(zip(wanted, results))
+            yield from ((p, got.get(p, b"")) for p in batch)
             done += len(batch)
             if progress is not None:
                 progress(done)
@@ -326,22 +349,25 @@ class BucketCache:
                     skipped.append((entry, "already gone"))
                 elif (now.bytes, now.written) != (entry.bytes, entry.written):
                     skipped.append((entry, "changed since the scan"))
+                elif (now.last_used or 0.0) > (entry.last_used or 0.0):
+                    skipped.append((entry, "used since the plan"))
                 else:
                     still.append(entry)
-            heads = dict(self._read_many([e.path for e in still], head=4))
+            heads = dict(self._read_many([e.path for e in still], head=4, sizes={e.path: e.bytes for e in still}))
             proven = []
             for entry in still:
                 head = heads.get(entry.path)
                 if isinstance(head, Exception) or head is None:
                     skipped.append((entry, "already gone" if isinstance(head, FileNotFoundError) else "unreadable"))
-                elif jaxformat.detect_compression(head) is None:
+                elif head and jaxformat.detect_compression(head) is None:  # empty: a write JAX failed
                     skipped.append((entry, "contents are not a JAX cache entry"))
                 else:
                     proven.append(entry)
             # -cache first, then -atime, as JAX's own eviction does.
-            self._delete([e.path for e in proven])
-            self._delete([e.atime_path for e in proven if e.has_atime])
-            deleted.extend(proven)
+            failed = self._delete([e.path for e in proven])
+            self._delete([e.atime_path for e in proven if e.has_atime and e.path not in failed])
+            skipped.extend((e, f"cannot delete ({failed[e.path]})") for e in proven if e.path in failed)
+            deleted.extend(e for e in proven if e.path not in failed)
             done += len(batch)
             if progress is not None:
                 progress(done)
@@ -365,15 +391,29 @@ class BucketCache:
         try:
             if merged:
                 UseRecorder(self, uses=merged).flush(raise_errors=True)
-            if names:
-                self.fs.rm(names)
+            self._delete([ObjectPath(f"{self.url}{name[len(self.store.root):]}") for name in names])
         except Exception:  # noqa: BLE001 (the use records are metadata: the prune itself is done)
             pass
 
-    def _delete(self, paths: list[ObjectPath]) -> None:
-        if paths:
-            keys = [self._key(p) for p in paths]
-            self._call(paths[0].name, lambda: self.fs.rm(keys))
+    def _delete(self, paths: list[ObjectPath]) -> dict[ObjectPath, str]:
+        """Deletes objects, many at a time; returns why each one that failed did.
+
+        One ``rm_file`` per object: ``rm`` of a list expands glob characters, and s3fs's
+        bulk delete does not report an object it could not delete (a retention lock, a policy).
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        def delete(path: ObjectPath) -> str | None:
+            try:
+                self._call(path.name, lambda: self.fs.rm_file(self._key(path)), missing_ok=True)
+            except FileNotFoundError:
+                return None  # gone already: what was wanted
+            except Exception as e:  # noqa: BLE001 (RemoteError, as one line)
+                return str(e)
+            return None
+
+        with ThreadPoolExecutor(max_workers=16, thread_name_prefix="jaxcache-delete") as pool:
+            return {p: why for p, why in zip(paths, pool.map(delete, paths)) if why is not None}
 
     # -- checking ------------------------------------------------------------------------------
 
@@ -393,7 +433,8 @@ class BucketCache:
         needs_atime = {f.path for f in info.folders if f.path in needs_atime
                        and jaxformat.missing_atime_breaks_writes(f.version or installed_version)}
         by_path = {e.path: e for e in info.entries}
-        for path, data in self._read_many(list(by_path), progress=progress):
+        for path, data in self._read_many(list(by_path), sizes={p: e.bytes for p, e in by_path.items()},
+                                          progress=progress):
             entry = by_path[path]
             # A PUT is whole or absent, so a broken object is never a write in progress (unlike a
             # local file JAX writes in place); only its -atime, a second PUT, may be on its way.
@@ -414,18 +455,17 @@ class BucketCache:
                                         "next write will fail", key=entry.key))
         for path in info.orphan_atimes:
             findings.append(Finding("orphan-atime", path, "-atime object without its -cache entry", key=path.name[:-6]))
-        for path in info.temp_files:
-            findings.append(Finding("stale-temp", path, "temporary object of a jaxcache write"))
         return CheckReport(root=info.root, entries_checked=len(info.entries), findings=tuple(findings))
 
     def plan_repair(self, report: CheckReport) -> RepairPlan:
         """As :func:`jaxcache.integrity.plan_repair`: a corrupt entry is deleted only when its leading bytes
         prove it JAX's (empty, or zlib/zstd), else moved aside to ``<name>.quarantined``."""
         corrupt = [f for f in report.findings if f.kind == "corrupt"]
-        heads = dict(self._read_many([f.path for f in corrupt], head=4))
+        heads = dict(self._read_many([f.path for f in corrupt], head=4,
+                                     sizes={f.path: 0 for f in corrupt if f.message == "empty file"}))
         repairs = []
         for finding in report.findings:
-            if finding.kind not in ("corrupt", "missing-atime", "orphan-atime", "stale-temp"):
+            if finding.kind not in ("corrupt", "missing-atime", "orphan-atime"):
                 continue
             action: RepairAction = "delete"
             if finding.kind == "corrupt":
@@ -453,11 +493,6 @@ class BucketCache:
         assert isinstance(path, ObjectPath)
         name = path.name
         parsed = jaxformat.parse_entry_name(name)
-        if finding.kind == "stale-temp":
-            if not name.startswith(TEMP_PREFIX):
-                raise OSError(f"{name} is not a jaxcache temporary object")
-            self._delete([path])
-            return RepairOutcome(item, "repaired")
         if parsed is None:
             raise OSError(f"{name} is not a cache entry")
         key = self._key(path)
@@ -498,44 +533,76 @@ class BucketCache:
 
 
 class UseRecorder:
-    """Records the hits and writes of a process whose JAX uses a bucket, as one object at exit.
+    """Records the hits and writes of a process whose JAX uses a bucket, in small objects.
 
     An object store records no reads, and JAX writes ``-atime`` objects only in a
     capped cache (never set on a bucket), so without this ``prune --older-than``
-    would know nothing of use. One small PUT per process, at its end::
+    would know nothing of use. One small PUT at the process's exit, and one every
+    `FLUSH_EVERY_SECS` while it keeps using the cache (a job of days is seen using it;
+    a process killed by SIGKILL or an unhandled SIGTERM loses only what it recorded since)::
 
         <root>/.jaxcache/uses/<time>-<host>-<pid>-<random>.json   {"uses": {"jaxlib-X": {key: time}}}
     """
 
+    FLUSH_EVERY_SECS = 300.0
+
     def __init__(self, bucket: BucketCache, uses: dict[str, dict[str, float]] | None = None) -> None:
         self.bucket = bucket
         self.uses: dict[str, dict[str, float]] = uses or {}
+        self._lock = threading.Lock()  # JAX compiles from several threads at once
+        self._flushed_at = time.monotonic()
 
     def __call__(self, kind: str, module: str, value: Any) -> None:
         from jaxcache import compilelog
 
         if kind not in (compilelog.HIT, compilelog.WRITE):
             return
-        folder = compilelog.jax_cache_folder() or ""
-        if not folder.startswith(self.bucket.url):
+        folder = (compilelog.jax_cache_folder() or "").rstrip("/")
+        if folder != self.bucket.url and not folder.startswith(self.bucket.url + "/"):
             return
         relative = folder[len(self.bucket.url):].strip("/")
-        self.uses.setdefault(relative, {})[str(value)] = time.time()
+        with self._lock:
+            self.uses.setdefault(relative, {})[str(value)] = time.time()
+            due = time.monotonic() - self._flushed_at > self.FLUSH_EVERY_SECS
+            if due:
+                self._flushed_at = time.monotonic()
+        if due:  # off JAX's thread: a PUT must not hold up a compile or a hit
+            threading.Thread(target=self.flush, name="jaxcache-uses", daemon=True).start()
 
     def flush(self, *, raise_errors: bool = False) -> None:
-        """Writes what was recorded (at exit); a store that cannot be reached loses only these uses."""
+        """Writes what was recorded since the last flush; a store that cannot be reached keeps it for the next."""
         import os
         import socket
 
-        if not any(self.uses.values()):
+        with self._lock:
+            uses, self.uses = self.uses, {}
+        if not any(uses.values()):
             return
-        name = f"{META_DIR_NAME}/{USES_PREFIX}/{time.strftime('%Y%m%dT%H%M%S')}-{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}.json"
+        stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         try:
-            self.bucket.store.write(name, json.dumps({"uses": self.uses}).encode())
-            self.uses = {}
+            self.bucket.store.write(f"{META_DIR_NAME}/{USES_PREFIX}/{stamp}.json", json.dumps({"uses": uses}).encode())
         except Exception:  # noqa: BLE001 (at exit: never turn a finished job into a failure)
+            with self._lock:
+                for folder, keys in uses.items():
+                    for key, at in keys.items():
+                        mine = self.uses.setdefault(folder, {})
+                        mine[key] = max(at, mine.get(key, 0.0))
             if raise_errors:
                 raise
+
+
+def _batches(items: list[ObjectPath], size_of: Callable[[ObjectPath], int]) -> Iterable[list[ObjectPath]]:
+    """``items`` in runs of at most `BATCH` objects and `BATCH_BYTES` bytes (at least one object each)."""
+    batch: list[ObjectPath] = []
+    held = 0
+    for item in items:
+        if batch and (len(batch) == BATCH or held + size_of(item) > BATCH_BYTES):
+            yield batch
+            batch, held = [], 0
+        batch.append(item)
+        held += size_of(item)
+    if batch:
+        yield batch
 
 
 def _modified(meta: dict[str, Any] | None) -> float | None:

@@ -537,7 +537,7 @@ def check_command(ctx: click.Context, repair: bool, dry_run: bool, yes: bool, as
     if bucket is not None:
         check, plan_repair, execute_repair = bucket.check, bucket.plan_repair, bucket.execute_repair
     info = bucket.scan() if bucket else _scan(settings, quick=False)
-    capped = settings.max_size.value != -1
+    capped = settings.max_size.value != -1 and not bucket  # configure() never caps a bucket
     with _progress("Checking", len(info.entries)) as step:
         report = check(info, capped=capped, installed_version=_installed_jaxlib(), progress=step)
     plan = plan_repair(report) if repair else None

@@ -6,11 +6,16 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jaxcache import jaxformat, provenance
 from jaxcache.errors import CacheDirError, JaxCacheError
 from jaxcache.settings import Layout, Settings, resolve
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from jaxcache.bucket import BucketCache, UseRecorder
 
 # GPU plugins (jax-cuda12-plugin, jax-cuda13-plugin, jax-rocm*) install into the
 # jax_plugins namespace package, or as jax_cuda*/jax_rocm* packages.
@@ -265,12 +270,11 @@ def _configure_bucket(settings: Settings) -> Configured:
     bucket = BucketCache(url)
     bucket.require_cache_or_new()
     versions = provenance.installed_versions()
-    target = bucket_jax_dir(settings, versions)
+    # A root that is itself a marked version folder is used as it is, never nested (as locally).
+    target = url if bucket.is_version_folder() else bucket_jax_dir(settings, versions)
     bucket.require_not_fleet_remote(target)
     if target != url and versions is not None:
         bucket.ensure_version_folder(versions)
-    import jax
-
     _warn_if_already_used(target)
     applied = _apply(bucket_jax_options(settings, target))
     _record_bucket_uses(bucket)
@@ -294,11 +298,11 @@ def _apply(options: dict[str, Any]) -> dict[str, Any]:
     return applied
 
 
-_bucket_uses: Any = None  # this process's UseRecorder, for the bucket configured last
-_stop_bucket_uses: Any = None
+_bucket_uses: UseRecorder | None = None  # this process's recorder, for the bucket configured last
+_stop_bucket_uses: Callable[[], None] | None = None
 
 
-def _record_bucket_uses(bucket: Any) -> None:
+def _record_bucket_uses(bucket: BucketCache) -> None:
     """One use recorder per process, written at exit (or when another bucket is configured)."""
     global _bucket_uses, _stop_bucket_uses
     from jaxcache import compilelog
@@ -309,9 +313,10 @@ def _record_bucket_uses(bucket: Any) -> None:
     if _bucket_uses is None:
         import atexit
 
-        atexit.register(lambda: _bucket_uses.flush())
+        atexit.register(lambda: _bucket_uses.flush() if _bucket_uses is not None else None)
     else:
-        _stop_bucket_uses()
+        if _stop_bucket_uses is not None:
+            _stop_bucket_uses()
         _bucket_uses.flush()
     _bucket_uses = UseRecorder(bucket)
     _stop_bucket_uses = compilelog.listen(_bucket_uses)

@@ -37,6 +37,7 @@ def folder_lock(folder: Path, *, timeout: float = LOCK_TIMEOUT_SECS) -> Iterator
         CacheDirError: the lock cannot be created (read-only folder) or taken in time.
     """
     lock = filelock.FileLock(str(folder / jaxformat.LOCKFILE_NAME), timeout=timeout)
+    no_locks = None  # why this filesystem takes no lock at all, if it takes none
     try:
         lock.acquire()
     except filelock.Timeout:
@@ -46,17 +47,20 @@ def folder_lock(folder: Path, *, timeout: float = LOCK_TIMEOUT_SECS) -> Iterator
     except OSError as e:
         if e.errno not in _NO_LOCKS:
             raise CacheDirError(f"cannot lock {folder}: {e.strerror}") from None
-        # JAX can take no lock here either: an uncapped cache (JAX locks nothing then) loses
-        # nothing, since every file is proven again right before it changes; a capped one
-        # cannot work on this filesystem at all (JAX's own reads and writes fail to lock).
-        if str(folder) not in _warned:
-            _warned.add(str(folder))
-            warnings.warn(f"jaxcache: {folder} cannot be locked ({e.strerror}: an NFS mount without its lock "
-                          "manager?); going on without JAX's lock, safe where JAX uses the folder uncapped",
-                          stacklevel=3)
-        yield
+        no_locks = e.strerror
+    except NotImplementedError:  # older filelock's answer to ENOSYS
+        no_locks = "flock is not implemented"
+    if no_locks is None:
+        try:
+            yield
+        finally:
+            lock.release()
         return
-    try:
-        yield
-    finally:
-        lock.release()
+    # JAX can take no lock here either: an uncapped cache (JAX locks nothing then) loses
+    # nothing, since every file is proven again right before it changes; a capped one
+    # cannot work on this filesystem at all (JAX's own reads and writes fail to lock).
+    if str(folder) not in _warned:
+        _warned.add(str(folder))
+        warnings.warn(f"jaxcache: {folder} cannot be locked ({no_locks}: an NFS mount without its lock manager?); "
+                      "going on without JAX's lock, safe where JAX uses the folder uncapped", stacklevel=3)
+    yield

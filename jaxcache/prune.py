@@ -258,9 +258,9 @@ def _require_known_last_uses(info: CacheInfo, older_than: timedelta, resolution:
     enough = "" if resolution == math.inf else f"give --older-than {_flag_duration(resolution)} or more, or "
     raise UsageError(
         f"refusing --older-than {_days(older_than.total_seconds())}: {unknown} "
-        f"{'entry has' if unknown == 1 else 'entries have'} no recorded use and this file system {tells}, so "
+        f"{'entry has' if unknown == 1 else 'entries have'} no recorded use and its storage {tells}, so "
         f"{'it' if unknown == 1 else 'they'} may have been used since; {enough}run JAX through jaxcache "
-        "(configure(), `jaxcache run`, `pytest --jaxcache`) so that uses are recorded"
+        "(configure(), `pytest --jaxcache`, or `jaxcache run` for a local folder) so that uses are recorded"
     )
 
 

@@ -235,13 +235,13 @@ def _coerce(name: str, raw: Any, where: str, base: Path) -> Any:
             if not isinstance(raw, (str, os.PathLike)) or not str(raw).strip():
                 # An unset "$VAR" must never mean "the current folder" for a command that deletes.
                 raise UsageError(f"{where}: the cache folder must be a non-empty path, got {raw!r}")
-            url = object_store_url(str(raw))
+            text = os.path.expandvars(os.path.expanduser(str(raw)))  # "$BUCKET/team" may name a URL
+            url = object_store_url(text)
             if url is not None:
                 return url
-            text = str(raw).strip()
             if text.lower().startswith("file:/"):  # file:///x and file:/x alike
                 text = "/" + text[len("file:"):].lstrip("/")
-            path = Path(os.path.expandvars(os.path.expanduser(text)))
+            path = Path(text)
             # Absolute and resolved: a relative path or a symlink would fork every key.
             return (base / path).resolve() if not path.is_absolute() else path.resolve()
         if name == "max_size":

@@ -334,3 +334,67 @@ def test_each_bucket_configured_in_one_process_gets_its_own_uses(bucket: dict[st
         written = {k.rsplit("/", 1)[1][:-6] for k in _objects(name, f"{prefix}/jaxlib-{JAXLIB}/") if k.endswith("-cache")}
         uses = [json.loads(v)["uses"] for v in _objects(name, f"{prefix}/.jaxcache/uses/").values()]
         assert written and len(uses) == 1 and set(uses[0][f"jaxlib-{JAXLIB}"]) == written, prefix
+
+
+def test_names_with_glob_characters_are_taken_literally(filled: str, bucket: dict[str, str],  # noqa: F811
+                                                        node: dict[str, str]) -> None:
+    """fsspec's rm and cat of a list expand * ? [ ]: `jit_a[b]-...` would name `jit_ab-...`."""
+    import zlib
+
+    name = bucket["BUCKET"]
+    folder = f"team/jax/jaxlib-{JAXLIB}"
+    digest = "ab" * 32
+    _put(name, f"{folder}/jit_a[b]-{digest}-cache", zlib.compress(b"\0\0\0\1" + b"x" * 100))
+    _put(name, f"{folder}/jit_ab-{digest}-cache", b"my notes")
+    done = cli_json("--cache-dir", filled, "clear", "--yes", env=node)
+    assert f"jit_a[b]-{digest}" in done["deleted"] and f"jit_ab-{digest}" not in done["deleted"]
+    left = _objects(name, folder + "/")
+    assert left.get(f"{folder}/jit_ab-{digest}-cache") == b"my notes" and f"{folder}/jit_a[b]-{digest}-cache" not in left
+
+
+def test_check_ignores_a_cap_meant_for_local_caches(filled: str, node: dict[str, str]) -> None:
+    report = cli_json("--cache-dir", filled, "check", env={**node, "JAXCACHE_MAX_SIZE": "1GB"})
+    assert report["ok"] and report["findings"] == []  # configure() never caps a bucket: no -atime is missing
+
+
+def test_folder_placeholders_and_unreadable_use_objects(bucket: dict[str, str], node: dict[str, str]) -> None:  # noqa: F811
+    name = bucket["BUCKET"]
+    _put(name, "console/", b"")  # what a console's "Create folder" leaves
+    url = f"s3://{name}/console"
+    assert run_compile(node, configure=_configure(url))["misses"]
+    assert cli_json("--cache-dir", url, "inspect", env=node)["entries"] > 0
+    _put(name, "console/.jaxcache/uses/v2-format.json", b'{"version": 2, "records": []}')
+    cli_json("--cache-dir", url, "prune", "--name", "jit_cost*", "--yes", env=node)
+    uses = _objects(name, "console/.jaxcache/uses/")
+    assert "console/.jaxcache/uses/v2-format.json" in uses and len(uses) == 2  # unread: kept; the rest folded
+
+
+def test_a_url_from_a_variable_and_a_version_folder_as_the_root(bucket: dict[str, str], node: dict[str, str]) -> None:  # noqa: F811
+    from jaxcache_testing import run_python
+
+    name = bucket["BUCKET"]
+    env = {**node, "MYBUCKET": f"s3://{name}", "JAXCACHE_DIR": "$MYBUCKET/team"}
+    assert cli("dir", env=env).stdout.strip() == f"s3://{name}/team"
+    assert run_compile(env, configure="import jaxcache; jaxcache.configure()")["misses"]
+    version = f"s3://{name}/team/jaxlib-{JAXLIB}"
+    proc = run_python(f"import jaxcache; print('DIR', jaxcache.configure({version!r}).jax_dir)", env=node)
+    assert f"DIR {version}\n" in proc.stdout  # used as it is, not nested
+    assert not [k for k in _objects(name, f"team/jaxlib-{JAXLIB}/jaxlib-")]
+
+
+def test_uses_are_written_while_a_process_runs_not_only_at_its_exit(bucket: dict[str, str],  # noqa: F811
+                                                                    node: dict[str, str]) -> None:
+    from jaxcache_testing import run_python
+
+    name = bucket["BUCKET"]
+    proc = run_python(f"""
+        import os, signal, time, jaxcache, jax, jax.numpy as jnp
+        from jaxcache.bucket import UseRecorder
+        UseRecorder.FLUSH_EVERY_SECS = 0.0  # a long job's periodic flush, at once
+        jaxcache.configure("s3://{name}/long")
+        jax.jit(lambda x: x * 2)(jnp.ones(3))
+        time.sleep(2)  # the flush runs on its own thread
+        os.kill(os.getpid(), signal.SIGKILL)  # no atexit
+    """, env=node, check=False)
+    assert proc.returncode == -9
+    assert _objects(name, "long/.jaxcache/uses/")

@@ -37,6 +37,8 @@ def child_command(module: str, function: str) -> list[str]:
     program = (f"import importlib, sys; m = importlib.import_module({module!r}); sys.argv[0] = m.__file__; "
                f"sys.exit(m.{function}())")
     return [sys.executable, *SAFE_PATH, "-c", program]
+
+
 _DEVICE_FLAG = "--xla_force_host_platform_device_count"
 _DEVICE_FLAG_RE = re.compile(re.escape(_DEVICE_FLAG) + r"=(\d+)")
 
