@@ -426,11 +426,10 @@ def _print_plan(plan, *, dry_run: bool, limit: int = 20, out_err: bool = False) 
 
 
 def _run_plan(plan, *, dry_run: bool, yes: bool, as_json: bool, bucket=None) -> None:
-    from jaxcache.prune import execute
+    """Prints the plan, asks, deletes; ``bucket``: the cache is in an object store (jaxcache.bucket)."""
+    from jaxcache import prune
 
-    if bucket is not None:
-        execute = bucket.execute_prune
-
+    execute = bucket.execute_prune if bucket is not None else prune.execute
     if not as_json:
         _print_plan(plan, dry_run=dry_run)
     if dry_run or not (plan.deletions or plan.executables):
@@ -528,14 +527,14 @@ def check_command(ctx: click.Context, repair: bool, dry_run: bool, yes: bool, as
 
     Example: jaxcache check --repair --dry-run
     """
-    from jaxcache.integrity import check, execute_repair, plan_repair
+    from jaxcache import integrity
 
     if (dry_run or yes) and not repair:
         raise click.UsageError("--dry-run and --yes apply only with --repair")
     settings = _settings(ctx)
     bucket = _bucket(settings) if settings.url else None
-    if bucket is not None:
-        check, plan_repair, execute_repair = bucket.check, bucket.plan_repair, bucket.execute_repair
+    checks: Any = bucket if bucket is not None else integrity  # the same three functions, either place
+    check, plan_repair, execute_repair = checks.check, checks.plan_repair, checks.execute_repair
     info = bucket.scan() if bucket else _scan(settings, quick=False)
     capped = settings.max_size.value != -1 and not bucket  # configure() never caps a bucket
     with _progress("Checking", len(info.entries)) as step:

@@ -18,7 +18,7 @@ from jaxcache.jaxformat import encode_atime
 from jaxcache.settings import resolve
 from jaxcache_testing import run_compile
 from test_fleet import JAXLIB, cli, cli_json, node_env, synthetic_cache
-from test_fleet_s3 import S3_ENV, bucket, s3_endpoint  # noqa: F401 (fixtures)
+from test_fleet_s3 import bucket, s3_endpoint  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 
